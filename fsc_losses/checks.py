@@ -1,0 +1,143 @@
+"""Argument checks shared by every public entry point.
+
+Shape, dtype and device checks read no tensor values, so they always run. Checks of values need a
+host synchronisation on the GPU: they are gathered into one :class:`ValueChecks` per call, run as a
+single combined check, and skipped under ``torch.compile``, during CUDA-graph capture and when the
+caller passes ``check_inputs=False``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+NORMALIZERS = ("minmax", "softmax")
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+
+
+def require_tensor(name: str, value: object) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def require_float(name: str, t: torch.Tensor) -> None:
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+
+
+def require_rank(name: str, t: torch.Tensor, ranks: Sequence[int], layout: str) -> None:
+    if t.dim() not in ranks:
+        raise ValueError(f"{name} must have shape {layout}, got {_shape(t)} ({t.dim()} dims)")
+
+
+def require_size(name: str, t: torch.Tensor, dim: int, expected: int, what: str) -> None:
+    if t.shape[dim] != expected:
+        raise ValueError(
+            f"{name} has {what} = {t.shape[dim]} (dim {dim} of shape {_shape(t)}), expected "
+            f"{expected} to match the other arguments"
+        )
+
+
+def require_mask(name: str, t: torch.Tensor) -> None:
+    if t.dtype == torch.bool:
+        return
+    if t.is_floating_point() or t.is_complex():
+        raise TypeError(f"{name} must be a bool or integer tensor, got dtype {t.dtype}")
+
+
+def require_same_device(**tensors: torch.Tensor | None) -> None:
+    present = {k: v for k, v in tensors.items() if v is not None}
+    devices = {v.device for v in present.values()}
+    if len(devices) > 1:
+        listing = ", ".join(f"{k} on {v.device}" for k, v in present.items())
+        raise ValueError(f"all tensors must be on one device, got {listing}")
+
+
+def as_scale(name: str, value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    """A 0-dim tensor from a scalar tensor (any shape with one element) or a Python number."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.tensor(float(value), device=like.device, dtype=torch.float32)
+    value = require_tensor(name, value)
+    if value.numel() != 1:
+        raise ValueError(f"{name} must be a scalar tensor, got shape {_shape(value)}")
+    require_float(name, value)
+    return value.reshape(())
+
+
+def check_normalizer(normalizer: str, sparsify: bool) -> None:
+    if normalizer not in NORMALIZERS:
+        raise ValueError(f"normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
+    if sparsify and normalizer != "minmax":
+        raise ValueError(f"sparsify=True needs normalizer='minmax', got normalizer={normalizer!r}")
+
+
+def check_criterion_params(focal_gamma: float, label_smoothing: float | None) -> None:
+    if not focal_gamma >= 0:
+        raise ValueError(f"focal_gamma must be >= 0, got {focal_gamma}")
+    if label_smoothing is not None and not 0 <= label_smoothing < 1:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+
+
+def check_neg_valid(neg_valid: torch.Tensor | None, batch: int, groups: int) -> None:
+    if neg_valid is None:
+        return
+    require_tensor("neg_valid", neg_valid)
+    require_mask("neg_valid", neg_valid)
+    if tuple(neg_valid.shape) != (batch, groups - 1):
+        raise ValueError(
+            f"neg_valid must have shape (B, G-1) = ({batch}, {groups - 1}), got {_shape(neg_valid)}"
+        )
+
+
+def value_checks_enabled(check_inputs: bool) -> bool:
+    """Whether value checks may synchronise with the host right now."""
+    if not check_inputs or torch.compiler.is_compiling():
+        return False
+    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+
+
+class ValueChecks:
+    """Value checks of one call, run together with a single host synchronisation.
+
+    Each check is a boolean tensor that is True where the input is bad, plus a function that
+    turns the offending index into a message.
+    """
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._checks: list[tuple[torch.Tensor, Callable[[tuple[int, ...]], str]]] = []
+
+    def add(self, bad: torch.Tensor, message: Callable[[tuple[int, ...]], str]) -> None:
+        if self.enabled:
+            self._checks.append((bad, message))
+
+    def run(self) -> None:
+        if not self._checks:
+            return
+        flags = torch.stack([bad.any() for bad, _ in self._checks]).tolist()
+        for flag, (bad, message) in zip(flags, self._checks):
+            if flag:
+                index = tuple(int(i) for i in bad.nonzero()[0])
+                raise ValueError(message(index))
+
+
+def check_masks_not_empty(
+    checks: ValueChecks, text_mask: torch.Tensor, neg_valid: torch.Tensor | None
+) -> None:
+    """A present caption must count at least one position; a missing negative's mask may be empty."""
+    empty = ~text_mask.bool().any(dim=-1)
+    if neg_valid is not None:
+        present = torch.cat([torch.ones_like(neg_valid[:, :1]), neg_valid], dim=1).bool()
+        empty = empty & present
+    checks.add(
+        empty,
+        lambda idx: (
+            f"text_mask[{idx[0]}, {idx[1]}] counts no position, but caption {idx[1]} of image "
+            f"{idx[0]} is present; mark a missing negative False in neg_valid"
+        ),
+    )

@@ -1,0 +1,326 @@
+"""Functional API: argument checks, then dispatch to the reference or the Triton kernels.
+
+Every function validates its arguments before computing (``fsc_losses.checks``) and accepts text
+inputs grouped ``(B, G, ...)`` or flat ``(B*G, ...)`` (true captions first, then ``K`` blocks of
+``B`` negatives). Shapes: ``B`` images, ``G = 1 + K`` captions per image, ``T`` text positions,
+``P`` patches, ``D`` embedding width.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from types import ModuleType
+from typing import NamedTuple
+
+import torch
+
+from . import checks, reference
+from .layout import group_captions
+
+BACKENDS = ("auto", "triton", "reference")
+
+_warned: set[str] = set()
+
+
+class LocalInputs(NamedTuple):
+    image_tokens: torch.Tensor  # (B, P, D)
+    text_tokens: torch.Tensor  # (B, G, T, D)
+    text_mask: torch.Tensor  # (B, G, T) bool
+    logit_scale: torch.Tensor  # ()
+    neg_valid: torch.Tensor | None  # (B, G-1) bool
+
+
+def _grouped(name: str, t: torch.Tensor, grouped_rank: int, batch: int, layout: str) -> torch.Tensor:
+    checks.require_rank(name, t, (grouped_rank - 1, grouped_rank), layout)
+    if t.dim() == grouped_rank:
+        checks.require_size(name, t, 0, batch, "B")
+        return t
+    if t.shape[0] % batch != 0:
+        raise ValueError(
+            f"{name} is flat with {t.shape[0]} rows, which is not a multiple of B = {batch}"
+        )
+    return group_captions(t, batch)
+
+
+def prepare_local_inputs(
+    image_tokens: torch.Tensor,
+    text_tokens: torch.Tensor,
+    text_mask: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    neg_valid: torch.Tensor | None,
+) -> LocalInputs:
+    """Shape, dtype and device checks of the local HN inputs; groups flat text inputs."""
+    checks.require_tensor("image_tokens", image_tokens)
+    checks.require_tensor("text_tokens", text_tokens)
+    checks.require_tensor("text_mask", text_mask)
+    checks.require_float("image_tokens", image_tokens)
+    checks.require_float("text_tokens", text_tokens)
+    checks.require_mask("text_mask", text_mask)
+    checks.require_rank("image_tokens", image_tokens, (3,), "(B, P, D)")
+    batch, _, dim = image_tokens.shape
+    text_tokens = _grouped("text_tokens", text_tokens, 4, batch, "(B, G, T, D) or (B*G, T, D)")
+    text_mask = _grouped("text_mask", text_mask, 3, batch, "(B, G, T) or (B*G, T)")
+    groups, length = text_tokens.shape[1], text_tokens.shape[2]
+    checks.require_size("text_tokens", text_tokens, 3, dim, "D")
+    checks.require_size("text_mask", text_mask, 1, groups, "G")
+    checks.require_size("text_mask", text_mask, 2, length, "T")
+    if text_tokens.dtype != image_tokens.dtype:
+        raise TypeError(
+            f"image_tokens and text_tokens must share a dtype, got {image_tokens.dtype} and "
+            f"{text_tokens.dtype} (run the model under one autocast, or cast one of them)"
+        )
+    checks.check_neg_valid(neg_valid, batch, groups)
+    scale = checks.as_scale("logit_scale", logit_scale, image_tokens)
+    checks.require_same_device(
+        image_tokens=image_tokens,
+        text_tokens=text_tokens,
+        text_mask=text_mask,
+        logit_scale=scale,
+        neg_valid=neg_valid,
+    )
+    return LocalInputs(
+        image_tokens,
+        text_tokens,
+        text_mask.bool(),
+        scale,
+        None if neg_valid is None else neg_valid.bool(),
+    )
+
+
+def _load_kernels() -> ModuleType | None:
+    try:
+        from .kernels import local_hn
+    except ImportError:
+        return None
+    return local_hn
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, stacklevel=4)
+
+
+def select_kernels(backend: str, inputs: LocalInputs) -> ModuleType | None:
+    """The kernel module to run ``inputs`` on, or None for the reference.
+
+    ``auto`` takes the kernels for CUDA tensors when Triton imports; ``triton`` insists (on the
+    CPU only under ``TRITON_INTERPRET=1``). Inputs the kernels do not support fall back to the
+    reference with one warning.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "reference":
+        return None
+    on_cuda = inputs.image_tokens.is_cuda
+    if not on_cuda:
+        if backend == "auto":
+            return None
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(
+                f"backend='triton' needs CUDA tensors, got tensors on {inputs.image_tokens.device}; "
+                "set TRITON_INTERPRET=1 before importing fsc_losses to run the kernels on the CPU"
+            )
+    kernels = _load_kernels()
+    if kernels is None:
+        if backend == "triton":
+            raise ImportError("backend='triton' needs the triton package, which does not import")
+        return None
+    reason = kernels.unsupported_reason(inputs.image_tokens, inputs.text_tokens)
+    if reason is not None:
+        _warn_once(f"fsc_losses: the Triton kernels do not support {reason}; using the reference")
+        return None
+    return kernels
+
+
+def local_hn_scores(
+    image_tokens: torch.Tensor,
+    text_tokens: torch.Tensor,
+    text_mask: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    normalizer: str = "minmax",
+    sparsify: bool = False,
+    *,
+    neg_valid: torch.Tensor | None = None,
+    backend: str = "auto",
+    check_inputs: bool = True,
+) -> torch.Tensor:
+    """Local score of every (image, own caption) pair (SPEC section 2).
+
+    Each caption position pools the image's patches it is most similar to (``minmax`` or
+    ``softmax`` weights over the token-patch dot products, which get no gradient), is scored by
+    ``logit_scale`` times its cosine with the pooled patch, and the counted positions are
+    aggregated by logsumexp.
+
+    Args:
+        image_tokens: ``(B, P, D)`` projected patch tokens, not normalised.
+        text_tokens: ``(B, G, T, D)`` or flat ``(B*G, T, D)`` projected text tokens.
+        text_mask: ``(B, G, T)`` or ``(B*G, T)`` bool/int, positions that count.
+        logit_scale: scalar tensor, already exponentiated.
+        normalizer: ``"minmax"`` (default) or ``"softmax"``.
+        sparsify: with ``minmax``, drop patches whose min-max score is below ``1/P``.
+        neg_valid: ``(B, G-1)`` bool, optional: a missing negative's mask may be empty (its score
+            is then ``-inf``); every other caption must count a position.
+        backend: ``"auto"``, ``"triton"`` or ``"reference"``.
+        check_inputs: run the value check (empty masks), which synchronises with the device.
+
+    Returns:
+        ``(B, G)`` local scores in the tokens' dtype.
+    """
+    inputs = prepare_local_inputs(image_tokens, text_tokens, text_mask, logit_scale, neg_valid)
+    checks.check_normalizer(normalizer, sparsify)
+    value_checks = checks.ValueChecks(checks.value_checks_enabled(check_inputs))
+    checks.check_masks_not_empty(value_checks, inputs.text_mask, inputs.neg_valid)
+    value_checks.run()
+    kernels = select_kernels(backend, inputs)
+    impl = reference if kernels is None else kernels
+    return impl.local_hn_scores(
+        inputs.image_tokens,
+        inputs.text_tokens,
+        inputs.text_mask,
+        inputs.logit_scale,
+        normalizer,
+        sparsify,
+    )
+
+
+def local_hn_loss(
+    image_tokens: torch.Tensor,
+    text_tokens: torch.Tensor,
+    text_mask: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    neg_valid: torch.Tensor | None = None,
+    *,
+    normalizer: str = "minmax",
+    sparsify: bool = False,
+    focal_gamma: float = 2.0,
+    label_smoothing: float | None = 0.02,
+    backend: str = "auto",
+    check_inputs: bool = True,
+) -> torch.Tensor:
+    """Local HN loss: the local scores (:func:`local_hn_scores`) contrasted by
+    :func:`hn_contrast` (focal weighting and label smoothing; SCR by default).
+
+    Arguments as :func:`local_hn_scores` and :func:`hn_contrast`. Returns a scalar.
+    """
+    inputs = prepare_local_inputs(image_tokens, text_tokens, text_mask, logit_scale, neg_valid)
+    checks.check_normalizer(normalizer, sparsify)
+    checks.check_criterion_params(focal_gamma, label_smoothing)
+    value_checks = checks.ValueChecks(checks.value_checks_enabled(check_inputs))
+    checks.check_masks_not_empty(value_checks, inputs.text_mask, inputs.neg_valid)
+    value_checks.run()
+    return local_hn_loss_unchecked(inputs, normalizer, sparsify, focal_gamma, label_smoothing, backend)
+
+
+def local_hn_loss_unchecked(
+    inputs: LocalInputs,
+    normalizer: str,
+    sparsify: bool,
+    focal_gamma: float,
+    label_smoothing: float | None,
+    backend: str,
+) -> torch.Tensor:
+    """:func:`local_hn_loss` on inputs that already passed every check."""
+    eps = float(label_smoothing or 0.0)
+    kernels = select_kernels(backend, inputs)
+    if kernels is not None:
+        return kernels.local_hn_loss(*inputs[:4], inputs.neg_valid, normalizer, sparsify,
+                                     float(focal_gamma), eps)
+    scores = reference.local_hn_scores(*inputs[:4], normalizer, sparsify)
+    return reference.hn_contrast_loss(scores, inputs.neg_valid, float(focal_gamma), eps)
+
+
+def prepare_contrast_inputs(
+    logits: torch.Tensor, neg_valid: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    checks.require_tensor("logits", logits)
+    checks.require_float("logits", logits)
+    checks.require_rank("logits", logits, (2,), "(B, G)")
+    if logits.shape[1] < 1:
+        raise ValueError(f"logits must have at least the true caption's column, got {tuple(logits.shape)}")
+    checks.check_neg_valid(neg_valid, logits.shape[0], logits.shape[1])
+    checks.require_same_device(logits=logits, neg_valid=neg_valid)
+    return logits, None if neg_valid is None else neg_valid.bool()
+
+
+def hn_contrast(
+    logits: torch.Tensor,
+    neg_valid: torch.Tensor | None = None,
+    focal_gamma: float = 2.0,
+    label_smoothing: float | None = 0.02,
+) -> torch.Tensor:
+    """The ``(1+K)``-way HN contrast with focal weighting and label smoothing (SPEC section 3).
+
+    Args:
+        logits: ``(B, G)``, column 0 the true caption.
+        neg_valid: ``(B, G-1)`` bool, which negatives exist; ``None`` means all. Missing ones are
+            left out of the softmax; rows without any negative are skipped.
+        focal_gamma: ``>= 0``; 0 is plain cross-entropy.
+        label_smoothing: in ``[0, 1)`` (``None`` = 0), shared over the row's present captions.
+
+    Returns:
+        Scalar mean over the rows with a negative (an exact, differentiable 0 if there is none).
+    """
+    logits, neg_valid = prepare_contrast_inputs(logits, neg_valid)
+    checks.check_criterion_params(focal_gamma, label_smoothing)
+    return reference.hn_contrast_loss(
+        logits, neg_valid, float(focal_gamma), float(label_smoothing or 0.0)
+    )
+
+
+def prepare_global_inputs(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    neg_valid: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Checks of the global inputs; groups flat ``(B*G, D)`` text features."""
+    checks.require_tensor("image_features", image_features)
+    checks.require_tensor("text_features", text_features)
+    checks.require_float("image_features", image_features)
+    checks.require_float("text_features", text_features)
+    checks.require_rank("image_features", image_features, (2,), "(B, D)")
+    batch, dim = image_features.shape
+    text_features = _grouped("text_features", text_features, 3, batch, "(B, G, D) or (B*G, D)")
+    checks.require_size("text_features", text_features, 2, dim, "D")
+    checks.check_neg_valid(neg_valid, batch, text_features.shape[1])
+    scale = checks.as_scale("logit_scale", logit_scale, image_features)
+    checks.require_same_device(
+        image_features=image_features,
+        text_features=text_features,
+        logit_scale=scale,
+        neg_valid=neg_valid,
+    )
+    return image_features, text_features, scale, None if neg_valid is None else neg_valid.bool()
+
+
+def global_hn_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    neg_valid: torch.Tensor | None = None,
+    *,
+    focal_gamma: float = 2.0,
+    label_smoothing: float | None = 0.02,
+) -> torch.Tensor:
+    """Global HN loss: ``logit_scale * <image_features_b, text_features_bg>`` contrasted by
+    :func:`hn_contrast`.
+
+    Args:
+        image_features: ``(B, D)`` L2-normalised.
+        text_features: ``(B, G, D)`` or flat ``(B*G, D)``, L2-normalised.
+        logit_scale: scalar tensor, already exponentiated.
+        neg_valid: ``(B, G-1)`` bool, optional.
+
+    Returns:
+        Scalar.
+    """
+    image_features, text_features, scale, neg_valid = prepare_global_inputs(
+        image_features, text_features, logit_scale, neg_valid
+    )
+    checks.check_criterion_params(focal_gamma, label_smoothing)
+    logits = reference.global_hn_logits(image_features, text_features, scale)
+    return reference.hn_contrast_loss(
+        logits, neg_valid, float(focal_gamma), float(label_smoothing or 0.0)
+    )

@@ -1,0 +1,7 @@
+"""Adapters that turn third-party CLIP models into the inputs ``fsc_losses`` expects.
+
+Each adapter lives in its own submodule and imports its library only when that submodule is
+imported, so ``import fsc_losses`` works without any of them installed:
+
+* ``fsc_losses.integrations.open_clip`` -- ``encode_dense`` for open_clip ViT models.
+"""

@@ -1,0 +1,320 @@
+"""The FSC-CLIP losses as ``nn.Module``s: thin holders of hyper-parameters over
+``fsc_losses.functional``.
+
+Shapes: ``B`` images, ``G = 1 + K`` captions per image (column 0 the true caption), ``T`` text
+positions, ``P`` patches, ``D`` embedding width. Text inputs may be grouped ``(B, G, ...)`` or flat
+``(B*G, ...)`` as trainers produce them (the ``B`` true captions, then ``K`` blocks of ``B``
+negatives, type by type).
+
+Every module takes ``check_inputs``: value checks (today: a present caption whose mask counts no
+position) synchronise with the device, so they run once per call, are skipped under
+``torch.compile`` and CUDA-graph capture, and are off with ``check_inputs=False``. Shape, dtype and
+device checks always run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from . import checks, functional, reference
+from .distributed import gather_features
+
+Criterion = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+class SelectiveCalibratedReg(nn.Module):
+    """Selective Calibrated Regularization: the HN contrast with focal weighting and label
+    smoothing (SPEC section 3).
+
+    ``focal_gamma=0, label_smoothing=0`` is plain cross-entropy with the true caption as target.
+
+    Args:
+        focal_gamma: ``gamma >= 0`` of the focal factor ``(1 - p)^gamma``; paper default 2.0.
+        label_smoothing: ``epsilon`` in ``[0, 1)`` shared over the row's present captions; paper
+            default 0.02.
+        check_inputs: accepted for a uniform interface; this criterion has no value checks.
+
+    Shape:
+        forward(logits ``(B, G)``, neg_valid ``(B, G-1)`` bool or None) -> scalar.
+    """
+
+    def __init__(
+        self, focal_gamma: float = 2.0, label_smoothing: float | None = 0.02, check_inputs: bool = True
+    ):
+        super().__init__()
+        checks.check_criterion_params(focal_gamma, label_smoothing)
+        self.focal_gamma = float(focal_gamma)
+        self.label_smoothing = float(label_smoothing or 0.0)
+        self.check_inputs = check_inputs
+
+    def forward(self, logits: torch.Tensor, neg_valid: torch.Tensor | None = None) -> torch.Tensor:
+        return functional.hn_contrast(logits, neg_valid, self.focal_gamma, self.label_smoothing)
+
+    def extra_repr(self) -> str:
+        return f"focal_gamma={self.focal_gamma}, label_smoothing={self.label_smoothing}"
+
+
+def _criterion_or_default(criterion: Criterion | None) -> Criterion:
+    if criterion is None:
+        return SelectiveCalibratedReg()
+    if not callable(criterion):
+        raise TypeError(f"criterion must be callable(logits, neg_valid), got {type(criterion).__name__}")
+    return criterion
+
+
+class LocalHNLoss(nn.Module):
+    """Local hard-negative loss (SPEC sections 2 and 4).
+
+    Each caption token pools the image patches it is most similar to; per-token cosine scores
+    are aggregated by logsumexp into one local score per (image, caption), and the true caption is
+    contrasted with its hard negatives by ``criterion`` (SCR by default). With an SCR criterion the
+    whole term runs fused in the Triton kernels on CUDA.
+
+    Args:
+        normalizer: ``"minmax"`` (default) or ``"softmax"`` weights over patches.
+        sparsify: with ``minmax``, drop patches whose min-max score is below ``1/P``.
+        criterion: ``callable(logits (B, G), neg_valid) -> scalar``; default
+            ``SelectiveCalibratedReg()``.
+        backend: ``"auto"`` (kernels on CUDA when Triton imports), ``"triton"`` or ``"reference"``.
+        check_inputs: run the value checks (see the module docstring).
+
+    Shape:
+        forward(image_tokens ``(B, P, D)``, text_tokens ``(B, G, T, D)`` or ``(B*G, T, D)``,
+        text_mask ``(B, G, T)`` or ``(B*G, T)`` bool/int, logit_scale scalar tensor,
+        neg_valid ``(B, G-1)`` bool or None) -> scalar.
+    """
+
+    def __init__(
+        self,
+        normalizer: str = "minmax",
+        sparsify: bool = False,
+        criterion: Criterion | None = None,
+        backend: str = "auto",
+        check_inputs: bool = True,
+    ):
+        super().__init__()
+        checks.check_normalizer(normalizer, sparsify)
+        if backend not in functional.BACKENDS:
+            raise ValueError(f"backend must be one of {functional.BACKENDS}, got {backend!r}")
+        self.normalizer = normalizer
+        self.sparsify = sparsify
+        self.criterion = _criterion_or_default(criterion)
+        self.backend = backend
+        self.check_inputs = check_inputs
+
+    def forward(
+        self,
+        image_tokens: torch.Tensor,
+        text_tokens: torch.Tensor,
+        text_mask: torch.Tensor,
+        logit_scale: torch.Tensor | float,
+        neg_valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if isinstance(self.criterion, SelectiveCalibratedReg):
+            return functional.local_hn_loss(
+                image_tokens,
+                text_tokens,
+                text_mask,
+                logit_scale,
+                neg_valid,
+                normalizer=self.normalizer,
+                sparsify=self.sparsify,
+                focal_gamma=self.criterion.focal_gamma,
+                label_smoothing=self.criterion.label_smoothing,
+                backend=self.backend,
+                check_inputs=self.check_inputs,
+            )
+        scores = functional.local_hn_scores(
+            image_tokens,
+            text_tokens,
+            text_mask,
+            logit_scale,
+            self.normalizer,
+            self.sparsify,
+            neg_valid=neg_valid,
+            backend=self.backend,
+            check_inputs=self.check_inputs,
+        )
+        return self.criterion(scores, neg_valid)
+
+    def extra_repr(self) -> str:
+        return f"normalizer={self.normalizer!r}, sparsify={self.sparsify}, backend={self.backend!r}"
+
+
+class GlobalHNLoss(nn.Module):
+    """Global hard-negative loss: ``logit_scale * <image_features_b, text_features_bg>`` for the
+    true caption and its hard negatives, contrasted by ``criterion`` (SCR by default).
+
+    Args:
+        criterion: ``callable(logits (B, G), neg_valid) -> scalar``; default
+            ``SelectiveCalibratedReg()``.
+        check_inputs: accepted for a uniform interface; this loss has no value checks.
+
+    Shape:
+        forward(image_features ``(B, D)``, text_features ``(B, G, D)`` or ``(B*G, D)``,
+        logit_scale scalar tensor, neg_valid ``(B, G-1)`` bool or None) -> scalar.
+    """
+
+    def __init__(self, criterion: Criterion | None = None, check_inputs: bool = True):
+        super().__init__()
+        self.criterion = _criterion_or_default(criterion)
+        self.check_inputs = check_inputs
+
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor | float,
+        neg_valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        image_features, text_features, scale, neg_valid = functional.prepare_global_inputs(
+            image_features, text_features, logit_scale, neg_valid
+        )
+        logits = reference.global_hn_logits(image_features, text_features, scale)
+        return self.criterion(logits, neg_valid)
+
+
+class FSCLoss(nn.Module):
+    """The FSC-CLIP objective, a drop-in for open_clip's ``ClipLoss``:
+    ``L = L_clip + global_weight * L_global_HN + local_weight * L_local_HN``.
+
+    The CLIP term is the symmetric in-batch InfoNCE over the true captions (gathered across
+    processes as open_clip does); the HN terms contrast each image's true caption with its own
+    hard negatives under Selective Calibrated Regularization and stay on their rank.
+
+    Args:
+        global_weight, local_weight: ``lambda_g``, ``lambda_l`` (paper: 0.5, 0.2).
+        normalizer, sparsify: the local pooling (see :class:`LocalHNLoss`).
+        focal_gamma, label_smoothing: SCR's parameters for both HN terms (paper: 2.0, 0.02).
+        local_loss, gather_with_grad, rank, world_size: open_clip's distributed options for the
+            CLIP term.
+        backend: for the local term, ``"auto"``, ``"triton"`` or ``"reference"``.
+        check_inputs: run the value checks (see the module docstring).
+
+    Shape:
+        forward(image_features ``(B, D)``, text_features ``(B, G, D)`` or ``(B*G, D)``,
+        logit_scale scalar, image_tokens ``(B, P, D)``, text_tokens ``(B, G, T, D)`` or
+        ``(B*G, T, D)``, text_mask ``(B, G, T)`` or ``(B*G, T)``, neg_valid ``(B, G-1)``,
+        logit_bias scalar) -> scalar, or with ``output_dict=True`` a dict with
+        ``contrastive_loss``, ``global_hn_loss`` and (when tokens are given and
+        ``local_weight != 0``) ``local_hn_loss``, each already weighted. Extra keyword arguments
+        (other model outputs) are ignored.
+    """
+
+    def __init__(
+        self,
+        global_weight: float = 0.5,
+        local_weight: float = 0.2,
+        normalizer: str = "minmax",
+        sparsify: bool = False,
+        focal_gamma: float = 2.0,
+        label_smoothing: float | None = 0.02,
+        local_loss: bool = False,
+        gather_with_grad: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        backend: str = "auto",
+        check_inputs: bool = True,
+    ):
+        super().__init__()
+        checks.check_normalizer(normalizer, sparsify)
+        checks.check_criterion_params(focal_gamma, label_smoothing)
+        if backend not in functional.BACKENDS:
+            raise ValueError(f"backend must be one of {functional.BACKENDS}, got {backend!r}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.global_weight = float(global_weight)
+        self.local_weight = float(local_weight)
+        self.normalizer = normalizer
+        self.sparsify = sparsify
+        self.focal_gamma = float(focal_gamma)
+        self.label_smoothing = float(label_smoothing or 0.0)
+        self.local_loss = local_loss
+        self.gather_with_grad = gather_with_grad
+        self.rank = rank
+        self.world_size = world_size
+        self.backend = backend
+        self.check_inputs = check_inputs
+
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor | float,
+        image_tokens: torch.Tensor | None = None,
+        text_tokens: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        neg_valid: torch.Tensor | None = None,
+        logit_bias: torch.Tensor | None = None,
+        output_dict: bool = False,
+        **kwargs,
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        image_features, text_features, scale, neg_valid = functional.prepare_global_inputs(
+            image_features, text_features, logit_scale, neg_valid
+        )
+        local_inputs = self._local_inputs(image_tokens, text_tokens, text_mask, scale, neg_valid)
+        if local_inputs is not None:
+            checks.require_size("image_tokens", local_inputs.image_tokens, 2, image_features.shape[1], "D")
+            checks.require_size("text_tokens", local_inputs.text_tokens, 1, text_features.shape[1], "G")
+            checks.require_same_device(image_features=image_features, image_tokens=image_tokens)
+            value_checks = checks.ValueChecks(checks.value_checks_enabled(self.check_inputs))
+            checks.check_masks_not_empty(value_checks, local_inputs.text_mask, neg_valid)
+            value_checks.run()
+
+        losses = {
+            "contrastive_loss": self._clip_loss(image_features, text_features[:, 0], scale, logit_bias),
+            "global_hn_loss": self.global_weight
+            * reference.hn_contrast_loss(
+                reference.global_hn_logits(image_features, text_features, scale),
+                neg_valid,
+                self.focal_gamma,
+                self.label_smoothing,
+            ),
+        }
+        if local_inputs is not None:
+            losses["local_hn_loss"] = self.local_weight * functional.local_hn_loss_unchecked(
+                local_inputs,
+                self.normalizer,
+                self.sparsify,
+                self.focal_gamma,
+                self.label_smoothing,
+                self.backend,
+            )
+        return losses if output_dict else sum(losses.values())
+
+    def _local_inputs(self, image_tokens, text_tokens, text_mask, scale, neg_valid):
+        given = {"image_tokens": image_tokens, "text_tokens": text_tokens, "text_mask": text_mask}
+        if all(v is None for v in given.values()):
+            return None
+        missing = [k for k, v in given.items() if v is None]
+        if missing:
+            raise ValueError(f"the local HN term needs all of {list(given)}; missing {missing}")
+        if self.local_weight == 0:
+            return None
+        return functional.prepare_local_inputs(image_tokens, text_tokens, text_mask, scale, neg_valid)
+
+    def _clip_loss(self, image_features, text_features, scale, logit_bias):
+        if logit_bias is not None:
+            logit_bias = checks.as_scale("logit_bias", logit_bias, image_features)
+        gather = dict(
+            local_loss=self.local_loss,
+            gather_with_grad=self.gather_with_grad,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
+        all_images = gather_features(image_features, **gather)
+        all_texts = gather_features(text_features, **gather)
+        if self.local_loss:
+            return reference.clip_loss(
+                image_features,
+                text_features,
+                scale,
+                logit_bias,
+                all_image_features=all_images,
+                all_text_features=all_texts,
+                label_offset=self.rank * image_features.shape[0],
+            )
+        return reference.clip_loss(all_images, all_texts, scale, logit_bias)

@@ -1,0 +1,36 @@
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "fsc_losses" / "__init__.py").read_text(), re.M)[1]
+
+TEST = ["pytest>=7"]
+OPEN_CLIP = ["open_clip_torch>=2.23"]
+
+setup(
+    name="fsc_losses",
+    version=VERSION,
+    description="FSC-CLIP losses (local hard-negative loss, Selective Calibrated Regularization) "
+    "for CLIP fine-tuning, with fused Triton kernels",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    packages=find_packages(include=["fsc_losses", "fsc_losses.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "einops>=0.7",
+        "triton>=3.0; platform_system == 'Linux'",
+    ],
+    extras_require={
+        "test": TEST,
+        "open_clip": OPEN_CLIP,
+        "dev": TEST + OPEN_CLIP + ["ruff", "matplotlib"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
