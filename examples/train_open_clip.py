@@ -35,7 +35,9 @@ class CaptionCSV(Dataset):
     def __init__(self, csv_path: str | Path, transform):
         csv_path = Path(csv_path)
         with open(csv_path, newline="", encoding="utf-8") as f:
-            self.rows = [(csv_path.parent / row["image_path"], row["caption"]) for row in csv.DictReader(f)]
+            self.rows = [
+                (csv_path.parent / row["image_path"], row["caption"]) for row in csv.DictReader(f)
+            ]
         self.transform = transform
 
     def __len__(self) -> int:
@@ -73,7 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv", required=True, help="CSV file with an image_path,caption header")
     parser.add_argument("--model", default="ViT-B-32", help="open_clip model name (a ViT model)")
-    parser.add_argument("--pretrained", default=None, help="local open_clip checkpoint file; random init if omitted")
+    parser.add_argument(
+        "--pretrained", default=None, help="local open_clip checkpoint file; random init if omitted"
+    )
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-5)
@@ -108,9 +112,13 @@ def main(argv=None):
             if args.max_steps is not None and len(history) >= args.max_steps:
                 return model, history
             # A new seed per step: fresh negatives each time, yet the run is reproducible.
-            logs = train_step(model, tokenizer, loss_fn, optimizer, images, captions, args.seed + len(history), args.device)
+            seed = args.seed + len(history)
+            logs = train_step(
+                model, tokenizer, loss_fn, optimizer, images, captions, seed, args.device
+            )
             history.append(logs)
-            print(f"epoch {epoch} step {len(history)}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)
+            terms = ", ".join(f"{name} {value:.4f}" for name, value in logs.items())
+            print(f"epoch {epoch} step {len(history)}: {terms}", flush=True)
     return model, history
 
 

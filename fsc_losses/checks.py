@@ -120,7 +120,7 @@ class ValueChecks:
         if not self._checks:
             return
         flags = torch.stack([bad.any() for bad, _ in self._checks]).tolist()
-        for flag, (bad, message) in zip(flags, self._checks):
+        for flag, (bad, message) in zip(flags, self._checks, strict=True):
             if flag:
                 index = tuple(int(i) for i in bad.nonzero()[0])
                 raise ValueError(message(index))

@@ -25,9 +25,7 @@ def gather_features(
     if world_size == 1:
         return features
     if not dist.is_available() or not dist.is_initialized():
-        raise RuntimeError(
-            f"world_size={world_size} needs an initialised torch.distributed process group"
-        )
+        raise RuntimeError(f"world_size={world_size} needs an initialised torch.distributed process group")
     if gather_with_grad:
         return torch.cat(dist_fn.all_gather(features), dim=0)
     gathered = [torch.empty_like(features) for _ in range(world_size)]

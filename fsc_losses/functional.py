@@ -37,9 +37,7 @@ def _grouped(name: str, t: torch.Tensor, grouped_rank: int, batch: int, layout: 
         checks.require_size(name, t, 0, batch, "B")
         return t
     if t.shape[0] % batch != 0:
-        raise ValueError(
-            f"{name} is flat with {t.shape[0]} rows, which is not a multiple of B = {batch}"
-        )
+        raise ValueError(f"{name} is flat with {t.shape[0]} rows, which is not a multiple of B = {batch}")
     return group_captions(t, batch)
 
 
@@ -225,8 +223,9 @@ def local_hn_loss_unchecked(
     eps = float(label_smoothing or 0.0)
     kernels = select_kernels(backend, inputs)
     if kernels is not None:
-        return kernels.local_hn_loss(*inputs[:4], inputs.neg_valid, normalizer, sparsify,
-                                     float(focal_gamma), eps)
+        return kernels.local_hn_loss(
+            *inputs[:4], inputs.neg_valid, normalizer, sparsify, float(focal_gamma), eps
+        )
     scores = reference.local_hn_scores(*inputs[:4], normalizer, sparsify)
     return reference.hn_contrast_loss(scores, inputs.neg_valid, float(focal_gamma), eps)
 
@@ -264,9 +263,7 @@ def hn_contrast(
     """
     logits, neg_valid = prepare_contrast_inputs(logits, neg_valid)
     checks.check_criterion_params(focal_gamma, label_smoothing)
-    return reference.hn_contrast_loss(
-        logits, neg_valid, float(focal_gamma), float(label_smoothing or 0.0)
-    )
+    return reference.hn_contrast_loss(logits, neg_valid, float(focal_gamma), float(label_smoothing or 0.0))
 
 
 def prepare_global_inputs(
@@ -321,6 +318,4 @@ def global_hn_loss(
     )
     checks.check_criterion_params(focal_gamma, label_smoothing)
     logits = reference.global_hn_logits(image_features, text_features, scale)
-    return reference.hn_contrast_loss(
-        logits, neg_valid, float(focal_gamma), float(label_smoothing or 0.0)
-    )
+    return reference.hn_contrast_loss(logits, neg_valid, float(focal_gamma), float(label_smoothing or 0.0))

@@ -22,8 +22,7 @@ def group_captions(flat: torch.Tensor, num_images: int) -> torch.Tensor:
         raise ValueError(f"num_images must be a positive int, got {num_images!r}")
     if flat.dim() < 1 or flat.shape[0] % num_images != 0:
         raise ValueError(
-            f"flat must have B*G rows with B = num_images = {num_images}, got shape "
-            f"{tuple(flat.shape)}"
+            f"flat must have B*G rows with B = num_images = {num_images}, got shape {tuple(flat.shape)}"
         )
     groups = flat.shape[0] // num_images
     return flat.unflatten(0, (groups, num_images)).transpose(0, 1)
@@ -50,8 +49,7 @@ def unpack_negatives(
     require_mask("neg_text_masks", neg_text_masks)
     if neg_text_masks.dim() != 1 or neg_text_masks.numel() % num_images != 0:
         raise ValueError(
-            f"neg_text_masks must have shape (K*B,) with B = {num_images}, got "
-            f"{tuple(neg_text_masks.shape)}"
+            f"neg_text_masks must have shape (K*B,) with B = {num_images}, got {tuple(neg_text_masks.shape)}"
         )
     present = neg_text_masks.bool().to(x.device)
     num_neg = int(present.sum())
@@ -61,9 +59,7 @@ def unpack_negatives(
             f"neg_text_masks), got shape {tuple(x.shape)}"
         )
     num_kinds = present.numel() // num_images
-    slots = torch.cat(
-        [torch.arange(num_images, device=x.device), num_images + present.nonzero().squeeze(1)]
-    )
+    slots = torch.cat([torch.arange(num_images, device=x.device), num_images + present.nonzero().squeeze(1)])
     flat = x.new_zeros(((1 + num_kinds) * num_images, *x.shape[1:])).index_copy(0, slots, x)
     neg_valid = present.view(num_kinds, num_images).T.contiguous()
     return group_captions(flat, num_images), neg_valid

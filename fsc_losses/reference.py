@@ -63,9 +63,9 @@ def position_scores(
     sim = einsum(text_tokens.detach(), image_tokens.detach(), "b g t d, b p d -> b g t p")
     weights = patch_weights(sim, normalizer, sparsify)
     pooled = einsum(weights, image_tokens, "b g t p, b p d -> b g t d")
-    cos = (
-        F.normalize(pooled, dim=-1, eps=_NORM_EPS) * F.normalize(text_tokens, dim=-1, eps=_NORM_EPS)
-    ).sum(dim=-1)
+    cos = (F.normalize(pooled, dim=-1, eps=_NORM_EPS) * F.normalize(text_tokens, dim=-1, eps=_NORM_EPS)).sum(
+        dim=-1
+    )
     return logit_scale * cos
 
 

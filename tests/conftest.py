@@ -15,7 +15,6 @@ if not torch.cuda.is_available():
 GOLDEN_DIR = os.path.join(os.path.dirname(__file__), "data", "golden")
 
 
-
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -27,23 +27,41 @@ def good():
 
 
 def features():
-    return dict(image_features=torch.randn(B, D), text_features=torch.randn(B, G, D), logit_scale=torch.tensor(10.0))
+    return dict(
+        image_features=torch.randn(B, D), text_features=torch.randn(B, G, D), logit_scale=torch.tensor(10.0)
+    )
 
 
 LOCAL_CASES = {
     "image_tokens rank": (dict(image_tokens=torch.randn(B, P)), ValueError, "image_tokens"),
     "text_tokens rank": (dict(text_tokens=torch.randn(B, G, T, D, 1)), ValueError, "text_tokens"),
     "B disagrees": (dict(text_tokens=torch.randn(B + 1, G, T, D)), ValueError, "text_tokens"),
-    "flat rows not a multiple of B": (dict(text_tokens=torch.randn(B * G + 1, T, D)), ValueError, "text_tokens"),
+    "flat rows not a multiple of B": (
+        dict(text_tokens=torch.randn(B * G + 1, T, D)),
+        ValueError,
+        "text_tokens",
+    ),
     "D disagrees": (dict(text_tokens=torch.randn(B, G, T, D + 1)), ValueError, "text_tokens"),
     "G disagrees": (dict(text_mask=torch.ones(B, G + 1, T, dtype=torch.bool)), ValueError, "text_mask"),
     "T disagrees": (dict(text_mask=torch.ones(B, G, T + 1, dtype=torch.bool)), ValueError, "text_mask"),
     "float mask": (dict(text_mask=torch.ones(B, G, T)), TypeError, "text_mask"),
     "integer tokens": (dict(text_tokens=torch.ones(B, G, T, D, dtype=torch.long)), TypeError, "text_tokens"),
-    "complex tokens": (dict(image_tokens=torch.randn(B, P, D, dtype=torch.complex64)), TypeError, "image_tokens"),
-    "token dtypes differ": (dict(text_tokens=torch.randn(B, G, T, D, dtype=torch.float64)), TypeError, "text_tokens"),
+    "complex tokens": (
+        dict(image_tokens=torch.randn(B, P, D, dtype=torch.complex64)),
+        TypeError,
+        "image_tokens",
+    ),
+    "token dtypes differ": (
+        dict(text_tokens=torch.randn(B, G, T, D, dtype=torch.float64)),
+        TypeError,
+        "text_tokens",
+    ),
     "vector scale": (dict(logit_scale=torch.ones(2)), ValueError, "logit_scale"),
-    "tensor on another device": (dict(logit_scale=torch.tensor(10.0, device="meta")), ValueError, "logit_scale"),
+    "tensor on another device": (
+        dict(logit_scale=torch.tensor(10.0, device="meta")),
+        ValueError,
+        "logit_scale",
+    ),
     "empty mask of a present caption": (
         dict(text_mask=torch.ones(B, G, T, dtype=torch.bool).index_fill_(1, torch.tensor([2]), False)),
         ValueError,
@@ -70,8 +88,11 @@ def test_local_bad_inputs(case, entry):
 
 @pytest.mark.parametrize(
     "neg_valid,error",
-    [(torch.ones(B, K + 1, dtype=torch.bool), ValueError), (torch.ones(B + 1, K, dtype=torch.bool), ValueError),
-     (torch.ones(B, K), TypeError)],
+    [
+        (torch.ones(B, K + 1, dtype=torch.bool), ValueError),
+        (torch.ones(B + 1, K, dtype=torch.bool), ValueError),
+        (torch.ones(B, K), TypeError),
+    ],
 )
 def test_bad_neg_valid(neg_valid, error):
     with pytest.raises(error, match="neg_valid"):
@@ -137,8 +158,14 @@ def test_fsc_needs_all_token_inputs_and_matching_widths():
     with pytest.raises(ValueError, match="text_mask"):
         FSCLoss()(**f, image_tokens=x["image_tokens"], text_tokens=x["text_tokens"])
     with pytest.raises(ValueError, match="image_tokens"):
-        FSCLoss()(f["image_features"][:, :-1], f["text_features"][..., :-1], f["logit_scale"],
-                  x["image_tokens"], x["text_tokens"], x["text_mask"])
+        FSCLoss()(
+            f["image_features"][:, :-1],
+            f["text_features"][..., :-1],
+            f["logit_scale"],
+            x["image_tokens"],
+            x["text_tokens"],
+            x["text_mask"],
+        )
     with pytest.raises(RuntimeError, match="torch.distributed"):
         FSCLoss(world_size=2)(**f)
 

@@ -6,8 +6,14 @@ import os
 import pytest
 import torch
 
-from fsc_losses import FSCLoss, GlobalHNLoss, LocalHNLoss, SelectiveCalibratedReg
-from fsc_losses import local_hn_scores, unpack_negatives
+from fsc_losses import (
+    FSCLoss,
+    GlobalHNLoss,
+    LocalHNLoss,
+    SelectiveCalibratedReg,
+    local_hn_scores,
+    unpack_negatives,
+)
 
 from .conftest import GOLDEN_DIR
 
@@ -31,7 +37,9 @@ class Case:
         self.data = torch.load(path, weights_only=True)
         self.meta = meta = self.data["meta"]
         self.leaves = {name: self.data[name].clone().requires_grad_() for name in LEAVES[:4]}
-        self.leaves["logit_scale"] = torch.tensor(meta["logit_scale"], dtype=torch.float64, requires_grad=True)
+        self.leaves["logit_scale"] = torch.tensor(
+            meta["logit_scale"], dtype=torch.float64, requires_grad=True
+        )
         masks = self.data["neg_text_masks"]
         b = meta["B"]
         self.text_features, self.neg_valid = unpack_negatives(self.leaves["text_features"], masks, b)
@@ -65,7 +73,10 @@ class Case:
     def grads(self, loss):
         leaves = [self.leaves[name] for name in LEAVES]
         grads = torch.autograd.grad(loss, leaves, retain_graph=True, allow_unused=True)
-        return {n: torch.zeros_like(l) if g is None else g for n, l, g in zip(LEAVES, leaves, grads)}
+        return {
+            name: torch.zeros_like(leaf) if grad is None else grad
+            for name, leaf, grad in zip(LEAVES, leaves, grads, strict=True)
+        }
 
 
 @pytest.fixture(params=FILES, ids=lambda p: os.path.basename(p)[:-3])
@@ -94,10 +105,18 @@ def test_modules_match_fsc_terms(case):
     m = case.meta
     scr = SelectiveCalibratedReg(case.gamma, case.eps)
     local = LocalHNLoss(m["normalizer"], m["sparsify"], criterion=scr)
-    value = local(case.leaves["image_tokens"], case.text_tokens, case.text_mask, case.leaves["logit_scale"], case.neg_valid)
+    value = local(
+        case.leaves["image_tokens"],
+        case.text_tokens,
+        case.text_mask,
+        case.leaves["logit_scale"],
+        case.neg_valid,
+    )
     close(m["local_weight"] * value, case.data["masked_local_neg_loss"])
     glob_ = GlobalHNLoss(criterion=scr)
-    value = glob_(case.leaves["image_features"], case.text_features, case.leaves["logit_scale"], case.neg_valid)
+    value = glob_(
+        case.leaves["image_features"], case.text_features, case.leaves["logit_scale"], case.neg_valid
+    )
     close(m["global_weight"] * value, case.data["masked_clip_neg_loss"])
 
 
@@ -106,20 +125,31 @@ def test_gradients(case):
         pytest.skip("golden gradients follow the released code's semantics for missing negatives")
     terms = case.terms()
     total = sum(terms.values())
-    for term, loss in (("local_neg_loss", terms["local_hn_loss"]), ("clip_neg_loss", terms["global_hn_loss"]), ("total", total)):
+    for term, loss in (
+        ("local_neg_loss", terms["local_hn_loss"]),
+        ("clip_neg_loss", terms["global_hn_loss"]),
+        ("total", total),
+    ):
         for leaf, grad in case.grads(loss).items():
             expected = case.data[f"grad_{term}_{leaf}"]
             # The released code keeps its smoothed targets in float32, which moves its gradients
             # by ~1e-8 of their scale: compare relative to each tensor's largest entry.
             atol = 1e-6 * float(expected.abs().max())
-            torch.testing.assert_close(grad, expected, rtol=1e-6, atol=atol, msg=lambda m: f"{term}/{leaf}: {m}")
+            torch.testing.assert_close(
+                grad, expected, rtol=1e-6, atol=atol, msg=lambda m, where=f"{term}/{leaf}": f"{where}: {m}"
+            )
 
 
 def test_local_scores(case):
     m = case.meta
     scores = local_hn_scores(
-        case.leaves["image_tokens"], case.text_tokens, case.text_mask, case.leaves["logit_scale"],
-        m["normalizer"], m["sparsify"], neg_valid=case.neg_valid,
+        case.leaves["image_tokens"],
+        case.text_tokens,
+        case.text_mask,
+        case.leaves["logit_scale"],
+        m["normalizer"],
+        m["sparsify"],
+        neg_valid=case.neg_valid,
     )
     b = m["B"]
     packed = torch.cat([scores[:, 0], scores[:, 1:].T.reshape(-1)[case.data["neg_text_masks"].bool()]])

@@ -77,7 +77,14 @@ def test_vit_b32_features_equal_encoders_and_shapes(vit_b32, tokenizer):
         out = encode_dense(vit_b32, imgs, ids)
         assert_matches_encoders(vit_b32, imgs, ids, out)
 
-    assert set(out) == {"image_features", "text_features", "image_tokens", "text_tokens", "text_mask", "logit_scale"}
+    assert set(out) == {
+        "image_features",
+        "text_features",
+        "image_tokens",
+        "text_tokens",
+        "text_mask",
+        "logit_scale",
+    }
     assert out["image_features"].shape == (2, 512)
     assert out["text_features"].shape == (4, 512)
     assert out["image_tokens"].shape == (2, 49, 512)
@@ -89,11 +96,20 @@ def test_vit_b32_features_equal_encoders_and_shapes(vit_b32, tokenizer):
     # own forward_intermediates gives them (unprojected, class token already split off).
     with torch.no_grad():
         inter = vit_b32.forward_intermediates(
-            imgs, ids, image_indices=1, text_indices=1, normalize_intermediates=True, intermediates_only=True,
+            imgs,
+            ids,
+            image_indices=1,
+            text_indices=1,
+            normalize_intermediates=True,
+            intermediates_only=True,
             image_output_fmt="NLC",
         )
-    torch.testing.assert_close(out["image_tokens"], inter["image_intermediates"][-1] @ vit_b32.visual.proj)
-    torch.testing.assert_close(out["text_tokens"], inter["text_intermediates"][-1] @ vit_b32.text_projection)
+    torch.testing.assert_close(
+        out["image_tokens"], inter["image_intermediates"][-1] @ vit_b32.visual.proj
+    )
+    torch.testing.assert_close(
+        out["text_tokens"], inter["text_intermediates"][-1] @ vit_b32.text_projection
+    )
     assert not torch.allclose(out["image_tokens"].norm(dim=-1), torch.ones(2, 49))
 
 
@@ -127,10 +143,14 @@ def test_text_mask_tokenizer_variants():
     assert mask.tolist() == [[True, True, True, False, False], [True] * 5]
     # BERT-style: [CLS] 101 first, [SEP] 102 last, zero padding.
     ids = torch.tensor([[101, 7, 8, 102, 0, 0]])
-    assert text_token_mask(ids, pad_id=0, sot_id=101, eot_id=102).tolist() == [[False, True, True, True, False, False]]
+    assert text_token_mask(ids, pad_id=0, sot_id=101, eot_id=102).tolist() == [
+        [False, True, True, True, False, False]
+    ]
     # The start id only counts as start-of-text at position 0.
     ids = torch.tensor([[5, 101, 102, 0]])
-    assert text_token_mask(ids, pad_id=0, sot_id=101, eot_id=102).tolist() == [[True, True, True, False]]
+    assert text_token_mask(ids, pad_id=0, sot_id=101, eot_id=102).tolist() == [
+        [True, True, True, False]
+    ]
 
 
 @pytest.mark.parametrize(
@@ -138,7 +158,10 @@ def test_text_mask_tokenizer_variants():
     [
         ({}, {}),
         ({"pool_type": "avg"}, {"pool_type": "last"}),
-        ({"pool_type": "avg", "final_ln_after_pool": True, "no_ln_pre": True}, {"pool_type": "first"}),
+        (
+            {"pool_type": "avg", "final_ln_after_pool": True, "no_ln_pre": True},
+            {"pool_type": "first"},
+        ),
         ({"pos_embed_type": "sin_cos_2d"}, {"pool_type": "eos", "eos_id": 999, "proj_bias": True}),
     ],
 )
@@ -178,7 +201,11 @@ def test_custom_text_clip_default_text_tower():
 
 
 def _tiny_resnet_clip():
-    return CLIP(16, {"layers": (1, 1, 1, 1), "width": 16, "image_size": IMAGE, "head_width": 16}, tiny_text())
+    return CLIP(
+        16,
+        {"layers": (1, 1, 1, 1), "width": 16, "image_size": IMAGE, "head_width": 16},
+        tiny_text(),
+    )
 
 
 def _non_transformer_text_tower():
@@ -191,10 +218,18 @@ def _non_transformer_text_tower():
     "build, error, match",
     [
         (_tiny_resnet_clip, TypeError, "ModifiedResNet"),
-        (lambda: tiny_clip({"attentional_pool": True, "attn_pooler_queries": 4}), ValueError, "attentional"),
+        (
+            lambda: tiny_clip({"attentional_pool": True, "attn_pooler_queries": 4}),
+            ValueError,
+            "attentional",
+        ),
         (lambda: tiny_clip({"pool_type": "none"}), ValueError, "pool_type"),
         (lambda: tiny_clip(text={"pool_type": "none"}), ValueError, "text pool"),
-        (lambda: tiny_clip(text={"embed_cls": True}, model_class=CustomTextCLIP), ValueError, "class token"),
+        (
+            lambda: tiny_clip(text={"embed_cls": True}, model_class=CustomTextCLIP),
+            ValueError,
+            "class token",
+        ),
         (_non_transformer_text_tower, TypeError, "TextTransformer"),
         (lambda: torch.nn.Linear(2, 2), TypeError, "CLIP or CustomTextCLIP"),
     ],
@@ -238,10 +273,15 @@ def test_autocast_bf16():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = encode_dense(model, imgs, ids)
         assert_matches_encoders(model, imgs, ids, out)
-    assert out["image_tokens"].dtype == torch.bfloat16 and out["text_tokens"].dtype == torch.bfloat16
+    assert (
+        out["image_tokens"].dtype == torch.bfloat16 and out["text_tokens"].dtype == torch.bfloat16
+    )
     loss = out["image_tokens"].float().square().mean() + out["text_tokens"].float().square().mean()
     loss.backward()
-    assert torch.isfinite(model.visual.proj.grad).all() and model.visual.proj.grad.dtype == torch.float32
+    assert (
+        torch.isfinite(model.visual.proj.grad).all()
+        and model.visual.proj.grad.dtype == torch.float32
+    )
 
 
 def test_patch_dropout_keeps_fewer_patches_in_training():

@@ -72,7 +72,9 @@ def test_missing_negative_has_no_influence_and_no_gradient():
     changed["text_tokens"][1, 3] = torch.randn_like(changed["text_tokens"][1, 3]) * 100
     changed["text_mask"] = x["text_mask"].clone()
     changed["text_mask"][1, 3] = False
-    torch.testing.assert_close(LocalHNLoss()(**changed, neg_valid=neg_valid), loss.detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        LocalHNLoss()(**changed, neg_valid=neg_valid), loss.detach(), rtol=1e-12, atol=0
+    )
 
 
 @pytest.mark.parametrize("with_missing", [False, True])
@@ -105,7 +107,9 @@ def test_noncontiguous_grouped_view_equals_contiguous_copy():
     view = group_captions(flat_tokens, B)
     assert not view.is_contiguous() and view.data_ptr() == flat_tokens.data_ptr()
     a = LocalHNLoss()(x["image_tokens"], view, group_captions(flat_mask, B), x["logit_scale"])
-    b = LocalHNLoss()(x["image_tokens"], view.contiguous(), group_captions(flat_mask, B).contiguous(), x["logit_scale"])
+    b = LocalHNLoss()(
+        x["image_tokens"], view.contiguous(), group_captions(flat_mask, B).contiguous(), x["logit_scale"]
+    )
     c = LocalHNLoss()(x["image_tokens"], flat_tokens, flat_mask, x["logit_scale"])
     torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
     torch.testing.assert_close(c, b, rtol=1e-12, atol=0)
@@ -142,15 +146,30 @@ def test_fsc_total_is_sum_of_weighted_terms_and_logit_bias():
     txt = F.normalize(torch.randn(B * (1 + K), D, generator=g, dtype=torch.float64), dim=-1)
     x = make_inputs(B=B, K=K, D=D)
     loss = FSCLoss()
-    terms = loss(img, txt, x["logit_scale"], x["image_tokens"], x["text_tokens"], x["text_mask"], output_dict=True)
+    terms = loss(
+        img, txt, x["logit_scale"], x["image_tokens"], x["text_tokens"], x["text_mask"], output_dict=True
+    )
     assert set(terms) == {"contrastive_loss", "global_hn_loss", "local_hn_loss"}
     total = loss(img, txt, x["logit_scale"], x["image_tokens"], x["text_tokens"], x["text_mask"])
     torch.testing.assert_close(total, sum(terms.values()), rtol=1e-12, atol=0)
-    torch.testing.assert_close(terms["global_hn_loss"], 0.5 * GlobalHNLoss()(img, txt, x["logit_scale"]), rtol=1e-12, atol=0)
-    torch.testing.assert_close(terms["local_hn_loss"], 0.2 * LocalHNLoss()(x["image_tokens"], x["text_tokens"], x["text_mask"], x["logit_scale"]), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        terms["global_hn_loss"], 0.5 * GlobalHNLoss()(img, txt, x["logit_scale"]), rtol=1e-12, atol=0
+    )
+    torch.testing.assert_close(
+        terms["local_hn_loss"],
+        0.2 * LocalHNLoss()(x["image_tokens"], x["text_tokens"], x["text_mask"], x["logit_scale"]),
+        rtol=1e-12,
+        atol=0,
+    )
     # no tokens, or a zero local weight: no local term
     assert set(loss(img, txt, x["logit_scale"], output_dict=True)) == {"contrastive_loss", "global_hn_loss"}
-    no_local = FSCLoss(local_weight=0)(img, txt, x["logit_scale"], **{k: x[k] for k in ("image_tokens", "text_tokens", "text_mask")}, output_dict=True)
+    no_local = FSCLoss(local_weight=0)(
+        img,
+        txt,
+        x["logit_scale"],
+        **{k: x[k] for k in ("image_tokens", "text_tokens", "text_mask")},
+        output_dict=True,
+    )
     assert "local_hn_loss" not in no_local
     # the bias shifts every CLIP logit
     bias = torch.tensor(-3.0, dtype=torch.float64)

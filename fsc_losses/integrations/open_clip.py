@@ -109,7 +109,9 @@ def encode_dense(
             f"torch.compile wrappers first), got {type(model).__name__}"
         )
     if texts.ndim != 2 or texts.is_floating_point():
-        raise ValueError(f"texts must be a (N, T) tensor of token ids, got {tuple(texts.shape)} {texts.dtype}")
+        raise ValueError(
+            f"texts must be a (N, T) tensor of token ids, got {tuple(texts.shape)} {texts.dtype}"
+        )
     _check_vision_tower(model.visual)
     text_parts = _text_parts(model)
 
@@ -210,7 +212,9 @@ def _text_parts(model: CLIP | CustomTextCLIP) -> _TextParts:
                 "(embed_cls): its global feature bypasses the per-position outputs"
             )
         if getattr(text, "use_pad_mask", False):
-            raise ValueError("encode_dense does not support a text tower with a padding attention mask")
+            raise ValueError(
+                "encode_dense does not support a text tower with a padding attention mask"
+            )
         parts = _TextParts(
             text.token_embedding,
             text.positional_embedding,
@@ -228,7 +232,9 @@ def _text_parts(model: CLIP | CustomTextCLIP) -> _TextParts:
     return parts
 
 
-def _encode_image_dense(visual: VisionTransformer, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode_image_dense(
+    visual: VisionTransformer, images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass of the ViT: ``(B, 3, H, W) -> (B, D)`` global feature and ``(B, P, D)`` patches."""
     x = visual.conv1(images).flatten(2).transpose(1, 2)  # (B, P, width)
     cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)

@@ -1,0 +1,102 @@
+"""Smoke test of examples/train_open_clip.py: a few real steps on a tiny model and a tiny CSV."""
+
+import csv
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+open_clip = pytest.importorskip("open_clip")
+Image = pytest.importorskip("PIL.Image")
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_open_clip.py"
+TINY_MODEL = "fsc-test-tiny-vit"
+# A ViT-B-32-shaped config shrunk to run in well under a second per step on a CPU. It keeps the
+# default tokenizer's vocabulary so open_clip.get_tokenizer works on it unchanged.
+TINY_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+CAPTIONS = [
+    "a red cube to the left of a blue sphere",
+    "two dogs sitting on a wooden bench",
+    "a small cat under a large table",
+    "a man riding a bike behind a bus",
+    "a green ball in front of a white door",
+    "three birds flying above a river",
+    "a woman holding a yellow umbrella",
+    "a black car next to a tall tree",
+]
+
+
+@pytest.fixture(scope="module")
+def example():
+    spec = importlib.util.spec_from_file_location("train_open_clip", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    config = tmp_path_factory.mktemp("configs") / f"{TINY_MODEL}.json"
+    config.write_text(json.dumps(TINY_CONFIG))
+    open_clip.add_model_config(config)
+    return TINY_MODEL
+
+
+@pytest.fixture
+def pairs_csv(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    with open(tmp_path / "pairs.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image_path", "caption"])
+        for i, caption in enumerate(CAPTIONS):
+            pixels = torch.randint(0, 256, (40, 48, 3), generator=gen, dtype=torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+            writer.writerow([f"{i}.png", caption])  # relative to the CSV's folder
+    return tmp_path / "pairs.csv"
+
+
+def run(example, model_name, csv_path, max_steps, *extra):
+    argv = ["--csv", str(csv_path), "--model", model_name, "--batch-size", "4", "--epochs", "2"]
+    argv += ["--lr", "1e-3", "--device", "cpu", "--seed", "3", "--max-steps", str(max_steps)]
+    return example.main([*argv, *extra])
+
+
+def test_example_trains_a_few_steps(example, tiny_model, pairs_csv, capsys):
+    initial, no_steps = run(example, tiny_model, pairs_csv, max_steps=0)
+    assert no_steps == []
+    model, history = run(example, tiny_model, pairs_csv, max_steps=3)  # crosses into epoch 2
+
+    assert len(history) == 3
+    for logs in history:
+        assert set(logs) == {"loss", "contrastive_loss", "global_hn_loss", "local_hn_loss"}
+        assert all(math.isfinite(value) for value in logs.values())
+        assert logs["local_hn_loss"] > 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 3 and printed[-1].startswith("epoch 1 step 3: loss ")
+
+    before, after = initial.state_dict(), model.state_dict()
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    for name in (
+        "visual.conv1.weight",
+        "visual.proj",
+        "token_embedding.weight",
+        "text_projection",
+        "logit_scale",
+    ):
+        assert name in changed
+
+
+def test_example_starts_from_a_local_checkpoint(example, tiny_model, pairs_csv, tmp_path):
+    trained, _ = run(example, tiny_model, pairs_csv, 1)
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save(trained.state_dict(), checkpoint)
+    loaded, _ = run(example, tiny_model, pairs_csv, 0, "--pretrained", str(checkpoint))
+    expected = trained.state_dict()
+    assert all(torch.equal(value, expected[name]) for name, value in loaded.state_dict().items())
