@@ -7,7 +7,7 @@ HERE = Path(__file__).parent
 VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "fsc_losses" / "__init__.py").read_text(), re.M)[1]
 
 TEST = ["pytest>=7"]
-OPEN_CLIP = ["open_clip_torch>=2.23"]
+OPEN_CLIP = ["open_clip_torch>=3.3"]
 
 setup(
     name="fsc_losses",

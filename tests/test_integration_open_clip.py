@@ -14,6 +14,7 @@ from fsc_losses.integrations.open_clip import (  # noqa: E402
     DEFAULT_EOT_ID,
     DEFAULT_PAD_ID,
     DEFAULT_SOT_ID,
+    DenseEncoder,
     encode_dense,
     text_token_mask,
 )
@@ -38,7 +39,7 @@ def tiny_clip(vision=None, text=None, model_class=CLIP, **kwargs):
 
 
 def random_ids(n=6, context=CONTEXT, vocab=1000, seed=0):
-    """SOT, a few word ids, EOT (the row's largest id), zero padding -- the default tokenizer's layout."""
+    """Start id, word ids, end id (the row's largest), zero padding: the default layout."""
     gen = torch.Generator().manual_seed(seed)
     ids = torch.zeros(n, context, dtype=torch.long)
     for row in range(n):
@@ -92,24 +93,6 @@ def test_vit_b32_features_equal_encoders_and_shapes(vit_b32, tokenizer):
     assert out["text_mask"].shape == (4, 77) and out["text_mask"].dtype == torch.bool
     assert torch.equal(out["text_mask"], text_token_mask(ids))
     assert torch.equal(out["logit_scale"], vit_b32.logit_scale.exp())
-    # The tokens are the unnormalised final-block outputs after the final norms, projected; open_clip's
-    # own forward_intermediates gives them (unprojected, class token already split off).
-    with torch.no_grad():
-        inter = vit_b32.forward_intermediates(
-            imgs,
-            ids,
-            image_indices=1,
-            text_indices=1,
-            normalize_intermediates=True,
-            intermediates_only=True,
-            image_output_fmt="NLC",
-        )
-    torch.testing.assert_close(
-        out["image_tokens"], inter["image_intermediates"][-1] @ vit_b32.visual.proj
-    )
-    torch.testing.assert_close(
-        out["text_tokens"], inter["text_intermediates"][-1] @ vit_b32.text_projection
-    )
     assert not torch.allclose(out["image_tokens"].norm(dim=-1), torch.ones(2, 49))
 
 
@@ -157,7 +140,7 @@ def test_text_mask_tokenizer_variants():
     "vision, text",
     [
         ({}, {}),
-        ({"pool_type": "avg"}, {"pool_type": "last"}),
+        ({"pool_type": "avg"}, {"pool_type": "last", "no_causal_mask": True}),
         (
             {"pool_type": "avg", "final_ln_after_pool": True, "no_ln_pre": True},
             {"pool_type": "first"},
@@ -171,8 +154,27 @@ def test_tiny_clip_variants_equal_encoders(vision, text):
     with torch.no_grad():
         out = encode_dense(model, imgs, ids)
         assert_matches_encoders(model, imgs, ids, out)
+        # open_clip's own forward_intermediates gives the final-block outputs after the final
+        # norms (class token split off), which projected must be the tokens.
+        inter = model.forward_intermediates(
+            imgs,
+            ids,
+            image_indices=1,
+            text_indices=1,
+            normalize_intermediates=True,
+            intermediates_only=True,
+            image_output_fmt="NLC",
+        )
+        patches = inter["image_intermediates"][-1] @ model.visual.proj
+        positions = inter["text_intermediates"][-1]
+        if isinstance(model.text_projection, torch.nn.Linear):
+            positions = model.text_projection(positions)
+        else:
+            positions = positions @ model.text_projection
     assert out["image_tokens"].shape == (2, (IMAGE // 8) ** 2, 16)
     assert out["text_tokens"].shape == (6, CONTEXT, 16)
+    torch.testing.assert_close(out["image_tokens"], patches)
+    torch.testing.assert_close(out["text_tokens"], positions)
 
 
 def test_custom_text_clip_siglip_style():
@@ -237,11 +239,14 @@ def _non_transformer_text_tower():
 def test_unsupported_models_raise(build, error, match):
     with pytest.raises(error, match=match):
         encode_dense(build(), images(), random_ids())
+    with pytest.raises(error, match=match):
+        DenseEncoder(build())
 
 
-def test_float_texts_raise():
+@pytest.mark.parametrize("texts", [random_ids().float(), random_ids().bool(), random_ids()[0]])
+def test_texts_that_are_not_id_matrices_raise(texts):
     with pytest.raises(ValueError, match="token ids"):
-        encode_dense(tiny_clip(), images(), random_ids().float())
+        encode_dense(tiny_clip(), images(), texts)
 
 
 def test_gradients_reach_both_towers_through_tokens():
@@ -306,7 +311,7 @@ def test_model_left_unchanged():
     assert all(torch.equal(before_state[k], after_state[k]) for k in before_state)
     with torch.no_grad():
         after_out = model.eval()(imgs, ids)
-    assert all(torch.equal(a, b) for a, b in zip(before_out, after_out))
+    assert all(torch.equal(a, b) for a, b in zip(before_out, after_out, strict=True))
     for module in model.modules():
         assert not module._forward_hooks and not module._forward_pre_hooks
         assert not module._backward_hooks and not module._backward_pre_hooks
@@ -316,3 +321,55 @@ def test_model_left_unchanged():
 def test_package_import_does_not_import_open_clip():
     code = "import sys, fsc_losses.integrations; assert 'open_clip' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_output_feeds_fsc_loss(autocast):
+    from fsc_losses import FSCLoss
+
+    model = tiny_clip(model_class=CustomTextCLIP, init_logit_bias=-1.0)
+    neg_valid = torch.tensor([[True, False], [True, True]])  # B=2, K=2
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = encode_dense(model, images(), random_ids(6))
+        terms = FSCLoss()(**out, neg_valid=neg_valid, output_dict=True)
+    assert set(terms) == {"contrastive_loss", "global_hn_loss", "local_hn_loss"}
+    assert all(torch.isfinite(value) for value in terms.values())
+    sum(terms.values()).backward()
+    for param in (model.visual.proj, model.text.text_projection, model.logit_bias):
+        assert param.grad is not None and torch.isfinite(param.grad).all()
+
+
+def test_dense_encoder_gradients_go_through_ddp(tmp_path):
+    dist = pytest.importorskip("torch.distributed")
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not dist.is_available() or not dist.is_gloo_available() or dist.is_initialized():
+        pytest.skip("needs torch.distributed with gloo and no process group yet")
+    model = tiny_clip()
+    imgs, ids = images(), random_ids()
+    assert_matches_encoders(model.eval(), imgs, ids, DenseEncoder(model)(imgs, ids))
+
+    # One process is enough to see whether DDP's reducer handles the gradients: its
+    # communication hook runs once per gradient bucket it all-reduces.
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        reduced = []
+
+        def count_and_pass(state, bucket):
+            reduced.append(len(bucket.gradients()))
+            result = torch.futures.Future()
+            result.set_result(bucket.buffer())
+            return result
+
+        encoder = DistributedDataParallel(DenseEncoder(model.train()))
+        encoder.register_comm_hook(None, count_and_pass)
+        for _ in range(2):  # a second step fails if a parameter missed its reduction
+            out = encoder(imgs, ids)
+            tokens = out["image_tokens"].square().mean() + out["text_tokens"].square().mean()
+            (tokens + out["logit_scale"]).backward()
+    finally:
+        dist.destroy_process_group()
+    num_params = len(list(model.parameters()))
+    assert reduced and sum(reduced) == 2 * num_params

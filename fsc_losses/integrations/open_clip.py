@@ -5,7 +5,8 @@
 ``model.encode_image(images, normalize=True)`` / ``model.encode_text(texts, normalize=True)``)
 and the projected token outputs the local hard-negative loss pools over::
 
-    out = encode_dense(model, images, texts)   # texts: B true captions, then K blocks of B negatives
+    # texts: the B true captions, then K blocks of B negatives
+    out = encode_dense(model, images, texts)
     loss = FSCLoss()(**out, neg_valid=neg_valid)
 
 It reads the model's submodules and calls them in the order the towers' own ``forward`` does
@@ -26,11 +27,19 @@ from open_clip.model import CLIP, CustomTextCLIP
 from open_clip.transformer import TextTransformer, VisionTransformer, text_global_pool
 from torch import nn
 
-__all__ = ["DEFAULT_EOT_ID", "DEFAULT_PAD_ID", "DEFAULT_SOT_ID", "encode_dense", "text_token_mask"]
+__all__ = [
+    "DEFAULT_EOT_ID",
+    "DEFAULT_PAD_ID",
+    "DEFAULT_SOT_ID",
+    "DenseEncoder",
+    "encode_dense",
+    "text_token_mask",
+]
 
-# Special ids of open_clip's default tokenizer (``SimpleTokenizer``, used by every OpenAI/LAION
-# ViT config): ``<start_of_text>`` and ``<end_of_text>`` are the last two ids of its 49408-entry
-# vocabulary, and it pads with zeros.
+# Special ids of open_clip's default tokenizer (``SimpleTokenizer``, what ``get_tokenizer`` returns
+# for every config without an ``hf_tokenizer_name``, e.g. the OpenAI and LAION ViTs):
+# ``<start_of_text>`` and ``<end_of_text>`` are the last two ids of its 49408-entry vocabulary, and
+# it pads with zeros.
 DEFAULT_SOT_ID = 49406
 DEFAULT_EOT_ID = 49407
 DEFAULT_PAD_ID = 0
@@ -69,7 +78,7 @@ def encode_dense(
     pooling; ``text_projection`` a matrix, an ``nn.Linear`` or absent).
 
     Args:
-        model: the open_clip model, unwrapped (pass ``ddp_model.module``, not the DDP wrapper).
+        model: the open_clip model itself, not a DDP wrapper (under DDP use ``DenseEncoder``).
         images: ``(B, 3, H, W)`` preprocessed images at the tower's image size.
         texts: ``(N, T)`` token ids, ``N = B * G``: the ``B`` true captions, then ``K`` blocks of
             ``B`` hard negatives (block ``k`` row ``b`` is image ``b``'s ``k``-th negative).
@@ -101,19 +110,13 @@ def encode_dense(
             transformer (``HFTextEncoder``).
         ValueError: a tower configuration whose tokens or global feature this function cannot
             reproduce (attentional pooler, pool type ``none``, appended text class token, padding
-            attention mask), or ``texts`` that is not a 2-D id tensor.
+            attention mask), or ``texts`` that is not a 2-D int64/int32 tensor.
     """
-    if not isinstance(model, (CLIP, CustomTextCLIP)):
-        raise TypeError(
-            "encode_dense expects an open_clip CLIP or CustomTextCLIP model (unwrap DDP / "
-            f"torch.compile wrappers first), got {type(model).__name__}"
-        )
-    if texts.ndim != 2 or texts.is_floating_point():
+    text_parts = _check_supported(model)
+    if texts.ndim != 2 or texts.dtype not in (torch.int64, torch.int32):
         raise ValueError(
             f"texts must be a (N, T) tensor of token ids, got {tuple(texts.shape)} {texts.dtype}"
         )
-    _check_vision_tower(model.visual)
-    text_parts = _text_parts(model)
 
     image_pooled, image_tokens = _encode_image_dense(model.visual, images)
     text_pooled, text_tokens = _encode_text_dense(text_parts, texts)
@@ -128,6 +131,40 @@ def encode_dense(
     if model.logit_bias is not None:
         out["logit_bias"] = model.logit_bias
     return out
+
+
+class DenseEncoder(nn.Module):
+    """``encode_dense`` as a module, for ``DistributedDataParallel``.
+
+    DDP synchronises gradients only for computations that run through its own ``forward``, so
+    ``encode_dense(ddp_model.module, ...)`` would train each process on its own gradients. Wrap
+    this module instead::
+
+        encoder = DistributedDataParallel(DenseEncoder(model), device_ids=[local_rank])
+        out = encoder(images, texts)  # the dict encode_dense returns
+
+    ``model`` is registered as the submodule ``model`` (state-dict keys gain a ``model.`` prefix;
+    save ``model.state_dict()`` itself to keep open_clip's keys). The keyword arguments are
+    ``encode_dense``'s token ids. An unsupported model raises here already, as in
+    ``encode_dense``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        pad_id: int = DEFAULT_PAD_ID,
+        sot_id: int | None = DEFAULT_SOT_ID,
+        eot_id: int | None = DEFAULT_EOT_ID,
+    ):
+        super().__init__()
+        _check_supported(model)
+        self.model = model
+        self.token_ids = {"pad_id": pad_id, "sot_id": sot_id, "eot_id": eot_id}
+
+    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``(B, 3, H, W)`` images and ``(N, T)`` token ids to ``encode_dense``'s dict."""
+        return encode_dense(self.model, images, texts, **self.token_ids)
 
 
 def text_token_mask(
@@ -167,11 +204,23 @@ def text_token_mask(
     return mask
 
 
+def _check_supported(model: nn.Module) -> _TextParts:
+    """Raise unless ``encode_dense`` reproduces ``model`` exactly; return its text tower's parts."""
+    if not isinstance(model, (CLIP, CustomTextCLIP)):
+        raise TypeError(
+            "encode_dense expects an open_clip CLIP or CustomTextCLIP model (unwrap DDP / "
+            f"torch.compile wrappers first; for DDP see DenseEncoder), got {type(model).__name__}"
+        )
+    _check_vision_tower(model.visual)
+    return _text_parts(model)
+
+
 def _check_vision_tower(visual: nn.Module) -> None:
     if not isinstance(visual, VisionTransformer):
         raise TypeError(
             "encode_dense needs open_clip's VisionTransformer image tower, whose patch tokens the "
-            f"local loss pools; got {type(visual).__name__} (ResNet and timm towers are not supported)"
+            f"local loss pools; got {type(visual).__name__} (ResNet and timm towers are not "
+            "supported)"
         )
     if visual.attn_pool is not None:
         raise ValueError(
@@ -260,7 +309,7 @@ def _encode_image_dense(
 
 
 def _encode_text_dense(parts: _TextParts, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass of the text transformer: ``(N, T)`` ids to ``(N, D)`` pooled and ``(N, T, D)`` tokens."""
+    """One pass of the text tower: ``(N, T)`` ids to ``(N, D)`` pooled and ``(N, T, D)`` tokens."""
     cast_dtype = parts.transformer.get_cast_dtype()
     x = parts.token_embedding(texts).to(cast_dtype)
     x = x + parts.positional_embedding[: texts.shape[1]].to(cast_dtype)
