@@ -87,10 +87,13 @@ def prepare_local_inputs(
 
 
 def _load_kernels() -> ModuleType | None:
+    """The kernel module, or None where Triton is not installed (a broken kernel module raises)."""
     try:
-        from .kernels import local_hn
+        import triton  # noqa: F401
     except ImportError:
         return None
+    from .kernels import local_hn
+
     return local_hn
 
 

@@ -1,0 +1,695 @@
+"""Speed and memory of the local hard-negative loss: the fused Triton kernels against the
+PyTorch reference, eager and under ``torch.compile``, next to the floors the hardware sets.
+
+    python benchmarks/bench_local_hn.py                          # the four ANCHORS.md shapes
+    python benchmarks/bench_local_hn.py --suite anchors batch length --plot
+    python benchmarks/bench_local_hn.py --shape 96,3,77,196,512 --dtype bf16 --mode fwd+bwd
+    TRITON_INTERPRET=1 python benchmarks/bench_local_hn.py --smoke   # CPU, tiny, for CI
+
+Providers (all with ``check_inputs=False``, so none of them synchronises with the host):
+``fused`` is ``LocalHNLoss(backend="triton")``, ``reference`` is ``LocalHNLoss(backend="reference")``
+run eagerly, ``compiled`` is ``torch.compile`` of a function calling the reference module.
+
+Modes: ``fwd`` is the training forward (inputs require grad, so it saves what backward needs);
+``bwd`` is the backward alone: each repetition runs a fresh forward outside the timed region (a
+retained graph cannot be replayed through compiled code, whose backward donates its buffers);
+``fwd+bwd`` is both. Gradients are taken with ``torch.autograd.grad`` with respect to the image
+tokens, text tokens and ``logit_scale``.
+
+See docs/benchmarks.md for the floors and the columns of the results file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+if __package__ in (None, ""):
+    # Run as a script: make the repository root importable, for fsc_losses and benchmarks.common.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import common  # noqa: E402
+from fsc_losses import LocalHNLoss, functional  # noqa: E402
+from fsc_losses.layout import group_captions  # noqa: E402
+
+PROVIDERS = ("fused", "compiled", "reference")
+MODES = ("fwd", "bwd", "fwd+bwd")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+NORMALIZERS = ("minmax", "softmax")
+LAYOUTS = ("flat", "grouped")
+SUITES = ("anchors", "batch", "length")
+
+LOGIT_SCALE = 100.0
+COUNTED = (10, 20)  # counted positions per caption, as real captions of 10 to 20 tokens give
+MIN_INPUT_SETS = 4
+
+# GEMMs of N x P x D (N counted caption positions) each mode must do at least: forward
+# S = X V^T and Z = W V; backward dV = W^T dZ plus Z once more, which dZ needs through Z / |Z|.
+# Rebuilding W as well (a third backward GEMM) is avoidable by keeping it (N * P values), so it
+# is left out: the floor stays a lower bound for every design.
+GEMMS = {"fwd": 2, "bwd": 2, "fwd+bwd": 4}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One benchmark shape: ``G = 1 + negatives`` captions per image of ``length`` positions,
+    of which ``counted[0]..counted[1]`` (uniform, per caption) count."""
+
+    name: str
+    suite: str
+    batch: int
+    negatives: int
+    length: int
+    patches: int
+    dim: int
+    counted: tuple[int, int] = COUNTED
+
+    def __post_init__(self):
+        sizes = (self.batch, self.negatives, self.length, self.patches, self.dim)
+        if min(sizes) < 1:
+            raise ValueError(f"{self.name}: B, K, T, P, D must all be positive, got {sizes}")
+        lo, hi = self.counted
+        if not 1 <= lo <= hi <= self.length - 1:
+            raise ValueError(
+                f"{self.name}: counted positions {lo}..{hi} must lie in 1..T-1 = {self.length - 1} "
+                "(position 0 is the start-of-text token, never counted)"
+            )
+
+    @property
+    def groups(self) -> int:
+        return 1 + self.negatives
+
+    @property
+    def captions(self) -> int:
+        return self.batch * self.groups
+
+
+ANCHOR_SHAPES = (
+    Shape("ViT-B/32", "anchors", 256, 3, 77, 49, 512),
+    Shape("ViT-B/16", "anchors", 128, 3, 77, 196, 512),
+    Shape("ViT-L/14", "anchors", 64, 3, 77, 256, 768),
+    Shape("ViT-L/14-336", "anchors", 64, 3, 77, 576, 768),
+)
+SWEEP_BASE = ANCHOR_SHAPES[1]
+BATCH_SWEEP = (32, 64, 128, 256, 512)
+LENGTH_SWEEP = (5, 10, 20, 40, 76)  # counted positions; 76 = every position after start-of-text
+# Small enough for the Triton interpreter, which runs each kernel program in numpy.
+SMOKE_SHAPE = Shape("smoke", "smoke", 2, 3, 12, 4, 16, counted=(3, 8))
+
+
+def suite_shapes(suite: str, counted: tuple[int, int]) -> list[Shape]:
+    if suite == "anchors":
+        return [replace(s, counted=counted) for s in ANCHOR_SHAPES]
+    base = replace(SWEEP_BASE, suite=suite, counted=counted)
+    if suite == "batch":
+        return [replace(base, name=f"{base.name} B={b}", batch=b) for b in BATCH_SWEEP]
+    return [replace(base, name=f"{base.name} L={n}", counted=(n, n)) for n in LENGTH_SWEEP]
+
+
+def custom_shape(sizes: tuple[int, ...], counted: tuple[int, int]) -> Shape:
+    batch, negatives, length, patches, dim = sizes
+    name = f"B={batch},K={negatives},T={length},P={patches},D={dim}"
+    return Shape(name, "custom", batch, negatives, length, patches, dim, counted)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+
+
+def caption_masks(shape: Shape, generator: torch.Generator) -> torch.Tensor:
+    """``(B*G, T)`` prefix masks as a tokenizer's output gives them: position 0 (start of text)
+    excluded, then ``n`` counted positions (words and end of text), then padding."""
+    lo, hi = shape.counted
+    counts = torch.randint(lo, hi + 1, (shape.captions, 1), generator=generator)
+    positions = torch.arange(shape.length)
+    return (positions >= 1) & (positions <= counts)
+
+
+@dataclass
+class InputSet:
+    image_tokens: torch.Tensor
+    text_tokens: torch.Tensor
+    text_mask: torch.Tensor
+    logit_scale: torch.Tensor
+
+    @property
+    def args(self) -> tuple[torch.Tensor, ...]:
+        return self.image_tokens, self.text_tokens, self.text_mask, self.logit_scale
+
+    @property
+    def leaves(self) -> tuple[torch.Tensor, ...]:
+        return self.image_tokens, self.text_tokens, self.logit_scale
+
+
+def make_input_set(
+    shape: Shape, dtype: torch.dtype, device: torch.device, layout: str, seed: int
+) -> InputSet:
+    """Random tokens of ``shape``; text in the trainers' flat layout (``B`` true captions, then
+    ``K`` blocks of ``B`` negatives) or grouped ``(B, G, T, D)`` and contiguous."""
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.randn(shape.batch, shape.patches, shape.dim, generator=generator)
+    text = torch.randn(shape.captions, shape.length, shape.dim, generator=generator)
+    mask = caption_masks(shape, generator)
+    if layout == "grouped":
+        text = group_captions(text, shape.batch).contiguous()
+        mask = group_captions(mask, shape.batch).contiguous()
+    return InputSet(
+        image.to(device, dtype).requires_grad_(),
+        text.to(device, dtype).requires_grad_(),
+        mask.to(device),
+        torch.tensor(LOGIT_SCALE, device=device, requires_grad=True),
+    )
+
+
+def input_bytes(shape: Shape, dtype: torch.dtype) -> int:
+    elem = torch.finfo(dtype).bits // 8
+    tokens = (shape.batch * shape.patches + shape.captions * shape.length) * shape.dim
+    return tokens * elem + shape.captions * shape.length
+
+
+def input_set_count(shape: Shape, dtype: torch.dtype, device: torch.device) -> int:
+    """Enough input sets that cycling through them overflows the L2 cache twice, so a small shape
+    is not timed on inputs that stay cached from one repetition to the next."""
+    if device.type != "cuda":
+        return MIN_INPUT_SETS
+    l2 = torch.cuda.get_device_properties(device).L2_cache_size
+    return max(MIN_INPUT_SETS, math.ceil(2 * l2 / input_bytes(shape, dtype)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Floors
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Throughputs measured in this run: copy bandwidth and matmul rate per dtype."""
+
+    bandwidth: float  # bytes / s, read + written
+    matmul: dict[str, float]  # dtype name -> flop / s
+
+
+def measure_bandwidth(device: torch.device, plan: common.TimingPlan) -> float:
+    numel = (1 << 30) if device.type == "cuda" else (32 << 20)
+    src = torch.empty(numel, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    timing = common.time_calls(lambda i: functools.partial(dst.copy_, src), device, plan)
+    return 2 * numel / (timing.median_us * 1e-6)
+
+
+def measure_matmul(device: torch.device, dtype_name: str, plan: common.TimingPlan) -> float:
+    """Rate of a large square matmul in ``dtype``. fp32 runs with TF32 off: IEEE fp32 is what
+    every provider computes in (PyTorch's default, and the kernels' fp32 dots), and a TF32 rate
+    would set a floor that none of them is built to reach."""
+    n = 8192 if device.type == "cuda" else 512
+    a = torch.randn(n, n, device=device).to(DTYPES[dtype_name])
+    b = torch.randn(n, n, device=device).to(DTYPES[dtype_name])
+    out = torch.empty_like(a)
+    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        timing = common.time_calls(
+            lambda i: functools.partial(torch.matmul, a, b, out=out), device, plan
+        )
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    return 2 * n**3 / (timing.median_us * 1e-6)
+
+
+def measure_machine(device: torch.device, dtype_names: Sequence[str], plan: common.TimingPlan) -> Machine:
+    return Machine(
+        measure_bandwidth(device, plan),
+        {name: measure_matmul(device, name, plan) for name in dtype_names},
+    )
+
+
+def floor_bytes(shape: Shape, dtype: torch.dtype, mode: str, text_positions: float) -> float:
+    """Every input read once and, when the mode has a backward, every gradient written once.
+
+    ``text_positions`` is ``B*G*T`` for the padded floor, or the counted positions for the floor
+    of a kernel that touches nothing else; the mask is read whole either way.
+    """
+    elem = torch.finfo(dtype).bits // 8
+    tokens = (shape.batch * shape.patches + text_positions) * shape.dim * elem
+    mask = shape.captions * shape.length
+    return tokens + mask + (tokens if mode != "fwd" else 0)
+
+
+def gemm_flops(shape: Shape, mode: str, counted_positions: float) -> float:
+    return GEMMS[mode] * 2 * counted_positions * shape.patches * shape.dim
+
+
+@dataclass(frozen=True)
+class Floors:
+    hbm_padded_us: float
+    hbm_counted_us: float
+    matmul_us: float
+
+    @property
+    def floor_us(self) -> float:
+        """The larger of the two lower bounds that a kernel skipping padding must respect."""
+        return max(self.hbm_counted_us, self.matmul_us)
+
+
+def floors(shape: Shape, dtype_name: str, mode: str, counted_positions: float, machine: Machine) -> Floors:
+    dtype = DTYPES[dtype_name]
+    padded = floor_bytes(shape, dtype, mode, shape.captions * shape.length)
+    counted = floor_bytes(shape, dtype, mode, counted_positions)
+    return Floors(
+        1e6 * padded / machine.bandwidth,
+        1e6 * counted / machine.bandwidth,
+        1e6 * gemm_flops(shape, mode, counted_positions) / machine.matmul[dtype_name],
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Providers and measurements
+
+
+def build_loss(provider: str, normalizer: str):
+    backend = "triton" if provider == "fused" else "reference"
+    module = LocalHNLoss(normalizer=normalizer, backend=backend, check_inputs=False)
+    if provider != "compiled":
+        return module
+    # Every closure below shares one code object, so without a reset its compilations for earlier
+    # shapes would pile up until dynamo's recompile limit sends it back to eager, silently.
+    torch.compiler.reset()
+
+    def local_hn(image_tokens, text_tokens, text_mask, logit_scale):
+        return module(image_tokens, text_tokens, text_mask, logit_scale)
+
+    # Static shapes: a training run sees one shape, and a compile per shape is what it gets.
+    return torch.compile(local_hn, fullgraph=True, dynamic=False)
+
+
+def make_call(loss_fn, sets: Sequence[InputSet], mode: str) -> common.MakeCall:
+    """Repetition ``i`` runs on input set ``i mod len(sets)``."""
+
+    def forward(i: int) -> torch.Tensor:
+        return loss_fn(*sets[i % len(sets)].args)
+
+    def leaves(i: int) -> tuple[torch.Tensor, ...]:
+        return sets[i % len(sets)].leaves
+
+    if mode == "fwd":
+        return lambda i: functools.partial(forward, i)
+    if mode == "bwd":
+
+        def backward_only(i: int):
+            loss = forward(i)
+            return lambda: torch.autograd.grad(loss, leaves(i))
+
+        return backward_only
+    return lambda i: lambda: torch.autograd.grad(forward(i), leaves(i))
+
+
+def compiler_missing(err: BaseException) -> bool:
+    """Whether ``torch.compile`` failed for want of a working C++ toolchain (CPU inductor)."""
+    from torch._inductor.exc import CppCompileError, InvalidCxxCompiler
+
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, (CppCompileError, InvalidCxxCompiler)):
+            return True
+        seen = getattr(seen, "inner_exception", None) or seen.__cause__
+    return False
+
+
+@dataclass
+class Config:
+    shapes: list[Shape]
+    providers: list[str]
+    modes: list[str]
+    dtypes: list[str]
+    normalizers: list[str]
+    layout: str
+    device: torch.device
+    plan: common.TimingPlan
+    seed: int
+
+
+def skip_reason(provider: str, loss_fn, sets: Sequence[InputSet], device: torch.device) -> str | None:
+    """Run one untimed step (it compiles, and it fails here if the provider cannot run at all);
+    returns why the provider has to be skipped, or None. Only an environment's fault is a reason
+    to skip: anything else is raised."""
+    try:
+        make_call(loss_fn, sets, "fwd+bwd")(0)()
+    except Exception as err:
+        if provider == "compiled" and device.type == "cpu" and compiler_missing(err):
+            return f"torch.compile has no working C++ compiler here ({err})"
+        raise
+    return None
+
+
+def measurement_row(shape: Shape, dtype_name: str, normalizer: str, provider: str, mode: str,
+                    sets: Sequence[InputSet], counted: float, timing: common.Timing,
+                    peak: float | None, fl: Floors, machine: Machine, config: Config) -> dict[str, object]:
+    return {
+        "suite": shape.suite,
+        "shape": shape.name,
+        "B": shape.batch,
+        "K": shape.negatives,
+        "T": shape.length,
+        "P": shape.patches,
+        "D": shape.dim,
+        "counted_min": shape.counted[0],
+        "counted_max": shape.counted[1],
+        "counted_per_caption": common.fmt(counted / shape.captions, 2),
+        "layout": config.layout,
+        "input_sets": len(sets),
+        "provider": provider,
+        "mode": mode,
+        "dtype": dtype_name,
+        "normalizer": normalizer,
+        "reps": timing.reps,
+        "median_us": common.fmt(timing.median_us, 2),
+        "p20_us": common.fmt(timing.p20_us, 2),
+        "p80_us": common.fmt(timing.p80_us, 2),
+        "peak_extra_mib": common.fmt(peak, 2),
+        "hbm_floor_padded_us": common.fmt(fl.hbm_padded_us, 4),
+        "hbm_floor_counted_us": common.fmt(fl.hbm_counted_us, 4),
+        "matmul_floor_us": common.fmt(fl.matmul_us, 4),
+        "x_floor": common.fmt(timing.median_us / fl.floor_us, 2),
+        "bandwidth_gbps": common.fmt(machine.bandwidth / 1e9, 1),
+        "matmul_tflops": common.fmt(machine.matmul[dtype_name] / 1e12, 2),
+    }
+
+
+def run(config: Config, notes: list[str]) -> list[dict[str, object]]:
+    """Measure every (shape, dtype, normalizer, provider, mode); returns one row per measurement.
+
+    Providers that cannot run here are skipped, with the reason appended to ``notes``.
+    """
+    device = config.device
+    meta = common.run_metadata(device)
+    machine = measure_machine(device, config.dtypes, config.plan)
+    rows: list[dict[str, object]] = []
+
+    def note(text: str) -> None:
+        if text not in notes:
+            notes.append(text)
+            print(f"note: {text}", flush=True)
+
+    for shape in config.shapes:
+        for dtype_name in config.dtypes:
+            dtype = DTYPES[dtype_name]
+            sets = [
+                make_input_set(shape, dtype, device, config.layout, config.seed + i)
+                for i in range(input_set_count(shape, dtype, device))
+            ]
+            counted = sum(int(s.text_mask.sum()) for s in sets) / len(sets)
+            mode_floors = {m: floors(shape, dtype_name, m, counted, machine) for m in config.modes}
+            for normalizer in config.normalizers:
+                for provider in config.providers:
+                    if provider == "fused":
+                        reason = common.fused_skip_reason(
+                            functional.prepare_local_inputs(*sets[0].args, None)
+                        )
+                        if reason is not None:
+                            note(f"fused skipped for {shape.name} {dtype_name}: {reason}")
+                            continue
+                    loss_fn = build_loss(provider, normalizer)
+                    reason = skip_reason(provider, loss_fn, sets, device)
+                    if reason is not None:
+                        note(f"{provider} skipped: {reason}")
+                        continue
+                    for mode in config.modes:
+                        calls = make_call(loss_fn, sets, mode)
+                        timing = common.time_calls(calls, device, config.plan)
+                        peak = common.peak_extra_mib(calls, device)
+                        rows.append({**meta, **measurement_row(
+                            shape, dtype_name, normalizer, provider, mode, sets, counted, timing,
+                            peak, mode_floors[mode], machine, config,
+                        )})
+                        print(
+                            f"{shape.name} {dtype_name} {normalizer} {mode} {provider}: "
+                            f"{timing.median_us:,.1f} us",
+                            flush=True,
+                        )
+            # Free this shape's inputs before the next shape allocates its own.
+            del sets
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
+
+
+def _config_key(row: dict) -> tuple:
+    return row["suite"], row["shape"], row["dtype"], row["normalizer"], row["mode"]
+
+
+def floors_table(rows: Sequence[dict]) -> str:
+    seen: dict[tuple, dict] = {}
+    for row in rows:
+        seen.setdefault((row["suite"], row["shape"], row["dtype"], row["mode"]), row)
+    return common.format_table(
+        list(seen.values()),
+        [
+            ("shape", lambda r: r["shape"]),
+            ("dtype", lambda r: r["dtype"]),
+            ("mode", lambda r: r["mode"]),
+            ("counted/caption", lambda r: r["counted_per_caption"]),
+            ("HBM padded us", lambda r: f"{float(r['hbm_floor_padded_us']):,.2f}"),
+            ("HBM counted us", lambda r: f"{float(r['hbm_floor_counted_us']):,.2f}"),
+            ("matmul us", lambda r: f"{float(r['matmul_floor_us']):,.2f}"),
+            ("input sets", lambda r: str(r["input_sets"])),
+        ],
+    )
+
+
+def results_table(rows: Sequence[dict]) -> str:
+    return common.format_table(
+        rows,
+        [
+            ("shape", lambda r: r["shape"]),
+            ("dtype", lambda r: r["dtype"]),
+            ("normalizer", lambda r: r["normalizer"]),
+            ("mode", lambda r: r["mode"]),
+            ("provider", lambda r: r["provider"]),
+            ("median us", lambda r: f"{float(r['median_us']):,.1f}"),
+            ("p20 us", lambda r: f"{float(r['p20_us']):,.1f}"),
+            ("p80 us", lambda r: f"{float(r['p80_us']):,.1f}"),
+            ("peak extra MiB", lambda r: r["peak_extra_mib"]),
+            ("x floor", lambda r: f"{float(r['x_floor']):,.1f}x"),
+        ],
+    )
+
+
+def speedups(rows: Sequence[dict]) -> list[dict]:
+    """Per configuration: each provider's median and the fused kernels' speed-ups."""
+    by_config: dict[tuple, dict] = {}
+    for row in rows:
+        entry = by_config.setdefault(_config_key(row), {
+            "suite": row["suite"], "shape": row["shape"], "B": row["B"], "dtype": row["dtype"],
+            "normalizer": row["normalizer"], "mode": row["mode"],
+        })
+        entry[row["provider"]] = float(row["median_us"])
+    for entry in by_config.values():
+        for base in ("compiled", "reference"):
+            if "fused" in entry and base in entry:
+                entry[f"vs_{base}"] = entry[base] / entry["fused"]
+    return list(by_config.values())
+
+
+def speedup_table(entries: Sequence[dict]) -> str:
+    def us(name):
+        return lambda e: f"{e[name]:,.1f}" if name in e else ""
+
+    def ratio(name):
+        return lambda e: f"{e[name]:.3g}x" if name in e else ""
+
+    return common.format_table(
+        entries,
+        [
+            ("shape", lambda e: e["shape"]),
+            ("dtype", lambda e: e["dtype"]),
+            ("normalizer", lambda e: e["normalizer"]),
+            ("mode", lambda e: e["mode"]),
+            *((f"{p} us", us(p)) for p in PROVIDERS),
+            ("fused vs compiled", ratio("vs_compiled")),
+            ("fused vs reference", ratio("vs_reference")),
+        ],
+    )
+
+
+def plot_results(rows: Sequence[dict], plot_dir: Path) -> list[Path]:
+    """PNG charts: time against batch size per provider (batch sweep rows), and the fused
+    kernels' speed-up over compiled and reference per shape. Returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    entries = speedups(rows)
+    for dtype in dict.fromkeys(r["dtype"] for r in rows):
+        for normalizer in dict.fromkeys(r["normalizer"] for r in rows):
+            picked = [e for e in entries if e["dtype"] == dtype and e["normalizer"] == normalizer]
+            modes = list(dict.fromkeys(e["mode"] for e in picked))
+            tag = f"{dtype}_{normalizer}"
+
+            sweep = [e for e in picked if e["suite"] == "batch"]
+            if sweep:
+                fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 4), squeeze=False)
+                for ax, mode in zip(axes[0], modes, strict=True):
+                    points = sorted((e for e in sweep if e["mode"] == mode), key=lambda e: e["B"])
+                    for provider in PROVIDERS:
+                        xy = [(e["B"], e[provider]) for e in points if provider in e]
+                        if xy:
+                            ax.plot(*zip(*xy, strict=True), marker="o", label=provider)
+                    ax.set(xscale="log", yscale="log", xlabel="batch size B", ylabel="median us",
+                           title=f"{SWEEP_BASE.name} {mode}, {dtype}, {normalizer}")
+                    sizes = [e["B"] for e in points]
+                    ax.set_xticks(sizes, [str(b) for b in sizes], minor=False)
+                    ax.set_xticks([], minor=True)
+                    ax.legend(fontsize="small")
+                written.append(_save(fig, plot_dir / f"time_vs_batch_{tag}.png"))
+
+            compared = [e for e in picked if "vs_compiled" in e or "vs_reference" in e]
+            if compared:
+                fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 4), squeeze=False)
+                for ax, mode in zip(axes[0], modes, strict=True):
+                    bars = [e for e in compared if e["mode"] == mode]
+                    xs = range(len(bars))
+                    for offset, base in ((-0.2, "compiled"), (0.2, "reference")):
+                        ax.bar([x + offset for x in xs],
+                               [e.get(f"vs_{base}", math.nan) for e in bars],
+                               width=0.4, label=f"over {base}")
+                    ax.axhline(1, color="gray", linewidth=0.8)
+                    ax.set_xticks(list(xs), [e["shape"] for e in bars], rotation=30, ha="right")
+                    ax.set(yscale="log", ylabel="speed-up of fused (x)",
+                           title=f"{mode}, {dtype}, {normalizer}")
+                    ax.legend(fontsize="small")
+                written.append(_save(fig, plot_dir / f"speedup_{tag}.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--suite", nargs="+", choices=SUITES,
+                        help="shape sets: anchors (the four ANCHORS.md models), batch (ViT-B/16, "
+                        "B = 32..512), length (ViT-B/16, 5..76 counted positions); default anchors "
+                        "unless --shape is given")
+    parser.add_argument("--shape", action="append", default=[], metavar="B,K,T,P,D",
+                        type=common.int_tuple(5, "B,K,T,P,D"), help="an extra shape (repeatable)")
+    parser.add_argument("--counted", type=common.int_tuple(2, "LO,HI"), metavar="LO,HI",
+                        help=f"counted positions per caption, uniform (default {COUNTED[0]},"
+                        f"{COUNTED[1]}; the length suite sets its own)")
+    parser.add_argument("--provider", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
+    parser.add_argument("--mode", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--dtype", nargs="+", choices=list(DTYPES),
+                        help="default bf16 fp32 (fp32 with --smoke)")
+    parser.add_argument("--normalizer", nargs="+", choices=NORMALIZERS,
+                        help="default minmax softmax (minmax with --smoke)")
+    parser.add_argument("--layout", choices=LAYOUTS, default="flat",
+                        help="text inputs flat (B*G, T, D) as trainers produce them, or grouped "
+                        "(B, G, T, D) contiguous (default flat)")
+    parser.add_argument("--rep-ms", type=float, default=300.0,
+                        help="GPU: time each measurement for about this long (default 300)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results", type=Path,
+                        help="CSV to append to (default benchmarks/results/local_hn.csv; with "
+                        "--smoke a new temporary file)")
+    parser.add_argument("--plot", action="store_true", help="write PNG charts (needs matplotlib)")
+    parser.add_argument("--plot-dir", type=Path, default=common.RESULTS_DIR / "plots")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny shape on the CPU in seconds, to keep this script working; the "
+                        "fused kernels run only under TRITON_INTERPRET=1")
+    return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    counted = args.counted or COUNTED
+    shapes = [custom_shape(sizes, counted) for sizes in args.shape]
+    suites = args.suite or ([] if shapes or args.smoke else ["anchors"])
+    for suite in suites:
+        shapes += suite_shapes(suite, counted)
+    if not shapes:  # --smoke alone
+        shapes = [replace(SMOKE_SHAPE, counted=args.counted or SMOKE_SHAPE.counted)]
+    if args.smoke:
+        device = torch.device("cpu")
+        plan = common.TimingPlan(min_warmup=1, warmup_ms=0, min_reps=3, max_reps=3)
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        plan = common.TimingPlan(min_warmup=3, warmup_ms=100, min_reps=30, max_reps=2000,
+                                 rep_ms=args.rep_ms)
+    return Config(
+        shapes=shapes,
+        providers=args.provider,
+        modes=args.mode,
+        dtypes=args.dtype or (["fp32"] if args.smoke else ["bf16", "fp32"]),
+        normalizers=args.normalizer or (["minmax"] if args.smoke else list(NORMALIZERS)),
+        layout=args.layout,
+        device=device,
+        plan=plan,
+        seed=args.seed,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
+    args = parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as err:  # a shape that cannot be built from the options
+        sys.exit(f"bench_local_hn.py: error: {err}")
+    if args.smoke:
+        # Smoke numbers mean nothing; one thread keeps tiny ops from stalling in OpenMP
+        # contention with whatever else shares the CPU (tens of times slower on a busy CI runner),
+        # and scalar C++ halves the time inductor's first, uncached compile takes there.
+        import torch._inductor.config as inductor_config
+
+        torch.set_num_threads(1)
+        inductor_config.cpp.vec_isa_ok = False
+    if config.device.type != "cuda" and not args.smoke:
+        print("note: no CUDA device; timing on the CPU, which says nothing about GPU speed")
+
+    notes: list[str] = []
+    rows = run(config, notes)
+    device = rows[0]["device"] if rows else common.device_name(config.device)
+    print(f"\nlocal HN loss on {device}, torch {torch.__version__}, triton {common.triton_version()}")
+    print("\nFloors (HBM: inputs read + gradients written once at the measured copy bandwidth; "
+          "matmul: GEMM flops on counted positions at the measured matmul rate)\n")
+    print(floors_table(rows))
+    print("\nMeasurements (x floor: median over the larger of HBM counted and matmul floor)\n")
+    print(results_table(rows))
+    entries = speedups(rows)
+    if any("vs_compiled" in e or "vs_reference" in e for e in entries):
+        print("\nSpeed-ups of the fused kernels\n")
+        print(speedup_table(entries))
+    for text in notes:
+        print(f"note: {text}")
+
+    path = common.results_path(args.results, args.smoke, "local_hn.csv")
+    common.append_csv(path, rows)
+    print(f"\n{len(rows)} rows appended to {path}")
+    if args.plot:
+        for written in plot_results(rows, args.plot_dir):
+            print(f"wrote {written}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""The benchmark scripts keep working: their ``--smoke`` runs (tiny shapes on the CPU, the fused
+kernels under Triton's interpreter) end cleanly, print their table and write one CSV row per
+measurement; and the HBM floor reproduces the floors of ANCHORS.md."""
+
+import csv
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import bench_local_hn
+
+ROOT = Path(__file__).resolve().parents[1]
+MODES = ["fwd", "bwd", "fwd+bwd"]
+META_COLUMNS = ["date_utc", "commit", "device", "torch", "triton"]
+LOCAL_HN_COLUMNS = META_COLUMNS + [
+    "suite", "shape", "B", "K", "T", "P", "D", "counted_min", "counted_max", "counted_per_caption",
+    "layout", "input_sets", "provider", "mode", "dtype", "normalizer", "reps", "median_us", "p20_us",
+    "p80_us", "peak_extra_mib", "hbm_floor_padded_us", "hbm_floor_counted_us", "matmul_floor_us",
+    "x_floor", "bandwidth_gbps", "matmul_tflops",
+]
+TRAIN_STEP_COLUMNS = META_COLUMNS + [
+    "open_clip", "model", "batch", "negatives", "captions", "context", "amp", "check_inputs",
+    "provider", "steps", "median_ms", "p20_ms", "p80_ms", "peak_extra_mib", "overhead_ms",
+    "overhead_pct",
+]
+
+
+def kernels_import() -> bool:
+    try:
+        importlib.import_module("fsc_losses.kernels.local_hn")
+    except ImportError:
+        return False
+    return True
+
+
+def run_smoke(script: str, results: Path) -> str:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["TRITON_INTERPRET"] = "1"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--results", str(results)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    return done.stdout
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames), list(reader)
+
+
+def test_local_hn_smoke(tmp_path):
+    results = tmp_path / "local_hn.csv"
+    out = run_smoke("bench_local_hn.py", results)
+
+    expected = ["reference"]
+    if "compiled skipped: torch.compile has no working C++ compiler" not in out:
+        expected.append("compiled")
+    if kernels_import():
+        expected.append("fused")
+    header, rows = read_csv(results)
+    assert header == LOCAL_HN_COLUMNS
+    assert sorted((r["provider"], r["mode"]) for r in rows) == sorted(
+        (p, m) for p in expected for m in MODES
+    )
+    for row in rows:
+        assert row["device"].startswith("CPU") and row["dtype"] == "fp32"
+        assert row["peak_extra_mib"] == ""  # only measured on a GPU
+        assert 0 < float(row["p20_us"]) <= float(row["median_us"]) <= float(row["p80_us"])
+        floors = [float(row[k]) for k in ("hbm_floor_padded_us", "hbm_floor_counted_us", "matmul_floor_us")]
+        assert floors[0] > floors[1] > 0 and floors[2] > 0
+        assert float(row["x_floor"]) == pytest.approx(
+            float(row["median_us"]) / max(floors[1:]), rel=0.02
+        )
+
+    table = out[out.index("Measurements"):]
+    for row in rows:
+        assert any(
+            line.split()[:5] == ["smoke", "fp32", "minmax", row["mode"], row["provider"]]
+            for line in table.splitlines()
+        )
+    assert f"{len(rows)} rows appended to {results}" in out
+
+
+def test_train_step_smoke(tmp_path):
+    pytest.importorskip("open_clip")
+    results = tmp_path / "train_step.csv"
+    out = run_smoke("bench_train_step.py", results)
+
+    expected = ["clip", "clip-true", "fsc-reference"] + (["fsc-fused"] if kernels_import() else [])
+    header, rows = read_csv(results)
+    assert header == TRAIN_STEP_COLUMNS
+    assert [r["provider"] for r in rows] == expected
+    baseline = float(rows[0]["median_ms"])
+    assert rows[0]["overhead_ms"] == rows[0]["overhead_pct"] == ""
+    for row in rows:
+        assert row["captions"] == "16" and row["steps"] == "2" and float(row["median_ms"]) > 0
+        if row["provider"] != "clip":
+            extra = float(row["median_ms"]) - baseline
+            assert float(row["overhead_ms"]) == pytest.approx(extra, abs=2e-3)
+            assert float(row["overhead_pct"]) == pytest.approx(100 * extra / baseline, abs=0.01)
+        assert any(line.split()[:1] == [row["provider"]] for line in out.splitlines())
+    assert f"{len(rows)} rows appended to {results}" in out
+
+
+# ANCHORS.md, section 1: HBM floors (us) at about 3 TB/s, padded and counted, for fp32 and bf16.
+# Its counted floors come from random caption lengths of about 16 positions (16.1 to 17.1 by
+# row), hence the 5% tolerance.
+ANCHOR_FLOORS = {
+    ("ViT-B/32", "fp32"): (125, 41), ("ViT-B/32", "bf16"): (62, 20),
+    ("ViT-B/16", "fp32"): (88, 46), ("ViT-B/16", "bf16"): (44, 23),
+    ("ViT-L/14", "fp32"): (74, 42), ("ViT-L/14", "bf16"): (37, 21),
+    ("ViT-L/14-336", "fp32"): (116, 84), ("ViT-L/14-336", "bf16"): (58, 42),
+}
+
+
+@pytest.mark.parametrize("shape", bench_local_hn.ANCHOR_SHAPES, ids=lambda s: s.name)
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_hbm_floor_matches_anchors(shape, dtype):
+    machine = bench_local_hn.Machine(bandwidth=3e12, matmul={dtype: 1e15})
+    counted = 16 * shape.captions
+    floors = bench_local_hn.floors(shape, dtype, "fwd+bwd", counted, machine)
+    padded, counted_floor = ANCHOR_FLOORS[shape.name, dtype]
+    assert floors.hbm_padded_us == pytest.approx(padded, abs=1)
+    assert floors.hbm_counted_us == pytest.approx(counted_floor, rel=0.05)
+
+
+def test_floors_by_mode():
+    shape = bench_local_hn.ANCHOR_SHAPES[0]
+    machine = bench_local_hn.Machine(bandwidth=1e12, matmul={"bf16": 1e15})
+    counted = 15 * shape.captions
+    fwd, bwd, both = (bench_local_hn.floors(shape, "bf16", m, counted, machine) for m in MODES)
+    # Forward reads the inputs; with a backward the gradients are written once on top.
+    assert bwd.hbm_padded_us == both.hbm_padded_us > 1.9 * fwd.hbm_padded_us
+    gemm = 2 * counted * shape.patches * shape.dim / 1e15 * 1e6
+    assert (fwd.matmul_us, bwd.matmul_us, both.matmul_us) == pytest.approx((2 * gemm, 2 * gemm, 4 * gemm))
+
+
+def test_caption_masks_are_prefixes():
+    shape = bench_local_hn.Shape("t", "custom", 8, 3, 20, 4, 16, counted=(3, 9))
+    mask = bench_local_hn.caption_masks(shape, torch.Generator().manual_seed(0))
+    counts = mask.sum(dim=1)
+    assert mask.shape == (32, 20) and not mask[:, 0].any()
+    assert counts.min() >= 3 and counts.max() <= 9 and len(set(counts.tolist())) > 1
+    assert torch.equal(mask, (torch.arange(20) >= 1) & (torch.arange(20) <= counts[:, None]))
+
+
+def test_plots(tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = [
+        {"suite": suite, "shape": f"s{b}", "B": b, "dtype": "bf16", "normalizer": "minmax",
+         "mode": mode, "provider": provider, "median_us": str(us * b)}
+        for suite in ("batch", "anchors")
+        for b in (32, 64)
+        for mode in MODES
+        for provider, us in (("fused", 1.0), ("compiled", 8.0), ("reference", 30.0))
+    ]
+    written = bench_local_hn.plot_results(rows, tmp_path)
+    assert sorted(p.name for p in written) == ["speedup_bf16_minmax.png", "time_vs_batch_bf16_minmax.png"]
+    for path in written:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
