@@ -80,7 +80,8 @@ def masked_logsumexp(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     neg_inf = torch.full_like(scores, float("-inf"))
     shift = torch.where(mask, scores, neg_inf).amax(dim=-1, keepdim=True).detach()
     shift = torch.where(empty.unsqueeze(-1), torch.zeros_like(shift), shift)
-    total = torch.where(mask, (scores - shift).exp(), torch.zeros_like(scores)).sum(dim=-1)
+    # Mask before exp: an uncounted position's exp could overflow and turn its zero gradient NaN.
+    total = torch.where(mask, scores - shift, neg_inf).exp().sum(dim=-1)
     safe = torch.where(empty, torch.ones_like(total), total)
     lse = safe.log() + shift.squeeze(-1)
     return torch.where(empty, torch.full_like(lse, float("-inf")), lse)

@@ -200,3 +200,17 @@ def test_unpack_negatives_roundtrip():
     torch.testing.assert_close(grouped[1, 2], x[6])
     grouped.sum().backward()
     assert torch.equal(x.grad, torch.ones_like(x))
+
+
+def test_uncounted_position_far_above_counted_ones_keeps_gradients_finite():
+    """An uncounted position may score far above the counted ones (here exp(200) overflows fp32);
+    it must neither contribute nor poison the gradient."""
+    image = torch.tensor([[[1.0, 0.0]]])  # one patch, so every position pools exactly it
+    text = torch.tensor([[[[-1.0, 0.0], [1.0, 0.0]], [[-1.0, 0.0], [1.0, 0.0]]]], requires_grad=True)
+    mask = torch.tensor([[[True, False], [True, False]]])
+    scale = torch.tensor(100.0, requires_grad=True)
+    scores = local_hn_scores(image, text, mask, scale)
+    torch.testing.assert_close(scores, torch.full((1, 2), -100.0))
+    scores.sum().backward()
+    assert torch.isfinite(text.grad).all() and torch.isfinite(scale.grad)
+    assert torch.equal(text.grad[..., 1, :], torch.zeros_like(text.grad[..., 1, :]))

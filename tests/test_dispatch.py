@@ -1,0 +1,99 @@
+"""Backend selection of the public API: ``auto``, ``triton`` (here under Triton's interpreter) and
+``reference`` give the same losses; unsupported inputs fall back to the reference with a warning."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fsc_losses import FSCLoss, LocalHNLoss, SelectiveCalibratedReg, functional, local_hn_scores
+
+pytest.importorskip("triton")
+local_hn = pytest.importorskip("fsc_losses.kernels.local_hn")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+B, K, T, P, D = 3, 2, 6, 7, 8
+
+
+def make_inputs(dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(B * (1 + K), T, generator=g) < 0.6
+    mask[:, 1] = True
+    inputs = dict(
+        image_features=F.normalize(torch.randn(B, D, generator=g), dim=-1),
+        text_features=F.normalize(torch.randn(B * (1 + K), D, generator=g), dim=-1),
+        logit_scale=torch.tensor(20.0),
+        image_tokens=torch.randn(B, P, D, generator=g),
+        text_tokens=torch.randn(B * (1 + K), T, D, generator=g),  # flat, as trainers produce
+        text_mask=mask,
+        neg_valid=torch.tensor([[True, False], [True, True], [False, False]]),
+    )
+    return {
+        k: (v.to(DEVICE, dtype) if v.is_floating_point() else v.to(DEVICE)).requires_grad_(
+            v.is_floating_point()
+        )
+        for k, v in inputs.items()
+    }
+
+
+def grads_of(loss, inputs):
+    names = [k for k, v in inputs.items() if v.requires_grad]
+    return dict(
+        zip(names, torch.autograd.grad(loss, [inputs[k] for k in names], allow_unused=True), strict=True)
+    )
+
+
+def test_fsc_loss_triton_equals_reference():
+    results = {}
+    for backend in ("triton", "reference"):
+        inputs = make_inputs()
+        terms = FSCLoss(backend=backend)(**inputs, output_dict=True)
+        total = sum(terms.values())
+        results[backend] = (terms, grads_of(total * 1.7, inputs))
+    (terms_t, grads_t), (terms_r, grads_r) = results["triton"], results["reference"]
+    for key in terms_r:
+        torch.testing.assert_close(terms_t[key], terms_r[key], rtol=1e-5, atol=1e-6)
+    for key, grad in grads_r.items():
+        if grad is None:
+            assert grads_t[key] is None
+            continue
+        torch.testing.assert_close(grads_t[key], grad, rtol=1e-4, atol=1e-5, msg=lambda m, k=key: f"{k}: {m}")
+
+
+def test_custom_criterion_runs_on_kernel_scores():
+    inputs = make_inputs()
+    local = {k: inputs[k] for k in ("image_tokens", "text_tokens", "text_mask", "logit_scale", "neg_valid")}
+
+    def criterion(logits, neg_valid):  # not SCR: the module must hand it the (B, G) scores
+        return SelectiveCalibratedReg(0.0, 0.0)(logits, neg_valid)
+
+    kernel = LocalHNLoss(criterion=criterion, backend="triton")(**local)
+    ref = LocalHNLoss(criterion=criterion, backend="reference")(**local)
+    torch.testing.assert_close(kernel, ref, rtol=1e-5, atol=1e-6)
+    scores = local_hn_scores(
+        *[local[k] for k in ("image_tokens", "text_tokens", "text_mask", "logit_scale")], backend="triton"
+    )
+    assert scores.shape == (B, 1 + K)
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="auto picks the kernels on CUDA")
+def test_auto_takes_the_reference_on_the_cpu(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("the kernels must not run for CPU tensors under auto")
+
+    monkeypatch.setattr(local_hn, "local_hn_loss", fail)
+    inputs = make_inputs()
+    FSCLoss(backend="auto")(**inputs)
+
+
+def test_unsupported_inputs_fall_back_with_one_warning(monkeypatch):
+    monkeypatch.setattr(functional, "_warned", set())
+    inputs = make_inputs(dtype=torch.float64)  # the kernels take fp32/fp16/bf16 only
+    local = [inputs[k] for k in ("image_tokens", "text_tokens", "text_mask", "logit_scale")]
+    with pytest.warns(UserWarning, match="using the reference"):
+        value = LocalHNLoss(backend="triton")(*local)
+    torch.testing.assert_close(value, LocalHNLoss(backend="reference")(*local), rtol=0, atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LocalHNLoss(backend="triton")(*local)  # the same reason warns once

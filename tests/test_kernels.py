@@ -1,0 +1,484 @@
+"""The local HN Triton kernels against the float64 reference.
+
+Without CUDA the kernels run under Triton's interpreter (conftest sets TRITON_INTERPRET), so the
+shapes are tiny. The interpreter gets bfloat16 wrong: bf16 is covered by test_kernels_gpu.py.
+Every buffer the kernels' host code allocates is filled with NaN first (``poison_allocations``),
+so an element a kernel forgets to write cannot pass.
+"""
+
+import zlib
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from fsc_losses import reference
+
+triton = pytest.importorskip("triton")
+local_hn = pytest.importorskip("fsc_losses.kernels.local_hn")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = (torch.float32, torch.float16)
+NORMALIZERS = (("minmax", False), ("minmax", True), ("softmax", False))
+# Allowed |kernel - reference| per element: atol * max|reference| + rtol * |reference|. The
+# reference runs in float64 on the kernel's (rounded) inputs.
+TOLERANCES = {
+    torch.float32: dict(atol=2e-6, rtol=2e-5),
+    torch.float16: dict(atol=2e-3, rtol=2e-3),
+}
+LEAVES = ("image_tokens", "text_tokens", "logit_scale")
+
+
+@pytest.fixture(autouse=True)
+def poison_allocations(monkeypatch):
+    """Fresh kernel buffers hold NaN (floats) or a far out-of-range index (integers)."""
+
+    def poisoned(shape, dtype, device):
+        fill = float("nan") if dtype.is_floating_point else 2**30
+        return torch.full(shape, fill, dtype=dtype, device=device)
+
+    monkeypatch.setattr(local_hn, "_empty", poisoned)
+
+
+def assert_close_verbose(actual, expected, atol, rtol, name="", magnitude=None):
+    """assert_close that says how many elements differ, where, and by how much. ``atol`` is
+    relative to ``magnitude``, by default the largest finite ``|expected|``."""
+    actual = actual.detach().double().cpu()
+    expected = expected.detach().double().cpu()
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
+    finite = torch.isfinite(expected)
+    same_inf = ~finite & (actual == expected)
+    if magnitude is None:
+        magnitude = expected[finite].abs().max().item() if finite.any() else 0.0
+    allowed = atol * magnitude + rtol * expected.abs()
+    diff = (actual - expected).abs()
+    bad = ~same_inf & ~(diff <= allowed)  # NaN anywhere is bad
+    if bad.any():
+        excess = torch.where(bad, torch.nan_to_num(diff - allowed, nan=float("inf")), -1.0)
+        worst = divmod_index(int(excess.argmax()), expected.shape)
+        raise AssertionError(
+            f"{name}: {int(bad.sum())}/{bad.numel()} elements differ (atol={atol:g} x "
+            f"{magnitude:.3g}, rtol={rtol:g}); worst at {worst}: actual {actual[worst].item()!r}, "
+            f"expected {expected[worst].item()!r}, diff {diff[worst].item():.3g}, allowed "
+            f"{allowed[worst].item():.3g}; largest diff {diff.nan_to_num(float('inf')).max().item():.3g}"
+        )
+
+
+def divmod_index(flat, shape):
+    index = []
+    for size in reversed(shape):
+        flat, rem = divmod(flat, size)
+        index.append(rem)
+    return tuple(reversed(index))
+
+
+def stable_seed(*params):
+    return zlib.crc32(repr(params).encode()) % 10_000
+
+
+def make_case(B=2, K=2, T=9, P=7, D=12, *, layout="contiguous", seed=0, density=0.5, scale=6.0):
+    """Float64 base tensors (the autograd leaves), and a function that builds the kernels'
+    ``(image_tokens, text_tokens)`` views of them in a given dtype."""
+    gen = torch.Generator().manual_seed(seed)
+    G = 1 + K
+    if layout == "expanded":  # one image and one caption set shared by the whole batch
+        image_base = torch.randn(1, P, D, generator=gen, dtype=torch.float64)
+        text_base = torch.randn(1, G, T, D, generator=gen, dtype=torch.float64)
+    elif layout == "grouped":  # trainers' flat (G*B, T, D) captions; patches sliced from (.., D+5)
+        image_base = torch.randn(B, P, D + 5, generator=gen, dtype=torch.float64)
+        text_base = torch.randn(G * B, T, D, generator=gen, dtype=torch.float64)
+    elif layout == "strided":  # every other position and patch
+        image_base = torch.randn(B, 2 * P, D, generator=gen, dtype=torch.float64)
+        text_base = torch.randn(B, G, 2 * T, D, generator=gen, dtype=torch.float64)
+    else:
+        image_base = torch.randn(B, P, D, generator=gen, dtype=torch.float64)
+        text_base = torch.randn(B, G, T, D, generator=gen, dtype=torch.float64)
+
+    def views(image, text):
+        if layout == "expanded":
+            return image.expand(B, P, D), text.expand(B, G, T, D)
+        if layout == "grouped":
+            return image[..., 2 : D + 2], text.view(G, B, T, D).transpose(0, 1)
+        if layout == "strided":
+            return image[:, ::2], text[:, :, ::2]
+        return image, text
+
+    mask = torch.rand(B, G, T, generator=gen) < density
+    first = torch.randint(T, (B, G), generator=gen)
+    mask.scatter_(2, first.unsqueeze(-1), True)  # every caption counts a position
+    if layout == "grouped":
+        mask = mask.transpose(0, 1).contiguous().transpose(0, 1)
+    return dict(image_base=image_base, text_base=text_base, views=views, mask=mask,
+                scale=torch.tensor(scale, dtype=torch.float64))
+
+
+def run(case, fn, dtype, *, reference_impl, scale_dtype=torch.float32, upstream=None, **kwargs):
+    """``fn`` on the case's views in ``dtype`` (or float64 for the reference) on DEVICE; returns
+    the output and the gradients of the base tensors and the scale for the upstream gradient,
+    on the CPU."""
+    work = torch.float64 if reference_impl else dtype
+    image = case["image_base"].to(work).to(DEVICE).requires_grad_()
+    text = case["text_base"].to(work).to(DEVICE).requires_grad_()
+    scale = case["scale"].to(torch.float64 if reference_impl else scale_dtype).to(DEVICE)
+    scale.requires_grad_()
+    kwargs = {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    image_tokens, text_tokens = case["views"](image, text)
+    if reference_impl:  # the kernel's rounding of the inputs, then float64
+        image_tokens = image_tokens.to(dtype).double()
+        text_tokens = text_tokens.to(dtype).double()
+    out = fn(image_tokens, text_tokens, case["mask"].to(DEVICE), scale, **kwargs)
+    if upstream is None:
+        upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        upstream = torch.where(torch.isinf(out.detach().cpu()), 0.0, upstream)
+    grads = torch.autograd.grad(out, (image, text, scale), upstream.to(out))
+    return out.cpu(), {name: grad.cpu() for name, grad in zip(LEAVES, grads, strict=True)}, upstream
+
+
+def fp32_leaves(case):
+    """The case's float32 ``image_tokens, text_tokens`` (its views), mask and scale on DEVICE,
+    tokens and scale requiring grad."""
+    image, text = case["views"](case["image_base"].float().to(DEVICE),
+                                case["text_base"].float().to(DEVICE))
+    scale = case["scale"].float().to(DEVICE).requires_grad_()
+    return (image.detach().requires_grad_(), text.detach().requires_grad_(),
+            case["mask"].to(DEVICE), scale)
+
+
+def kernel_scores(image_tokens, text_tokens, mask, scale, normalizer, sparsify):
+    return local_hn.local_hn_scores(image_tokens, text_tokens, mask, scale, normalizer, sparsify)
+
+
+def reference_scores(image_tokens, text_tokens, mask, scale, normalizer, sparsify):
+    return reference.local_hn_scores(image_tokens, text_tokens, mask, scale, normalizer, sparsify)
+
+
+def kernel_loss(image_tokens, text_tokens, mask, scale, neg_valid, normalizer, sparsify, gamma, eps):
+    return local_hn.local_hn_loss(image_tokens, text_tokens, mask, scale, neg_valid, normalizer,
+                                  sparsify, gamma, eps)
+
+
+def reference_loss(image_tokens, text_tokens, mask, scale, neg_valid, normalizer, sparsify, gamma,
+                   eps):
+    scores = reference.local_hn_scores(image_tokens, text_tokens, mask, scale, normalizer, sparsify)
+    return reference.hn_contrast_loss(scores, neg_valid, gamma, eps)
+
+
+def check_against_reference(case, kernel_fn, reference_fn, dtype, scale_dtype=torch.float32,
+                            **kwargs):
+    out, grads, upstream = run(case, kernel_fn, dtype, reference_impl=False,
+                               scale_dtype=scale_dtype, **kwargs)
+    ref, ref_grads, _ = run(case, reference_fn, dtype, reference_impl=True, upstream=upstream,
+                            **kwargs)
+    assert out.dtype == dtype
+    tol = TOLERANCES[dtype]
+    assert_close_verbose(out, ref, **tol, name="value")
+    for name in LEAVES[:2]:
+        assert_close_verbose(grads[name], ref_grads[name], **tol, name=f"grad {name}")
+    # d/d(scale) = sum_t da_t cos_t cancels: measure its error against sum |dl| >= sum |da_t|.
+    assert_close_verbose(grads["logit_scale"], ref_grads["logit_scale"], **tol,
+                         name="grad logit_scale", magnitude=upstream.abs().sum().item())
+    assert grads["logit_scale"].dtype == scale_dtype
+    return out, grads
+
+
+@pytest.mark.parametrize("normalizer, sparsify", NORMALIZERS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(2, 2, 9, 7, 12), (3, 1, 5, 16, 8)], ids=["P7D12", "P16D8"])
+def test_scores_match_reference(shape, dtype, normalizer, sparsify):
+    case = make_case(*shape, seed=stable_seed(shape, normalizer, sparsify, dtype))
+    check_against_reference(case, kernel_scores, reference_scores, dtype, normalizer=normalizer,
+                            sparsify=sparsify)
+
+
+def test_scores_of_an_empty_caption_are_minus_inf():
+    case = make_case(B=2, K=2)
+    case["mask"][1, 2] = False
+    out, grads = check_against_reference(case, kernel_scores, reference_scores, torch.float32,
+                                         normalizer="minmax", sparsify=False)
+    assert out[1, 2].item() == float("-inf")
+    assert torch.count_nonzero(grads["text_tokens"][1, 2]) == 0
+
+
+NEG_VALID = torch.tensor([[True, False, True], [True, True, True], [False, False, False]])
+
+
+@pytest.mark.parametrize("gamma, eps", [(0.0, 0.0), (2.0, 0.02), (0.5, 0.02)])
+@pytest.mark.parametrize("normalizer, sparsify", NORMALIZERS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_loss_matches_reference(dtype, normalizer, sparsify, gamma, eps):
+    case = make_case(B=3, K=3, T=9, P=9, D=16, seed=stable_seed(normalizer, sparsify, gamma, dtype))
+    case["mask"][0, 2] = False  # a missing negative may have an empty mask
+    check_against_reference(case, kernel_loss, reference_loss, dtype, neg_valid=NEG_VALID,
+                            normalizer=normalizer, sparsify=sparsify, gamma=gamma, eps=eps)
+
+
+@pytest.mark.parametrize("layout", ["grouped", "expanded", "strided"])
+def test_views_of_any_strides(layout):
+    case = make_case(B=3, K=2, T=9, P=7, D=12, layout=layout)
+    kwargs = dict(normalizer="minmax", sparsify=False)
+    check_against_reference(case, kernel_scores, reference_scores, torch.float32, **kwargs)
+    check_against_reference(case, kernel_loss, reference_loss, torch.float32, **kwargs,
+                            neg_valid=NEG_VALID[:, :2], gamma=2.0, eps=0.02)
+
+
+def test_loss_without_neg_valid_equals_all_present():
+    case = make_case(B=3, K=2, seed=3)
+    kwargs = dict(normalizer="softmax", sparsify=False, gamma=2.0, eps=0.02)
+    out, grads, upstream = run(case, kernel_loss, torch.float32, reference_impl=False,
+                               neg_valid=None, **kwargs)
+    out_all, grads_all, _ = run(case, kernel_loss, torch.float32, reference_impl=False,
+                                upstream=upstream, neg_valid=torch.ones(3, 2, dtype=torch.bool),
+                                **kwargs)
+    assert torch.equal(out, out_all)
+    for name in LEAVES:
+        assert torch.equal(grads[name], grads_all[name]), name
+
+
+def test_missing_negatives_neither_count_nor_receive_gradient():
+    case = make_case(B=3, K=3, T=9, P=9, D=16, seed=5)
+    kwargs = dict(neg_valid=NEG_VALID, normalizer="minmax", sparsify=False, gamma=2.0, eps=0.02)
+    out, grads, upstream = run(case, kernel_loss, torch.float32, reference_impl=False, **kwargs)
+    # The same batch with garbage in the missing negatives' tokens and masks.
+    missing = torch.cat([torch.zeros(3, 1, dtype=torch.bool), ~NEG_VALID], dim=1)
+    case["text_base"] = torch.where(missing[..., None, None], float("nan"), case["text_base"])
+    case["mask"] = torch.where(missing[..., None], torch.rand(case["mask"].shape) < 0.5,
+                               case["mask"])
+    out_nan, grads_nan, _ = run(case, kernel_loss, torch.float32, reference_impl=False,
+                                upstream=upstream, **kwargs)
+    assert torch.equal(out_nan, out)
+    assert torch.equal(grads_nan["image_tokens"], grads["image_tokens"])
+    assert torch.equal(grads_nan["logit_scale"], grads["logit_scale"])
+    text_grad = grads_nan["text_tokens"]
+    assert torch.equal(text_grad[missing], torch.zeros_like(text_grad[missing]))
+    assert torch.equal(text_grad[~missing], grads["text_tokens"][~missing])
+    # Row 2 has no negative: it does not count, and none of its captions gets gradient.
+    assert torch.count_nonzero(text_grad[2]) == 0 and torch.count_nonzero(text_grad[:2]) > 0
+
+
+def test_no_counted_row_is_an_exact_zero_that_backpropagates_zeros():
+    case = make_case(B=2, K=2, seed=7)
+    case["mask"][:, 1:] = False
+    neg_valid = torch.zeros(2, 2, dtype=torch.bool)
+    out, grads, _ = run(case, kernel_loss, torch.float32, reference_impl=False,
+                        neg_valid=neg_valid, normalizer="minmax", sparsify=False, gamma=2.0,
+                        eps=0.02)
+    assert out.item() == 0.0 and out.requires_grad
+    for name in LEAVES:
+        assert torch.equal(grads[name], torch.zeros_like(grads[name])), name
+
+
+@pytest.mark.parametrize("normalizer, sparsify", NORMALIZERS)
+def test_degenerate_rows_use_uniform_weights(normalizer, sparsify):
+    """All of an image's patches equal (exact small integers, so every S_tp ties exactly)."""
+    case = make_case(B=2, K=2, T=9, P=7, D=12, seed=11)
+    gen = torch.Generator().manual_seed(0)
+    case["image_base"] = torch.randint(-3, 4, (2, 7, 12), generator=gen).double()
+    case["image_base"][0] = case["image_base"][0, :1]  # image 0: one patch repeated
+    case["text_base"] = torch.randint(-3, 4, (2, 3, 9, 12), generator=gen).double()
+    for dtype in DTYPES:
+        out, _ = check_against_reference(case, kernel_scores, reference_scores, dtype,
+                                         normalizer=normalizer, sparsify=sparsify)
+        assert torch.isfinite(out).all()
+
+
+def test_zero_tokens_follow_the_norm_clamp():
+    """A zero image (Z = 0) and a zero counted text token (X = 0): F.normalize's clamp makes
+    their gradients huge but finite; compare them apart from the ordinary ones."""
+    case = make_case(B=2, K=1, T=5, P=7, D=8, seed=37)
+    case["image_base"][1] = 0.0
+    case["mask"][0, 1, 2] = True
+    case["text_base"][0, 1, 2] = 0.0
+    kwargs = dict(normalizer="minmax", sparsify=False)
+    out, grads, upstream = run(case, kernel_scores, torch.float32, reference_impl=False, **kwargs)
+    ref, ref_grads, _ = run(case, reference_scores, torch.float32, reference_impl=True,
+                            upstream=upstream, **kwargs)
+    tol = TOLERANCES[torch.float32]
+    assert_close_verbose(out, ref, **tol, name="value")
+    huge_text = torch.zeros(2, 2, 5, 8, dtype=torch.bool)
+    huge_text[0, 1, 2] = True
+    text, ref_text = grads["text_tokens"], ref_grads["text_tokens"]
+    assert ref_text[huge_text].abs().max() > 1e6
+    assert_close_verbose(text[huge_text], ref_text[huge_text], **tol, name="zero text token")
+    assert_close_verbose(text[~huge_text], ref_text[~huge_text], **tol, name="other text tokens")
+    image, ref_image = grads["image_tokens"], ref_grads["image_tokens"]
+    assert ref_image[1].abs().max() > 1e6
+    for b in range(2):
+        assert_close_verbose(image[b], ref_image[b], **tol, name=f"image {b}")
+
+
+def test_one_caption_per_image():
+    case = make_case(B=2, K=0, T=5, P=7, D=8)
+    check_against_reference(case, kernel_scores, reference_scores, torch.float32,
+                            normalizer="minmax", sparsify=False)
+    out, grads, _ = run(case, kernel_loss, torch.float32, reference_impl=False, neg_valid=None,
+                        normalizer="minmax", sparsify=False, gamma=2.0, eps=0.02)
+    assert out.item() == 0.0
+    assert all(torch.count_nonzero(g) == 0 for g in grads.values())
+
+
+def test_scores_with_an_expanded_upstream_gradient():
+    """``scores.sum()`` sends a stride-0 gradient."""
+    case = make_case(B=2, K=2, seed=13)
+    kwargs = dict(normalizer="softmax", sparsify=False)
+    ones = torch.ones(2, 3, dtype=torch.float32).expand(2, 3)
+    out, grads, _ = run(case, kernel_scores, torch.float32, reference_impl=False,
+                        upstream=torch.ones(()).expand(2, 3), **kwargs)
+    _, ref_grads, _ = run(case, reference_scores, torch.float32, reference_impl=True,
+                          upstream=ones, **kwargs)
+    for name in LEAVES:
+        assert_close_verbose(grads[name], ref_grads[name], **TOLERANCES[torch.float32], name=name)
+
+
+@pytest.mark.parametrize("scale_dtype", [torch.float32, torch.float16], ids=str)
+def test_half_tokens_with_a_scale_of_either_dtype(scale_dtype):
+    case = make_case(B=2, K=2, seed=17)
+    check_against_reference(case, kernel_loss, reference_loss, torch.float16,
+                            scale_dtype=scale_dtype, neg_valid=None, normalizer="minmax",
+                            sparsify=True, gamma=2.0, eps=0.02)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_several_row_blocks_and_width_splits(monkeypatch, dtype):
+    """Small tiles: captions of more rows than a forward block, images of several backward
+    blocks (dV accumulates across them) and several programs per image in the backward."""
+    def small_tiles(dtype, num_patches, width):  # 16 rows, D chunks of 16
+        return 16, max(16, triton.next_power_of_2(num_patches)), 16, 4
+
+    monkeypatch.setattr(local_hn, "_fwd_config", small_tiles)
+    monkeypatch.setattr(local_hn, "_bwd_config", small_tiles)
+    monkeypatch.setattr(local_hn, "_num_sms", lambda device: 64)
+    launches = KernelLaunches(monkeypatch)
+    case = make_case(B=2, K=3, T=20, P=9, D=40, density=0.95, seed=19)
+    assert case["mask"].sum(-1).max() > 16 and case["mask"].sum((1, 2)).min() > 2 * 16
+    check_against_reference(case, kernel_loss, reference_loss, dtype, neg_valid=NEG_VALID[:2],
+                            normalizer="minmax", sparsify=True, gamma=2.0, eps=0.02)
+    assert ("_tokens_bwd_kernel", (3, 2)) in launches.grids  # 3 programs per image
+
+
+def test_deterministic():
+    case = make_case(B=3, K=3, T=9, P=9, D=16, seed=23)
+    kwargs = dict(neg_valid=NEG_VALID, normalizer="minmax", sparsify=False, gamma=2.0, eps=0.02)
+    out, grads, upstream = run(case, kernel_loss, torch.float16, reference_impl=False, **kwargs)
+    again, grads_again, _ = run(case, kernel_loss, torch.float16, reference_impl=False,
+                                upstream=upstream, **kwargs)
+    assert torch.equal(out, again)
+    for name in LEAVES:
+        assert torch.equal(grads[name], grads_again[name]), name
+
+
+class KernelLaunches:
+    """Counts launches of the module's Triton kernels and keeps their grids."""
+
+    NAMES = ("_scores_fwd_kernel", "_contrast_fwd_kernel", "_tokens_bwd_kernel", "_sum_kernel")
+
+    def __init__(self, monkeypatch):
+        self.grids = []
+        for name in self.NAMES:
+            monkeypatch.setattr(local_hn, name, self._recording(name, getattr(local_hn, name)))
+
+    def _recording(self, name, kernel):
+        grids = self.grids
+
+        class Recording:
+            def __getitem__(self, grid):
+                grids.append((name, grid))
+                return kernel[grid]
+
+        return Recording()
+
+    def take(self):
+        count = len(self.grids)
+        self.grids.clear()
+        return count
+
+
+class AtenOps(TorchDispatchMode):
+    """The operators called at the top level (the custom ops hide what runs inside them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func.name())
+        return func(*args, **(kwargs or {}))
+
+
+def test_launch_counts_and_one_op_per_direction(monkeypatch):
+    launches = KernelLaunches(monkeypatch)
+    case = make_case(B=2, K=2, seed=29)
+    image, text, mask, scale = fp32_leaves(case)
+    neg_valid = NEG_VALID[:2, :2].to(DEVICE)
+    grad_loss, grad_scores = torch.tensor(0.7, device=DEVICE), torch.randn(2, 3, device=DEVICE)
+    with AtenOps() as ops:
+        loss = local_hn.local_hn_loss(image, text, mask, scale, neg_valid, "minmax", False, 2.0,
+                                      0.02)
+    assert ops.ops == ["fsc_losses::local_hn_loss"] and launches.take() == 2
+    with AtenOps() as ops:
+        torch.autograd.grad(loss, (image, text, scale), grad_loss)
+    assert ops.ops == ["fsc_losses::local_hn_bwd"] and launches.take() == 2
+    with AtenOps() as ops:
+        scores = local_hn.local_hn_scores(image, text, mask, scale, "softmax", False)
+    assert ops.ops == ["fsc_losses::local_hn_scores"] and launches.take() == 1
+    with AtenOps() as ops:
+        torch.autograd.grad(scores, (image, text, scale), grad_scores)
+    assert ops.ops == ["fsc_losses::local_hn_bwd"] and launches.take() == 2
+
+
+def test_torch_compile_fullgraph_traces_the_custom_ops():
+    torch._dynamo.reset()
+    case = make_case(B=2, K=2, seed=31)
+    neg_valid = NEG_VALID[:2, :2].to(DEVICE)
+
+    def step(image, text, mask, scale, neg_valid):
+        loss = local_hn.local_hn_loss(image, text, mask, scale, neg_valid, "minmax", False, 2.0,
+                                      0.02)
+        scores = local_hn.local_hn_scores(image, text, mask, scale, "softmax", False)
+        return loss + 0.1 * scores[:, 0].sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    results = []
+    for fn in (step, compiled):
+        image, text, mask, scale = fp32_leaves(case)
+        out = fn(image, text, mask, scale, neg_valid)
+        results.append((out, *torch.autograd.grad(out, (image, text, scale))))
+    for eager, traced in zip(*results, strict=True):
+        assert torch.equal(eager, traced)
+
+
+def test_opcheck_of_the_custom_ops():
+    """Schema, fake implementations (shapes, dtypes, strides) and autograd registration, and
+    eager against AOT-dispatch outputs (every output element is defined, even the saved ones)."""
+    case = make_case(B=2, K=2, T=5, P=7, D=8, layout="grouped", seed=41)
+    image, text, mask, scale = fp32_leaves(case)
+    neg_valid = NEG_VALID[:2, :2].to(DEVICE)
+    loss_args = (image, text, mask, scale, neg_valid, "minmax", False, 2.0, 0.02)
+    torch.library.opcheck(local_hn._loss_op, loss_args)
+    torch.library.opcheck(local_hn._scores_op, (image, text, mask, scale, "softmax", True))
+    _, dlse, *saved = local_hn._loss_op(*loss_args)
+    grad = torch.tensor(0.7, device=DEVICE)
+    torch.library.opcheck(local_hn._bwd_op, (grad, dlse, image.detach(), text.detach(), mask,
+                                             scale.detach(), neg_valid, *saved, "minmax", False))
+
+
+def test_unsupported_reason(monkeypatch):
+    image = torch.zeros(2, 7, 8)
+    text = torch.zeros(2, 3, 5, 8)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert local_hn.unsupported_reason(image, text) is None
+    assert local_hn.unsupported_reason(image.half(), text.half()) is None
+    assert local_hn.unsupported_reason(image.bfloat16(), text.bfloat16()) is None
+    assert local_hn.unsupported_reason(torch.zeros(2, 1024, 1280), torch.zeros(2, 16, 256, 1280)) is None
+    assert "dtype" in local_hn.unsupported_reason(image.double(), text.double())
+    assert "dtype" in local_hn.unsupported_reason(image, text.half())
+    assert "captions" in local_hn.unsupported_reason(image, torch.zeros(2, 17, 5, 8))
+    assert "patches" in local_hn.unsupported_reason(torch.zeros(2, 1025, 8), text)
+    assert "width" in local_hn.unsupported_reason(torch.zeros(2, 7, 1281), torch.zeros(2, 3, 5, 1281))
+    assert "positions" in local_hn.unsupported_reason(image, torch.zeros(2, 3, 257, 8))
+    assert "empty" in local_hn.unsupported_reason(torch.zeros(0, 7, 8), torch.zeros(0, 3, 5, 8))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert "cpu" in local_hn.unsupported_reason(image, text)
+
+
+def test_poisoned_buffers_are_really_poisoned():
+    assert torch.isnan(local_hn._empty((3,), torch.float32, DEVICE)).all()

@@ -1,0 +1,239 @@
+"""The local HN Triton kernels on a CUDA device, at the ANCHORS shapes (skipped without CUDA).
+
+Accuracy is a three-way comparison: the kernel's error against the float64 reference (on the
+same rounded inputs) must stay within twice the error of the reference run in the kernel's
+dtype, plus a small atol (``ATOL``).
+"""
+
+import pytest
+import torch
+
+from fsc_losses import reference
+
+local_hn = pytest.importorskip("fsc_losses.kernels.local_hn")
+
+pytestmark = pytest.mark.gpu
+
+SHAPES = {  # (B, P, D), with K = 3 negatives and T = 77 positions of which 10-20 count
+    "B32": (256, 49, 512),
+    "B16": (128, 196, 512),
+    "L14": (64, 256, 768),
+    "L14_336": (64, 576, 768),
+}
+K, T = 3, 77
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# The atol of the three-way check, relative to the magnitude of what is compared: about 2-4 ulps
+# of the 16-bit dtypes; for fp32 about 100, because logit_scale = 100 multiplies the cosines'
+# rounding (a = scale * cos) before exp, for the kernel and the fp32 reference alike.
+ATOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+LEAVES = ("image_tokens", "text_tokens", "logit_scale")
+
+
+def make_inputs(B, P, D, seed=0, logit_scale=100.0):
+    """Float64 inputs like a CLIP batch: caption positions 1..n count (n in 10-20), some
+    negatives missing."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    G = 1 + K
+    image = torch.randn(B, P, D, generator=gen, device="cuda", dtype=torch.float64)
+    text = torch.randn(B, G, T, D, generator=gen, device="cuda", dtype=torch.float64)
+    lengths = torch.randint(10, 21, (B, G, 1), generator=gen, device="cuda")
+    positions = torch.arange(T, device="cuda")
+    mask = (positions >= 1) & (positions <= lengths)
+    neg_valid = torch.rand(B, K, generator=gen, device="cuda") < 0.9
+    scale = torch.tensor(logit_scale, device="cuda", dtype=torch.float64)
+    return image, text, mask, scale, neg_valid
+
+
+def loss_fn(impl):
+    def fn(image, text, mask, scale, neg_valid):
+        if impl == "kernel":
+            return local_hn.local_hn_loss(image, text, mask, scale, neg_valid, "minmax", False,
+                                          2.0, 0.02)
+        scores = reference.local_hn_scores(image, text, mask, scale, "minmax", False)
+        return reference.hn_contrast_loss(scores, neg_valid, 2.0, 0.02)
+
+    return fn
+
+
+def scores_fn(impl):
+    def fn(image, text, mask, scale, neg_valid):
+        if impl == "kernel":
+            return local_hn.local_hn_scores(image, text, mask, scale, "softmax", False)
+        return reference.local_hn_scores(image, text, mask, scale, "softmax", False)
+
+    return fn
+
+
+def evaluate(fn, image, text, mask, scale, neg_valid, dtype, upstream):
+    """Output and gradients of ``fn`` on the inputs cast to ``dtype`` (scale stays float32 for
+    the low precisions, as under autocast)."""
+    leaves = [
+        image.to(dtype).requires_grad_(),
+        text.to(dtype).requires_grad_(),
+        scale.to(torch.float64 if dtype == torch.float64 else torch.float32).requires_grad_(),
+    ]
+    out = fn(*leaves[:2], mask, leaves[2], neg_valid)
+    grads = torch.autograd.grad(out, leaves, upstream.to(out.dtype))
+    return out, dict(zip(LEAVES, grads, strict=True))
+
+
+def assert_three_way(kernel, low, exact, dtype, name, magnitude=None):
+    finite = torch.isfinite(exact)
+    assert torch.equal(torch.isfinite(kernel), finite), f"{name}: non-finite pattern differs"
+    kernel, low, exact = (t.double()[finite] for t in (kernel, low, exact))
+    if magnitude is None:
+        magnitude = exact.abs().max().item()
+    kernel_err = (kernel - exact).abs().max().item()
+    low_err = (low - exact).abs().nan_to_num(float("inf")).max().item()
+    atol = ATOL[dtype] * magnitude
+    assert kernel_err <= 2 * low_err + atol, (
+        f"{name}: kernel error {kernel_err:.3g} > 2 x reference-in-{dtype} error {low_err:.3g} "
+        f"+ {atol:.3g}"
+    )
+
+
+def check_three_way(fn_of, shape, dtype, seed=0):
+    inputs = make_inputs(*SHAPES[shape], seed=seed)
+    out_shape = () if fn_of is loss_fn else inputs[2].shape[:2]
+    gen = torch.Generator(device="cuda").manual_seed(seed + 1)
+    upstream = torch.randn(out_shape, generator=gen, device="cuda", dtype=torch.float64)
+    kernel, kernel_grads = evaluate(fn_of("kernel"), *inputs, dtype, upstream)
+    low, low_grads = evaluate(fn_of("reference"), *inputs, dtype, upstream)
+    rounded = [inputs[0].to(dtype).double(), inputs[1].to(dtype).double(), *inputs[2:]]
+    exact, exact_grads = evaluate(fn_of("reference"), *rounded, torch.float64, upstream)
+    assert kernel.dtype == dtype
+    assert_three_way(kernel, low, exact, dtype, "value")
+    for name in LEAVES[:2]:
+        assert kernel_grads[name].dtype == dtype
+        assert_three_way(kernel_grads[name], low_grads[name], exact_grads[name], dtype, name)
+    assert kernel_grads["logit_scale"].dtype == torch.float32
+    assert_three_way(kernel_grads["logit_scale"], low_grads["logit_scale"],
+                     exact_grads["logit_scale"], dtype, "logit_scale",
+                     magnitude=upstream.abs().sum().item())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_loss_three_way(shape, dtype):
+    check_three_way(loss_fn, shape, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", ["B32", "L14_336"])
+def test_scores_three_way(shape, dtype):
+    check_three_way(scores_fn, shape, dtype)
+
+
+def leaves_of(inputs, dtype):
+    image, text, mask, scale, neg_valid = inputs
+    return (image.to(dtype).requires_grad_(), text.to(dtype).requires_grad_(), mask,
+            scale.float().requires_grad_(), neg_valid)
+
+
+def step(image, text, mask, scale, neg_valid):
+    return local_hn.local_hn_loss(image, text, mask, scale, neg_valid, "minmax", False, 2.0, 0.02)
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_deterministic(shape):
+    args = leaves_of(make_inputs(*SHAPES[shape], seed=3), torch.bfloat16)
+    runs = []
+    for _ in range(2):
+        loss = step(*args)
+        runs.append((loss, *torch.autograd.grad(loss, (args[0], args[1], args[3]))))
+    for first, second in zip(*runs, strict=True):
+        assert torch.equal(first, second)
+
+
+def test_grouped_and_expanded_views():
+    B, P, D = SHAPES["B32"]
+    image, _, mask, scale, neg_valid = make_inputs(B, P, D, seed=5)
+    gen = torch.Generator(device="cuda").manual_seed(6)
+    flat = torch.randn(B * (1 + K), T, D, generator=gen, device="cuda", dtype=torch.float64)
+    layouts = {
+        "grouped": lambda im, fl: (im, fl.view(1 + K, B, T, D).transpose(0, 1)),
+        "expanded": lambda im, fl: (im[:1].expand(B, P, D), fl[: 1 + K].unsqueeze(0).expand(B, 1 + K, T, D)),
+    }
+    for layout, views in layouts.items():
+        results = []
+        for impl, dtype in (("kernel", torch.float32), ("reference", torch.float64)):
+            im = image.to(dtype).requires_grad_()
+            fl = flat.to(dtype).requires_grad_()
+            sc = scale.to(dtype).requires_grad_()
+            loss = loss_fn(impl)(*views(im, fl), mask, sc, neg_valid)
+            results.append((loss, *torch.autograd.grad(loss, (im, fl, sc))))
+        for name, got, want in zip(("loss", "image", "text", "scale"), *results, strict=True):
+            torch.testing.assert_close(got.detach().double(), want.detach(), rtol=1e-4,
+                                       atol=ATOL[torch.float32] * want.abs().max().item(),
+                                       msg=lambda m, n=name, lay=layout: f"{lay} {n}: {m}")
+
+
+def test_torch_compile_inductor_fullgraph():
+    torch._dynamo.reset()
+    inputs = make_inputs(*SHAPES["B16"], seed=7)
+    compiled = torch.compile(step, fullgraph=True)
+    results = []
+    for fn in (step, compiled):
+        args = leaves_of(inputs, torch.bfloat16)
+        loss = fn(*args) * 1.5
+        results.append((loss, *torch.autograd.grad(loss, (args[0], args[1], args[3]))))
+    for eager, traced in zip(*results, strict=True):
+        torch.testing.assert_close(traced, eager, rtol=1e-2, atol=1e-3)
+
+
+def test_cuda_graph_capture_and_replay_of_forward_and_backward():
+    args = leaves_of(make_inputs(*SHAPES["B32"], seed=9), torch.bfloat16)
+    wrt = (args[0], args[1], args[3])
+
+    def fwd_bwd():
+        loss = step(*args)
+        return (loss, *torch.autograd.grad(loss, wrt))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fwd_bwd()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = fwd_bwd()
+    with torch.no_grad():  # new values in the same buffers, then replay
+        for tensor in wrt:
+            tensor.mul_(0.5)
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, want in zip(captured, fwd_bwd(), strict=True):
+        assert torch.equal(got, want)
+
+
+def test_no_host_synchronisation():
+    args = leaves_of(make_inputs(*SHAPES["B32"], seed=11), torch.float16)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = step(*args)
+        torch.autograd.grad(loss, (args[0], args[1], args[3]))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_launch_counts():
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    args = leaves_of(make_inputs(*SHAPES["B32"], seed=13), torch.bfloat16)
+    step(*args)  # compile the kernels outside the profile
+    grad = torch.ones((), device="cuda", dtype=torch.bfloat16)
+
+    def kernels(fn):
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            result = fn()
+            torch.cuda.synchronize()
+        return result, [e.name for e in prof.events() if e.device_type == DeviceType.CUDA]
+
+    loss, forward = kernels(lambda: step(*args))
+    _, backward = kernels(lambda: torch.autograd.grad(loss, (args[0], args[1], args[3]), grad))
+    assert len(forward) == 2, forward
+    assert len(backward) == 2, backward
