@@ -103,6 +103,11 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, stacklevel=4)
 
 
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
 def select_kernels(backend: str, inputs: LocalInputs) -> ModuleType | None:
     """The kernel module to run ``inputs`` on, or None for the reference.
 
@@ -110,8 +115,7 @@ def select_kernels(backend: str, inputs: LocalInputs) -> ModuleType | None:
     CPU only under ``TRITON_INTERPRET=1``). Inputs the kernels do not support fall back to the
     reference with one warning.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     if backend == "reference":
         return None
     on_cuda = inputs.image_tokens.is_cuda

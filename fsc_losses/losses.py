@@ -97,8 +97,7 @@ class LocalHNLoss(nn.Module):
     ):
         super().__init__()
         checks.check_normalizer(normalizer, sparsify)
-        if backend not in functional.BACKENDS:
-            raise ValueError(f"backend must be one of {functional.BACKENDS}, got {backend!r}")
+        functional.check_backend(backend)
         self.normalizer = normalizer
         self.sparsify = sparsify
         self.criterion = _criterion_or_default(criterion)
@@ -222,8 +221,7 @@ class FSCLoss(nn.Module):
         super().__init__()
         checks.check_normalizer(normalizer, sparsify)
         checks.check_criterion_params(focal_gamma, label_smoothing)
-        if backend not in functional.BACKENDS:
-            raise ValueError(f"backend must be one of {functional.BACKENDS}, got {backend!r}")
+        functional.check_backend(backend)
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         self.global_weight = float(global_weight)
