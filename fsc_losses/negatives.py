@@ -208,7 +208,7 @@ def _swap(caption: str, toks: list[Token], rng: random.Random) -> str | None:
     matches = _find(toks)
     pairs = [(a, b) for i, a in enumerate(matches) for b in matches[i + 1:]
              if _SWAP_CLASS.get(a.category, a.category) == _SWAP_CLASS.get(b.category, b.category)
-             and a.lemma != b.lemma]
+             and _INDEX[a.lemma] != _INDEX[b.lemma]]  # synonyms would only paraphrase
     rng.shuffle(pairs)
     for a, b in pairs:
         neg = _apply(toks, _put(a, b.lemma, matches) + _put(b, a.lemma, matches))

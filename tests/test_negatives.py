@@ -16,8 +16,7 @@ DEMO = [
     "a man riding a horse on the beach",
     "two dogs playing with a frisbee in the park",
 ]
-CATEGORY = {w.replace(" ", "_"): cat
-            for cat, groups in LEXICON.items() for g in groups for w in g}
+CATEGORY = {w.replace(" ", "_"): cat for cat, groups in LEXICON.items() for g in groups for w in g}
 PHRASES = sorted((w for w in CATEGORY if "_" in w), key=len, reverse=True)
 
 
@@ -46,7 +45,7 @@ def test_shapes_and_type_major_order():
     assert valid.dtype == torch.bool and valid.shape == (B, K)
     for k, kind in enumerate(HN_KINDS):
         col, col_valid = column(DEMO, kind, seed=0)
-        assert negs[k * B:(k + 1) * B] == col
+        assert negs[k * B : (k + 1) * B] == col
         assert torch.equal(valid[:, k], col_valid)
     assert valid.all(), "every demo caption supports every kind"
 
@@ -111,8 +110,16 @@ def test_independent_of_batch_composition():
 
 def test_negative_never_equals_caption_and_placeholders():
     caps = DEMO + [
-        "A red ball.", "dog", "", "go go go go", "hello world", "one cat next to three dogs",
-        "An apple on a table, near a cup.", "a  RED   cube", "red red", "left of left of",
+        "A red ball.",
+        "dog",
+        "",
+        "go go go go",
+        "hello world",
+        "one cat next to three dogs",
+        "An apple on a table, near a cup.",
+        "a  RED   cube",
+        "red red",
+        "left of left of",
         "two blue balls and two blue balls",
     ]
     for seed in range(20):
@@ -193,12 +200,15 @@ def test_replace_changes_one_phrase_within_category():
     assert cats == {"colour", "shape", "relation"}
 
 
-@pytest.mark.parametrize("caption, word, allowed", [
-    ("a cube above a ball", "above", {"below", "beneath", "underneath", "under"}),
-    ("a cat in front of a dog", "in_front_of", {"behind"}),
-    ("a tiny dog", "tiny", {"large", "big", "huge", "giant"}),
-    ("a big dog", "big", {"small", "little", "tiny"}),  # never the synonym "large"
-])
+@pytest.mark.parametrize(
+    "caption, word, allowed",
+    [
+        ("a cube above a ball", "above", {"below", "beneath", "underneath", "under"}),
+        ("a cat in front of a dog", "in_front_of", {"behind"}),
+        ("a tiny dog", "tiny", {"large", "big", "huge", "giant"}),
+        ("a big dog", "big", {"small", "little", "tiny"}),  # never the synonym "large"
+    ],
+)
 def test_replace_uses_contrasts(caption, word, allowed):
     hits = 0
     for seed in range(30):
@@ -234,7 +244,7 @@ def test_shuffle_keeps_words_changes_order():
         results.add(neg)
         # Shuffling whole bigrams means every original pair survives (except the
         # odd last word of this 9-word caption).
-        pairs = {" ".join(cap.split()[i:i + 2]) for i in range(0, 8, 2)}
+        pairs = {" ".join(cap.split()[i : i + 2]) for i in range(0, 8, 2)}
         assert all(p in neg for p in pairs)
     assert len(results) > 3
 
@@ -261,3 +271,13 @@ def test_bad_inputs():
         make_hard_negatives(["a red cube"], kinds="swap")
     with pytest.raises(TypeError, match="seed"):
         make_hard_negatives(["a red cube"], seed="0")
+
+
+def test_swap_never_exchanges_synonyms():
+    # "big" and "large" share a synonym group: swapping them would only paraphrase the caption.
+    for seed in range(20):
+        negatives, neg_valid = make_hard_negatives(["a big dog near a large cat"], kinds=("swap",), seed=seed)
+        assert neg_valid[0, 0]
+        assert negatives[0] == "a big cat near a large dog"
+    _, neg_valid = make_hard_negatives(["a small box near a tiny box"], kinds=("swap",), seed=0)
+    assert not neg_valid[0, 0]
