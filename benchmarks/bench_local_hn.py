@@ -214,9 +214,7 @@ def measure_matmul(device: torch.device, dtype_name: str, plan: common.TimingPla
     allow_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        timing = common.time_calls(
-            lambda i: functools.partial(torch.matmul, a, b, out=out), device, plan
-        )
+        timing = common.time_calls(lambda i: functools.partial(torch.matmul, a, b, out=out), device, plan)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = allow_tf32
     return 2 * n**3 / (timing.median_us * 1e-6)
@@ -347,9 +345,20 @@ def skip_reason(provider: str, loss_fn, sets: Sequence[InputSet], device: torch.
     return None
 
 
-def measurement_row(shape: Shape, dtype_name: str, normalizer: str, provider: str, mode: str,
-                    sets: Sequence[InputSet], counted: float, timing: common.Timing,
-                    peak: float | None, fl: Floors, machine: Machine, config: Config) -> dict[str, object]:
+def measurement_row(
+    shape: Shape,
+    dtype_name: str,
+    normalizer: str,
+    provider: str,
+    mode: str,
+    sets: Sequence[InputSet],
+    counted: float,
+    timing: common.Timing,
+    peak: float | None,
+    fl: Floors,
+    machine: Machine,
+    config: Config,
+) -> dict[str, object]:
     return {
         "suite": shape.suite,
         "shape": shape.name,
@@ -423,10 +432,25 @@ def run(config: Config, notes: list[str]) -> list[dict[str, object]]:
                         calls = make_call(loss_fn, sets, mode)
                         timing = common.time_calls(calls, device, config.plan)
                         peak = common.peak_extra_mib(calls, device)
-                        rows.append({**meta, **measurement_row(
-                            shape, dtype_name, normalizer, provider, mode, sets, counted, timing,
-                            peak, mode_floors[mode], machine, config,
-                        )})
+                        rows.append(
+                            {
+                                **meta,
+                                **measurement_row(
+                                    shape,
+                                    dtype_name,
+                                    normalizer,
+                                    provider,
+                                    mode,
+                                    sets,
+                                    counted,
+                                    timing,
+                                    peak,
+                                    mode_floors[mode],
+                                    machine,
+                                    config,
+                                ),
+                            }
+                        )
                         print(
                             f"{shape.name} {dtype_name} {normalizer} {mode} {provider}: "
                             f"{timing.median_us:,.1f} us",
@@ -488,10 +512,17 @@ def speedups(rows: Sequence[dict]) -> list[dict]:
     """Per configuration: each provider's median and the fused kernels' speed-ups."""
     by_config: dict[tuple, dict] = {}
     for row in rows:
-        entry = by_config.setdefault(_config_key(row), {
-            "suite": row["suite"], "shape": row["shape"], "B": row["B"], "dtype": row["dtype"],
-            "normalizer": row["normalizer"], "mode": row["mode"],
-        })
+        entry = by_config.setdefault(
+            _config_key(row),
+            {
+                "suite": row["suite"],
+                "shape": row["shape"],
+                "B": row["B"],
+                "dtype": row["dtype"],
+                "normalizer": row["normalizer"],
+                "mode": row["mode"],
+            },
+        )
         entry[row["provider"]] = float(row["median_us"])
     for entry in by_config.values():
         for base in ("compiled", "reference"):
@@ -547,8 +578,13 @@ def plot_results(rows: Sequence[dict], plot_dir: Path) -> list[Path]:
                         xy = [(e["B"], e[provider]) for e in points if provider in e]
                         if xy:
                             ax.plot(*zip(*xy, strict=True), marker="o", label=provider)
-                    ax.set(xscale="log", yscale="log", xlabel="batch size B", ylabel="median us",
-                           title=f"{SWEEP_BASE.name} {mode}, {dtype}, {normalizer}")
+                    ax.set(
+                        xscale="log",
+                        yscale="log",
+                        xlabel="batch size B",
+                        ylabel="median us",
+                        title=f"{SWEEP_BASE.name} {mode}, {dtype}, {normalizer}",
+                    )
                     sizes = [e["B"] for e in points]
                     ax.set_xticks(sizes, [str(b) for b in sizes], minor=False)
                     ax.set_xticks([], minor=True)
@@ -562,13 +598,17 @@ def plot_results(rows: Sequence[dict], plot_dir: Path) -> list[Path]:
                     bars = [e for e in compared if e["mode"] == mode]
                     xs = range(len(bars))
                     for offset, base in ((-0.2, "compiled"), (0.2, "reference")):
-                        ax.bar([x + offset for x in xs],
-                               [e.get(f"vs_{base}", math.nan) for e in bars],
-                               width=0.4, label=f"over {base}")
+                        ax.bar(
+                            [x + offset for x in xs],
+                            [e.get(f"vs_{base}", math.nan) for e in bars],
+                            width=0.4,
+                            label=f"over {base}",
+                        )
                     ax.axhline(1, color="gray", linewidth=0.8)
                     ax.set_xticks(list(xs), [e["shape"] for e in bars], rotation=30, ha="right")
-                    ax.set(yscale="log", ylabel="speed-up of fused (x)",
-                           title=f"{mode}, {dtype}, {normalizer}")
+                    ax.set(
+                        yscale="log", ylabel="speed-up of fused (x)", title=f"{mode}, {dtype}, {normalizer}"
+                    )
                     ax.legend(fontsize="small")
                 written.append(_save(fig, plot_dir / f"speedup_{tag}.png"))
     return written
@@ -589,35 +629,64 @@ def _save(fig, path: Path) -> Path:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--suite", nargs="+", choices=SUITES,
-                        help="shape sets: anchors (the four ANCHORS.md models), batch (ViT-B/16, "
-                        "B = 32..512), length (ViT-B/16, 5..76 counted positions); default anchors "
-                        "unless --shape is given")
-    parser.add_argument("--shape", action="append", default=[], metavar="B,K,T,P,D",
-                        type=common.int_tuple(5, "B,K,T,P,D"), help="an extra shape (repeatable)")
-    parser.add_argument("--counted", type=common.int_tuple(2, "LO,HI"), metavar="LO,HI",
-                        help=f"counted positions per caption, uniform (default {COUNTED[0]},"
-                        f"{COUNTED[1]}; the length suite sets its own)")
+    parser.add_argument(
+        "--suite",
+        nargs="+",
+        choices=SUITES,
+        help="shape sets: anchors (the four ANCHORS.md models), batch (ViT-B/16, "
+        "B = 32..512), length (ViT-B/16, 5..76 counted positions); default anchors "
+        "unless --shape is given",
+    )
+    parser.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="B,K,T,P,D",
+        type=common.int_tuple(5, "B,K,T,P,D"),
+        help="an extra shape (repeatable)",
+    )
+    parser.add_argument(
+        "--counted",
+        type=common.int_tuple(2, "LO,HI"),
+        metavar="LO,HI",
+        help=f"counted positions per caption, uniform (default {COUNTED[0]},"
+        f"{COUNTED[1]}; the length suite sets its own)",
+    )
     parser.add_argument("--provider", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
     parser.add_argument("--mode", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--dtype", nargs="+", choices=list(DTYPES),
-                        help="default bf16 fp32 (fp32 with --smoke)")
-    parser.add_argument("--normalizer", nargs="+", choices=NORMALIZERS,
-                        help="default minmax softmax (minmax with --smoke)")
-    parser.add_argument("--layout", choices=LAYOUTS, default="flat",
-                        help="text inputs flat (B*G, T, D) as trainers produce them, or grouped "
-                        "(B, G, T, D) contiguous (default flat)")
-    parser.add_argument("--rep-ms", type=float, default=300.0,
-                        help="GPU: time each measurement for about this long (default 300)")
+    parser.add_argument(
+        "--dtype", nargs="+", choices=list(DTYPES), help="default bf16 fp32 (fp32 with --smoke)"
+    )
+    parser.add_argument(
+        "--normalizer", nargs="+", choices=NORMALIZERS, help="default minmax softmax (minmax with --smoke)"
+    )
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="flat",
+        help="text inputs flat (B*G, T, D) as trainers produce them, or grouped "
+        "(B, G, T, D) contiguous (default flat)",
+    )
+    parser.add_argument(
+        "--rep-ms",
+        type=float,
+        default=300.0,
+        help="GPU: time each measurement for about this long (default 300)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--results", type=Path,
-                        help="CSV to append to (default benchmarks/results/local_hn.csv; with "
-                        "--smoke a new temporary file)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="CSV to append to (default benchmarks/results/local_hn.csv; with --smoke a new temporary file)",
+    )
     parser.add_argument("--plot", action="store_true", help="write PNG charts (needs matplotlib)")
     parser.add_argument("--plot-dir", type=Path, default=common.RESULTS_DIR / "plots")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny shape on the CPU in seconds, to keep this script working; the "
-                        "fused kernels run only under TRITON_INTERPRET=1")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny shape on the CPU in seconds, to keep this script working; the "
+        "fused kernels run only under TRITON_INTERPRET=1",
+    )
     return parser.parse_args(argv)
 
 
@@ -634,8 +703,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         plan = common.TimingPlan(min_warmup=1, warmup_ms=0, min_reps=3, max_reps=3)
     else:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        plan = common.TimingPlan(min_warmup=3, warmup_ms=100, min_reps=30, max_reps=2000,
-                                 rep_ms=args.rep_ms)
+        plan = common.TimingPlan(min_warmup=3, warmup_ms=100, min_reps=30, max_reps=2000, rep_ms=args.rep_ms)
     return Config(
         shapes=shapes,
         providers=args.provider,
@@ -670,8 +738,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
     rows = run(config, notes)
     device = rows[0]["device"] if rows else common.device_name(config.device)
     print(f"\nlocal HN loss on {device}, torch {torch.__version__}, triton {common.triton_version()}")
-    print("\nFloors (HBM: inputs read + gradients written once at the measured copy bandwidth; "
-          "matmul: GEMM flops on counted positions at the measured matmul rate)\n")
+    print(
+        "\nFloors (HBM: inputs read + gradients written once at the measured copy bandwidth; "
+        "matmul: GEMM flops on counted positions at the measured matmul rate)\n"
+    )
     print(floors_table(rows))
     print("\nMeasurements (x floor: median over the larger of HBM counted and matmul floor)\n")
     print(results_table(rows))

@@ -175,8 +175,9 @@ def run(args: argparse.Namespace, device: torch.device, notes: list[str]) -> lis
     if args.smoke:
         plan = common.TimingPlan(min_warmup=1, warmup_ms=0, min_reps=2, max_reps=2)
     else:
-        plan = common.TimingPlan(min_warmup=args.warmup, warmup_ms=0, min_reps=args.steps,
-                                 max_reps=args.steps)
+        plan = common.TimingPlan(
+            min_warmup=args.warmup, warmup_ms=0, min_reps=args.steps, max_reps=args.steps
+        )
     meta = {**common.run_metadata(device), "open_clip": open_clip.__version__}
     rows: list[dict[str, object]] = []
     for provider in args.provider:
@@ -189,22 +190,24 @@ def run(args: argparse.Namespace, device: torch.device, notes: list[str]) -> lis
         timing, peak = measure(provider, template, batches, args, device, plan)
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        rows.append({
-            **meta,
-            "model": "smoke" if args.smoke else args.model,
-            "batch": args.batch,
-            "negatives": args.negatives,
-            "captions": args.batch * (1 + args.negatives),
-            "context": template.context_length,
-            "amp": "bf16",
-            "check_inputs": args.check_inputs,
-            "provider": provider,
-            "steps": timing.reps,
-            "median_ms": timing.median_us / 1e3,
-            "p20_ms": timing.p20_us / 1e3,
-            "p80_ms": timing.p80_us / 1e3,
-            "peak_extra_mib": peak,
-        })
+        rows.append(
+            {
+                **meta,
+                "model": "smoke" if args.smoke else args.model,
+                "batch": args.batch,
+                "negatives": args.negatives,
+                "captions": args.batch * (1 + args.negatives),
+                "context": template.context_length,
+                "amp": "bf16",
+                "check_inputs": args.check_inputs,
+                "provider": provider,
+                "steps": timing.reps,
+                "median_ms": timing.median_us / 1e3,
+                "p20_ms": timing.p20_us / 1e3,
+                "p80_ms": timing.p80_us / 1e3,
+                "peak_extra_mib": peak,
+            }
+        )
         print(f"{provider}: {timing.median_us / 1e3:,.2f} ms per step", flush=True)
     return finish_rows(rows)
 
@@ -242,21 +245,34 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="ViT-B-32", help="open_clip model name (a ViT)")
     parser.add_argument("--batch", type=int, help="images per step (default 256; 4 with --smoke)")
     parser.add_argument("--negatives", type=int, default=3, help="hard negatives per image (K)")
-    parser.add_argument("--words", type=common.int_tuple(2, "LO,HI"), metavar="LO,HI",
-                        help=f"words per caption, uniform (default {WORDS[0]},{WORDS[1]}; "
-                        f"{SMOKE_WORDS[0]},{SMOKE_WORDS[1]} with --smoke)")
+    parser.add_argument(
+        "--words",
+        type=common.int_tuple(2, "LO,HI"),
+        metavar="LO,HI",
+        help=f"words per caption, uniform (default {WORDS[0]},{WORDS[1]}; "
+        f"{SMOKE_WORDS[0]},{SMOKE_WORDS[1]} with --smoke)",
+    )
     parser.add_argument("--provider", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
-    parser.add_argument("--check-inputs", action="store_true",
-                        help="keep FSCLoss's value check (one host synchronisation per step)")
+    parser.add_argument(
+        "--check-inputs",
+        action="store_true",
+        help="keep FSCLoss's value check (one host synchronisation per step)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--results", type=Path,
-                        help="CSV to append to (default benchmarks/results/train_step.csv; with "
-                        "--smoke a new temporary file)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny model on the CPU for 2 steps, to keep this script working; "
-                        "fsc-fused runs only under TRITON_INTERPRET=1")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="CSV to append to (default benchmarks/results/train_step.csv; with "
+        "--smoke a new temporary file)",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny model on the CPU for 2 steps, to keep this script working; "
+        "fsc-fused runs only under TRITON_INTERPRET=1",
+    )
     args = parser.parse_args(argv)
     if args.batch is None:
         args.batch = 4 if args.smoke else 256

@@ -237,9 +237,7 @@ def append_csv(path: Path, rows: Sequence[dict[str, object]]) -> None:
         with open(path, newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), [])
         if header != fieldnames:
-            raise ValueError(
-                f"{path} holds results with other columns; pass another --results file"
-            )
+            raise ValueError(f"{path} holds results with other columns; pass another --results file")
     with open(path, "a", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fieldnames)
         if is_new:

@@ -35,9 +35,7 @@ class CaptionCSV(Dataset):
     def __init__(self, csv_path: str | Path, transform):
         csv_path = Path(csv_path)
         with open(csv_path, newline="", encoding="utf-8") as f:
-            self.rows = [
-                (csv_path.parent / row["image_path"], row["caption"]) for row in csv.DictReader(f)
-            ]
+            self.rows = [(csv_path.parent / row["image_path"], row["caption"]) for row in csv.DictReader(f)]
         self.transform = transform
 
     def __len__(self) -> int:
@@ -113,9 +111,7 @@ def main(argv=None):
                 return model, history
             # A new seed per step: fresh negatives each time, yet the run is reproducible.
             seed = args.seed + len(history)
-            logs = train_step(
-                model, tokenizer, loss_fn, optimizer, images, captions, seed, args.device
-            )
+            logs = train_step(model, tokenizer, loss_fn, optimizer, images, captions, seed, args.device)
             history.append(logs)
             terms = ", ".join(f"{name} {value:.4f}" for name, value in logs.items())
             print(f"epoch {epoch} step {len(history)}: {terms}", flush=True)

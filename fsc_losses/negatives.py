@@ -34,8 +34,7 @@ HN_KINDS: tuple[str, ...] = ("swap", "replace", "shuffle")
 _RAW_LEXICON = {
     "colour": "red, blue, green, yellow, orange, purple/violet, pink, brown, black, white, "
     "gray/grey, silver, gold, cyan, magenta, beige, navy, turquoise",
-    "size": "small/little/tiny, large/big/huge/giant, tall, short, long, wide, narrow, "
-    "thin, thick, fat",
+    "size": "small/little/tiny, large/big/huge/giant, tall, short, long, wide, narrow, thin, thick, fat",
     "material": "wooden, metal/metallic, plastic, glass, rubber, stone, paper, leather, "
     "ceramic, cotton, wool, concrete, steel, brick",
     "shape": "cube, sphere, ball, circle, square, triangle, star, cross, ring, cylinder, "
@@ -71,16 +70,22 @@ _RAW_CONTRASTS = (
     "sits > stands; pushing > pulling; pushes > pulls; throwing > catching; "
     "throws > catches"
 )
-_IRREGULAR = {"man": "men", "woman": "women", "child": "children", "person": "people",
-              "sheep": "sheep", "mouse": "mice", "foot": "feet"}
+_IRREGULAR = {
+    "man": "men",
+    "woman": "women",
+    "child": "children",
+    "person": "people",
+    "sheep": "sheep",
+    "mouse": "mice",
+    "foot": "feet",
+}
 
 LEXICON: dict[str, tuple[tuple[str, ...], ...]] = {
     cat: tuple(tuple(w.strip() for w in g.split("/")) for g in raw.split(","))
     for cat, raw in _RAW_LEXICON.items()
 }
 # phrase -> (category, group index); a phrase lives in exactly one category.
-_INDEX = {w: (cat, gi) for cat, groups in LEXICON.items()
-          for gi, g in enumerate(groups) for w in g}
+_INDEX = {w: (cat, gi) for cat, groups in LEXICON.items() for gi, g in enumerate(groups) for w in g}
 _MAX_LEN = max(len(w.split()) for w in _INDEX)
 _CONTRASTS: dict[str, set[str]] = {}
 for _rule in _RAW_CONTRASTS.split(";"):
@@ -110,7 +115,7 @@ class _Match(NamedTuple):
 def _tokenize(text: str) -> list[Token]:
     toks, pos = [], 0
     for m in _TOKEN_RE.finditer(text):
-        toks.append((text[pos:m.start()], m.group()))
+        toks.append((text[pos : m.start()], m.group()))
         pos = m.end()
     return toks
 
@@ -153,7 +158,7 @@ def _find(toks: list[Token]) -> list[_Match]:
     found, i = [], 0
     while i < len(words):
         for n in range(min(_MAX_LEN, len(words) - i), 0, -1):  # longest phrase wins
-            phrase = " ".join(words[i:i + n])
+            phrase = " ".join(words[i : i + n])
             if phrase in _INDEX and _INDEX[phrase][0] not in _NOUNS:
                 found.append(_Match(i, i + n, _INDEX[phrase][0], phrase, False))
                 i += n
@@ -197,8 +202,7 @@ def _put(m: _Match, lemma: str, matches: list[_Match]) -> list[tuple[int, int, s
     if m.category == "number":
         # Re-inflect the counted noun ("one dog" -> "three dogs"); look a few
         # tokens ahead to skip adjectives ("two small red cubes").
-        noun = next((n for n in matches if n.category in _NOUNS
-                     and m.end <= n.start <= m.end + 3), None)
+        noun = next((n for n in matches if n.category in _NOUNS and m.end <= n.start <= m.end + 3), None)
         if noun is not None and noun.plural != (lemma != "one"):
             edits.append((noun.start, noun.end, _pluralize(noun.lemma, lemma != "one")))
     return edits
@@ -206,9 +210,13 @@ def _put(m: _Match, lemma: str, matches: list[_Match]) -> list[tuple[int, int, s
 
 def _swap(caption: str, toks: list[Token], rng: random.Random) -> str | None:
     matches = _find(toks)
-    pairs = [(a, b) for i, a in enumerate(matches) for b in matches[i + 1:]
-             if _SWAP_CLASS.get(a.category, a.category) == _SWAP_CLASS.get(b.category, b.category)
-             and _INDEX[a.lemma] != _INDEX[b.lemma]]  # synonyms would only paraphrase
+    pairs = [
+        (a, b)
+        for i, a in enumerate(matches)
+        for b in matches[i + 1 :]
+        if _SWAP_CLASS.get(a.category, a.category) == _SWAP_CLASS.get(b.category, b.category)
+        and _INDEX[a.lemma] != _INDEX[b.lemma]
+    ]  # synonyms would only paraphrase
     rng.shuffle(pairs)
     for a, b in pairs:
         neg = _apply(toks, _put(a, b.lemma, matches) + _put(b, a.lemma, matches))
@@ -222,9 +230,10 @@ def _replace(caption: str, toks: list[Token], rng: random.Random) -> str | None:
     order = list(matches)
     rng.shuffle(order)
     for m in order:
-        options = sorted(_CONTRASTS.get(m.lemma) or
-                         {w for gi, g in enumerate(LEXICON[m.category])
-                          if gi != _INDEX[m.lemma][1] for w in g})
+        options = sorted(
+            _CONTRASTS.get(m.lemma)
+            or {w for gi, g in enumerate(LEXICON[m.category]) if gi != _INDEX[m.lemma][1] for w in g}
+        )
         neg = _apply(toks, _put(m, rng.choice(options), matches))
         if _norm(neg) != _norm(caption):
             return neg
@@ -239,7 +248,7 @@ def _shuffle(caption: str, toks: list[Token], rng: random.Random) -> str | None:
     capital = bool(words) and words[0].istitle() and words[0] != "I"
     if capital:  # sentence-initial capital belongs to the position, not the word
         words[0] = words[0].lower()
-    pairs = [words[i:i + 2] for i in range(0, len(words), 2)]
+    pairs = [words[i : i + 2] for i in range(0, len(words), 2)]
     if len(pairs) < 2:
         return None
     for attempt in range(12):
@@ -247,8 +256,7 @@ def _shuffle(caption: str, toks: list[Token], rng: random.Random) -> str | None:
         new = [w for p in perm for w in p] + tail
         if capital:
             new[0] = new[0][:1].upper() + new[0][1:]
-        neg = "".join(("" if i == 0 or w[0] in _NO_SPACE_BEFORE else " ") + w
-                      for i, w in enumerate(new))
+        neg = "".join(("" if i == 0 or w[0] in _NO_SPACE_BEFORE else " ") + w for i, w in enumerate(new))
         if _norm(neg) != _norm(caption):
             return neg
     return None  # every pair is identical, e.g. "go go go go"
@@ -284,16 +292,17 @@ def make_hard_negatives(
         ValueError: ``kinds`` is empty, repeats a kind, or names an unknown one.
     """
     if isinstance(captions, (str, bytes)):
-        raise TypeError("captions must be a sequence of str, got a single "
-                        f"{type(captions).__name__}; wrap it in a list: [captions]")
+        raise TypeError(
+            "captions must be a sequence of str, got a single "
+            f"{type(captions).__name__}; wrap it in a list: [captions]"
+        )
     if not isinstance(captions, Sequence):
         raise TypeError(f"captions must be a sequence of str, got {type(captions).__name__}")
     for i, c in enumerate(captions):
         if not isinstance(c, str):
             raise TypeError(f"captions[{i}] must be str, got {type(c).__name__}")
     if isinstance(kinds, str):
-        raise TypeError(f"kinds must be a sequence of kind names, got the str {kinds!r}; "
-                        f"use ({kinds!r},)")
+        raise TypeError(f"kinds must be a sequence of kind names, got the str {kinds!r}; use ({kinds!r},)")
     kinds = tuple(kinds)
     if not kinds:
         raise ValueError(f"kinds must not be empty; choose from {HN_KINDS}")

@@ -18,14 +18,50 @@ ROOT = Path(__file__).resolve().parents[1]
 MODES = ["fwd", "bwd", "fwd+bwd"]
 META_COLUMNS = ["date_utc", "commit", "device", "torch", "triton"]
 LOCAL_HN_COLUMNS = META_COLUMNS + [
-    "suite", "shape", "B", "K", "T", "P", "D", "counted_min", "counted_max", "counted_per_caption",
-    "layout", "input_sets", "provider", "mode", "dtype", "normalizer", "reps", "median_us", "p20_us",
-    "p80_us", "peak_extra_mib", "hbm_floor_padded_us", "hbm_floor_counted_us", "matmul_floor_us",
-    "x_floor", "bandwidth_gbps", "matmul_tflops",
+    "suite",
+    "shape",
+    "B",
+    "K",
+    "T",
+    "P",
+    "D",
+    "counted_min",
+    "counted_max",
+    "counted_per_caption",
+    "layout",
+    "input_sets",
+    "provider",
+    "mode",
+    "dtype",
+    "normalizer",
+    "reps",
+    "median_us",
+    "p20_us",
+    "p80_us",
+    "peak_extra_mib",
+    "hbm_floor_padded_us",
+    "hbm_floor_counted_us",
+    "matmul_floor_us",
+    "x_floor",
+    "bandwidth_gbps",
+    "matmul_tflops",
 ]
 TRAIN_STEP_COLUMNS = META_COLUMNS + [
-    "open_clip", "model", "batch", "negatives", "captions", "context", "amp", "check_inputs",
-    "provider", "steps", "median_ms", "p20_ms", "p80_ms", "peak_extra_mib", "overhead_ms",
+    "open_clip",
+    "model",
+    "batch",
+    "negatives",
+    "captions",
+    "context",
+    "amp",
+    "check_inputs",
+    "provider",
+    "steps",
+    "median_ms",
+    "p20_ms",
+    "p80_ms",
+    "peak_extra_mib",
+    "overhead_ms",
     "overhead_pct",
 ]
 
@@ -44,7 +80,11 @@ def run_smoke(script: str, results: Path) -> str:
     env["TRITON_INTERPRET"] = "1"
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--results", str(results)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     return done.stdout
@@ -67,20 +107,16 @@ def test_local_hn_smoke(tmp_path):
         expected.append("fused")
     header, rows = read_csv(results)
     assert header == LOCAL_HN_COLUMNS
-    assert sorted((r["provider"], r["mode"]) for r in rows) == sorted(
-        (p, m) for p in expected for m in MODES
-    )
+    assert sorted((r["provider"], r["mode"]) for r in rows) == sorted((p, m) for p in expected for m in MODES)
     for row in rows:
         assert row["device"].startswith("CPU") and row["dtype"] == "fp32"
         assert row["peak_extra_mib"] == ""  # only measured on a GPU
         assert 0 < float(row["p20_us"]) <= float(row["median_us"]) <= float(row["p80_us"])
         floors = [float(row[k]) for k in ("hbm_floor_padded_us", "hbm_floor_counted_us", "matmul_floor_us")]
         assert floors[0] > floors[1] > 0 and floors[2] > 0
-        assert float(row["x_floor"]) == pytest.approx(
-            float(row["median_us"]) / max(floors[1:]), rel=0.02
-        )
+        assert float(row["x_floor"]) == pytest.approx(float(row["median_us"]) / max(floors[1:]), rel=0.02)
 
-    table = out[out.index("Measurements"):]
+    table = out[out.index("Measurements") :]
     for row in rows:
         assert any(
             line.split()[:5] == ["smoke", "fp32", "minmax", row["mode"], row["provider"]]
@@ -114,10 +150,14 @@ def test_train_step_smoke(tmp_path):
 # Its counted floors come from random caption lengths of about 16 positions (16.1 to 17.1 by
 # row), hence the 5% tolerance.
 ANCHOR_FLOORS = {
-    ("ViT-B/32", "fp32"): (125, 41), ("ViT-B/32", "bf16"): (62, 20),
-    ("ViT-B/16", "fp32"): (88, 46), ("ViT-B/16", "bf16"): (44, 23),
-    ("ViT-L/14", "fp32"): (74, 42), ("ViT-L/14", "bf16"): (37, 21),
-    ("ViT-L/14-336", "fp32"): (116, 84), ("ViT-L/14-336", "bf16"): (58, 42),
+    ("ViT-B/32", "fp32"): (125, 41),
+    ("ViT-B/32", "bf16"): (62, 20),
+    ("ViT-B/16", "fp32"): (88, 46),
+    ("ViT-B/16", "bf16"): (44, 23),
+    ("ViT-L/14", "fp32"): (74, 42),
+    ("ViT-L/14", "bf16"): (37, 21),
+    ("ViT-L/14-336", "fp32"): (116, 84),
+    ("ViT-L/14-336", "bf16"): (58, 42),
 }
 
 
@@ -155,8 +195,16 @@ def test_caption_masks_are_prefixes():
 def test_plots(tmp_path):
     pytest.importorskip("matplotlib")
     rows = [
-        {"suite": suite, "shape": f"s{b}", "B": b, "dtype": "bf16", "normalizer": "minmax",
-         "mode": mode, "provider": provider, "median_us": str(us * b)}
+        {
+            "suite": suite,
+            "shape": f"s{b}",
+            "B": b,
+            "dtype": "bf16",
+            "normalizer": "minmax",
+            "mode": mode,
+            "provider": provider,
+            "median_us": str(us * b),
+        }
         for suite in ("batch", "anchors")
         for b in (32, 64)
         for mode in MODES

@@ -131,9 +131,7 @@ def test_text_mask_tokenizer_variants():
     ]
     # The start id only counts as start-of-text at position 0.
     ids = torch.tensor([[5, 101, 102, 0]])
-    assert text_token_mask(ids, pad_id=0, sot_id=101, eot_id=102).tolist() == [
-        [True, True, True, False]
-    ]
+    assert text_token_mask(ids, pad_id=0, sot_id=101, eot_id=102).tolist() == [[True, True, True, False]]
 
 
 @pytest.mark.parametrize(
@@ -278,15 +276,10 @@ def test_autocast_bf16():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = encode_dense(model, imgs, ids)
         assert_matches_encoders(model, imgs, ids, out)
-    assert (
-        out["image_tokens"].dtype == torch.bfloat16 and out["text_tokens"].dtype == torch.bfloat16
-    )
+    assert out["image_tokens"].dtype == torch.bfloat16 and out["text_tokens"].dtype == torch.bfloat16
     loss = out["image_tokens"].float().square().mean() + out["text_tokens"].float().square().mean()
     loss.backward()
-    assert (
-        torch.isfinite(model.visual.proj.grad).all()
-        and model.visual.proj.grad.dtype == torch.float32
-    )
+    assert torch.isfinite(model.visual.proj.grad).all() and model.visual.proj.grad.dtype == torch.float32
 
 
 def test_patch_dropout_keeps_fewer_patches_in_training():
@@ -351,9 +344,7 @@ def test_dense_encoder_gradients_go_through_ddp(tmp_path):
 
     # One process is enough to see whether DDP's reducer handles the gradients: its
     # communication hook runs once per gradient bucket it all-reduces.
-    dist.init_process_group(
-        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
-    )
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         reduced = []
 

@@ -108,8 +108,13 @@ def make_case(B=2, K=2, T=9, P=7, D=12, *, layout="contiguous", seed=0, density=
     mask.scatter_(2, first.unsqueeze(-1), True)  # every caption counts a position
     if layout == "grouped":
         mask = mask.transpose(0, 1).contiguous().transpose(0, 1)
-    return dict(image_base=image_base, text_base=text_base, views=views, mask=mask,
-                scale=torch.tensor(scale, dtype=torch.float64))
+    return dict(
+        image_base=image_base,
+        text_base=text_base,
+        views=views,
+        mask=mask,
+        scale=torch.tensor(scale, dtype=torch.float64),
+    )
 
 
 def run(case, fn, dtype, *, reference_impl, scale_dtype=torch.float32, upstream=None, **kwargs):
@@ -137,11 +142,9 @@ def run(case, fn, dtype, *, reference_impl, scale_dtype=torch.float32, upstream=
 def fp32_leaves(case):
     """The case's float32 ``image_tokens, text_tokens`` (its views), mask and scale on DEVICE,
     tokens and scale requiring grad."""
-    image, text = case["views"](case["image_base"].float().to(DEVICE),
-                                case["text_base"].float().to(DEVICE))
+    image, text = case["views"](case["image_base"].float().to(DEVICE), case["text_base"].float().to(DEVICE))
     scale = case["scale"].float().to(DEVICE).requires_grad_()
-    return (image.detach().requires_grad_(), text.detach().requires_grad_(),
-            case["mask"].to(DEVICE), scale)
+    return (image.detach().requires_grad_(), text.detach().requires_grad_(), case["mask"].to(DEVICE), scale)
 
 
 def kernel_scores(image_tokens, text_tokens, mask, scale, normalizer, sparsify):
@@ -153,30 +156,34 @@ def reference_scores(image_tokens, text_tokens, mask, scale, normalizer, sparsif
 
 
 def kernel_loss(image_tokens, text_tokens, mask, scale, neg_valid, normalizer, sparsify, gamma, eps):
-    return local_hn.local_hn_loss(image_tokens, text_tokens, mask, scale, neg_valid, normalizer,
-                                  sparsify, gamma, eps)
+    return local_hn.local_hn_loss(
+        image_tokens, text_tokens, mask, scale, neg_valid, normalizer, sparsify, gamma, eps
+    )
 
 
-def reference_loss(image_tokens, text_tokens, mask, scale, neg_valid, normalizer, sparsify, gamma,
-                   eps):
+def reference_loss(image_tokens, text_tokens, mask, scale, neg_valid, normalizer, sparsify, gamma, eps):
     scores = reference.local_hn_scores(image_tokens, text_tokens, mask, scale, normalizer, sparsify)
     return reference.hn_contrast_loss(scores, neg_valid, gamma, eps)
 
 
-def check_against_reference(case, kernel_fn, reference_fn, dtype, scale_dtype=torch.float32,
-                            **kwargs):
-    out, grads, upstream = run(case, kernel_fn, dtype, reference_impl=False,
-                               scale_dtype=scale_dtype, **kwargs)
-    ref, ref_grads, _ = run(case, reference_fn, dtype, reference_impl=True, upstream=upstream,
-                            **kwargs)
+def check_against_reference(case, kernel_fn, reference_fn, dtype, scale_dtype=torch.float32, **kwargs):
+    out, grads, upstream = run(
+        case, kernel_fn, dtype, reference_impl=False, scale_dtype=scale_dtype, **kwargs
+    )
+    ref, ref_grads, _ = run(case, reference_fn, dtype, reference_impl=True, upstream=upstream, **kwargs)
     assert out.dtype == dtype
     tol = TOLERANCES[dtype]
     assert_close_verbose(out, ref, **tol, name="value")
     for name in LEAVES[:2]:
         assert_close_verbose(grads[name], ref_grads[name], **tol, name=f"grad {name}")
     # d/d(scale) = sum_t da_t cos_t cancels: measure its error against sum |dl| >= sum |da_t|.
-    assert_close_verbose(grads["logit_scale"], ref_grads["logit_scale"], **tol,
-                         name="grad logit_scale", magnitude=upstream.abs().sum().item())
+    assert_close_verbose(
+        grads["logit_scale"],
+        ref_grads["logit_scale"],
+        **tol,
+        name="grad logit_scale",
+        magnitude=upstream.abs().sum().item(),
+    )
     assert grads["logit_scale"].dtype == scale_dtype
     return out, grads
 
@@ -186,15 +193,17 @@ def check_against_reference(case, kernel_fn, reference_fn, dtype, scale_dtype=to
 @pytest.mark.parametrize("shape", [(2, 2, 9, 7, 12), (3, 1, 5, 16, 8)], ids=["P7D12", "P16D8"])
 def test_scores_match_reference(shape, dtype, normalizer, sparsify):
     case = make_case(*shape, seed=stable_seed(shape, normalizer, sparsify, dtype))
-    check_against_reference(case, kernel_scores, reference_scores, dtype, normalizer=normalizer,
-                            sparsify=sparsify)
+    check_against_reference(
+        case, kernel_scores, reference_scores, dtype, normalizer=normalizer, sparsify=sparsify
+    )
 
 
 def test_scores_of_an_empty_caption_are_minus_inf():
     case = make_case(B=2, K=2)
     case["mask"][1, 2] = False
-    out, grads = check_against_reference(case, kernel_scores, reference_scores, torch.float32,
-                                         normalizer="minmax", sparsify=False)
+    out, grads = check_against_reference(
+        case, kernel_scores, reference_scores, torch.float32, normalizer="minmax", sparsify=False
+    )
     assert out[1, 2].item() == float("-inf")
     assert torch.count_nonzero(grads["text_tokens"][1, 2]) == 0
 
@@ -208,8 +217,17 @@ NEG_VALID = torch.tensor([[True, False, True], [True, True, True], [False, False
 def test_loss_matches_reference(dtype, normalizer, sparsify, gamma, eps):
     case = make_case(B=3, K=3, T=9, P=9, D=16, seed=stable_seed(normalizer, sparsify, gamma, dtype))
     case["mask"][0, 2] = False  # a missing negative may have an empty mask
-    check_against_reference(case, kernel_loss, reference_loss, dtype, neg_valid=NEG_VALID,
-                            normalizer=normalizer, sparsify=sparsify, gamma=gamma, eps=eps)
+    check_against_reference(
+        case,
+        kernel_loss,
+        reference_loss,
+        dtype,
+        neg_valid=NEG_VALID,
+        normalizer=normalizer,
+        sparsify=sparsify,
+        gamma=gamma,
+        eps=eps,
+    )
 
 
 @pytest.mark.parametrize("layout", ["grouped", "expanded", "strided"])
@@ -217,18 +235,33 @@ def test_views_of_any_strides(layout):
     case = make_case(B=3, K=2, T=9, P=7, D=12, layout=layout)
     kwargs = dict(normalizer="minmax", sparsify=False)
     check_against_reference(case, kernel_scores, reference_scores, torch.float32, **kwargs)
-    check_against_reference(case, kernel_loss, reference_loss, torch.float32, **kwargs,
-                            neg_valid=NEG_VALID[:, :2], gamma=2.0, eps=0.02)
+    check_against_reference(
+        case,
+        kernel_loss,
+        reference_loss,
+        torch.float32,
+        **kwargs,
+        neg_valid=NEG_VALID[:, :2],
+        gamma=2.0,
+        eps=0.02,
+    )
 
 
 def test_loss_without_neg_valid_equals_all_present():
     case = make_case(B=3, K=2, seed=3)
     kwargs = dict(normalizer="softmax", sparsify=False, gamma=2.0, eps=0.02)
-    out, grads, upstream = run(case, kernel_loss, torch.float32, reference_impl=False,
-                               neg_valid=None, **kwargs)
-    out_all, grads_all, _ = run(case, kernel_loss, torch.float32, reference_impl=False,
-                                upstream=upstream, neg_valid=torch.ones(3, 2, dtype=torch.bool),
-                                **kwargs)
+    out, grads, upstream = run(
+        case, kernel_loss, torch.float32, reference_impl=False, neg_valid=None, **kwargs
+    )
+    out_all, grads_all, _ = run(
+        case,
+        kernel_loss,
+        torch.float32,
+        reference_impl=False,
+        upstream=upstream,
+        neg_valid=torch.ones(3, 2, dtype=torch.bool),
+        **kwargs,
+    )
     assert torch.equal(out, out_all)
     for name in LEAVES:
         assert torch.equal(grads[name], grads_all[name]), name
@@ -241,10 +274,10 @@ def test_missing_negatives_neither_count_nor_receive_gradient():
     # The same batch with garbage in the missing negatives' tokens and masks.
     missing = torch.cat([torch.zeros(3, 1, dtype=torch.bool), ~NEG_VALID], dim=1)
     case["text_base"] = torch.where(missing[..., None, None], float("nan"), case["text_base"])
-    case["mask"] = torch.where(missing[..., None], torch.rand(case["mask"].shape) < 0.5,
-                               case["mask"])
-    out_nan, grads_nan, _ = run(case, kernel_loss, torch.float32, reference_impl=False,
-                                upstream=upstream, **kwargs)
+    case["mask"] = torch.where(missing[..., None], torch.rand(case["mask"].shape) < 0.5, case["mask"])
+    out_nan, grads_nan, _ = run(
+        case, kernel_loss, torch.float32, reference_impl=False, upstream=upstream, **kwargs
+    )
     assert torch.equal(out_nan, out)
     assert torch.equal(grads_nan["image_tokens"], grads["image_tokens"])
     assert torch.equal(grads_nan["logit_scale"], grads["logit_scale"])
@@ -259,9 +292,17 @@ def test_no_counted_row_is_an_exact_zero_that_backpropagates_zeros():
     case = make_case(B=2, K=2, seed=7)
     case["mask"][:, 1:] = False
     neg_valid = torch.zeros(2, 2, dtype=torch.bool)
-    out, grads, _ = run(case, kernel_loss, torch.float32, reference_impl=False,
-                        neg_valid=neg_valid, normalizer="minmax", sparsify=False, gamma=2.0,
-                        eps=0.02)
+    out, grads, _ = run(
+        case,
+        kernel_loss,
+        torch.float32,
+        reference_impl=False,
+        neg_valid=neg_valid,
+        normalizer="minmax",
+        sparsify=False,
+        gamma=2.0,
+        eps=0.02,
+    )
     assert out.item() == 0.0 and out.requires_grad
     for name in LEAVES:
         assert torch.equal(grads[name], torch.zeros_like(grads[name])), name
@@ -276,8 +317,9 @@ def test_degenerate_rows_use_uniform_weights(normalizer, sparsify):
     case["image_base"][0] = case["image_base"][0, :1]  # image 0: one patch repeated
     case["text_base"] = torch.randint(-3, 4, (2, 3, 9, 12), generator=gen).double()
     for dtype in DTYPES:
-        out, _ = check_against_reference(case, kernel_scores, reference_scores, dtype,
-                                         normalizer=normalizer, sparsify=sparsify)
+        out, _ = check_against_reference(
+            case, kernel_scores, reference_scores, dtype, normalizer=normalizer, sparsify=sparsify
+        )
         assert torch.isfinite(out).all()
 
 
@@ -290,8 +332,9 @@ def test_zero_tokens_follow_the_norm_clamp():
     case["text_base"][0, 1, 2] = 0.0
     kwargs = dict(normalizer="minmax", sparsify=False)
     out, grads, upstream = run(case, kernel_scores, torch.float32, reference_impl=False, **kwargs)
-    ref, ref_grads, _ = run(case, reference_scores, torch.float32, reference_impl=True,
-                            upstream=upstream, **kwargs)
+    ref, ref_grads, _ = run(
+        case, reference_scores, torch.float32, reference_impl=True, upstream=upstream, **kwargs
+    )
     tol = TOLERANCES[torch.float32]
     assert_close_verbose(out, ref, **tol, name="value")
     huge_text = torch.zeros(2, 2, 5, 8, dtype=torch.bool)
@@ -308,10 +351,20 @@ def test_zero_tokens_follow_the_norm_clamp():
 
 def test_one_caption_per_image():
     case = make_case(B=2, K=0, T=5, P=7, D=8)
-    check_against_reference(case, kernel_scores, reference_scores, torch.float32,
-                            normalizer="minmax", sparsify=False)
-    out, grads, _ = run(case, kernel_loss, torch.float32, reference_impl=False, neg_valid=None,
-                        normalizer="minmax", sparsify=False, gamma=2.0, eps=0.02)
+    check_against_reference(
+        case, kernel_scores, reference_scores, torch.float32, normalizer="minmax", sparsify=False
+    )
+    out, grads, _ = run(
+        case,
+        kernel_loss,
+        torch.float32,
+        reference_impl=False,
+        neg_valid=None,
+        normalizer="minmax",
+        sparsify=False,
+        gamma=2.0,
+        eps=0.02,
+    )
     assert out.item() == 0.0
     assert all(torch.count_nonzero(g) == 0 for g in grads.values())
 
@@ -321,10 +374,15 @@ def test_scores_with_an_expanded_upstream_gradient():
     case = make_case(B=2, K=2, seed=13)
     kwargs = dict(normalizer="softmax", sparsify=False)
     ones = torch.ones(2, 3, dtype=torch.float32).expand(2, 3)
-    out, grads, _ = run(case, kernel_scores, torch.float32, reference_impl=False,
-                        upstream=torch.ones(()).expand(2, 3), **kwargs)
-    _, ref_grads, _ = run(case, reference_scores, torch.float32, reference_impl=True,
-                          upstream=ones, **kwargs)
+    out, grads, _ = run(
+        case,
+        kernel_scores,
+        torch.float32,
+        reference_impl=False,
+        upstream=torch.ones(()).expand(2, 3),
+        **kwargs,
+    )
+    _, ref_grads, _ = run(case, reference_scores, torch.float32, reference_impl=True, upstream=ones, **kwargs)
     for name in LEAVES:
         assert_close_verbose(grads[name], ref_grads[name], **TOLERANCES[torch.float32], name=name)
 
@@ -332,15 +390,25 @@ def test_scores_with_an_expanded_upstream_gradient():
 @pytest.mark.parametrize("scale_dtype", [torch.float32, torch.float16], ids=str)
 def test_half_tokens_with_a_scale_of_either_dtype(scale_dtype):
     case = make_case(B=2, K=2, seed=17)
-    check_against_reference(case, kernel_loss, reference_loss, torch.float16,
-                            scale_dtype=scale_dtype, neg_valid=None, normalizer="minmax",
-                            sparsify=True, gamma=2.0, eps=0.02)
+    check_against_reference(
+        case,
+        kernel_loss,
+        reference_loss,
+        torch.float16,
+        scale_dtype=scale_dtype,
+        neg_valid=None,
+        normalizer="minmax",
+        sparsify=True,
+        gamma=2.0,
+        eps=0.02,
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_several_row_blocks_and_width_splits(monkeypatch, dtype):
     """Small tiles: captions of more rows than a forward block, images of several backward
     blocks (dV accumulates across them) and several programs per image in the backward."""
+
     def small_tiles(dtype, num_patches, width):  # 16 rows, D chunks of 16
         return 16, max(16, triton.next_power_of_2(num_patches)), 16, 4
 
@@ -350,8 +418,17 @@ def test_several_row_blocks_and_width_splits(monkeypatch, dtype):
     launches = KernelLaunches(monkeypatch)
     case = make_case(B=2, K=3, T=20, P=9, D=40, density=0.95, seed=19)
     assert case["mask"].sum(-1).max() > 16 and case["mask"].sum((1, 2)).min() > 2 * 16
-    check_against_reference(case, kernel_loss, reference_loss, dtype, neg_valid=NEG_VALID[:2],
-                            normalizer="minmax", sparsify=True, gamma=2.0, eps=0.02)
+    check_against_reference(
+        case,
+        kernel_loss,
+        reference_loss,
+        dtype,
+        neg_valid=NEG_VALID[:2],
+        normalizer="minmax",
+        sparsify=True,
+        gamma=2.0,
+        eps=0.02,
+    )
     assert ("_tokens_bwd_kernel", (3, 2)) in launches.grids  # 3 programs per image
 
 
@@ -359,8 +436,9 @@ def test_deterministic():
     case = make_case(B=3, K=3, T=9, P=9, D=16, seed=23)
     kwargs = dict(neg_valid=NEG_VALID, normalizer="minmax", sparsify=False, gamma=2.0, eps=0.02)
     out, grads, upstream = run(case, kernel_loss, torch.float16, reference_impl=False, **kwargs)
-    again, grads_again, _ = run(case, kernel_loss, torch.float16, reference_impl=False,
-                                upstream=upstream, **kwargs)
+    again, grads_again, _ = run(
+        case, kernel_loss, torch.float16, reference_impl=False, upstream=upstream, **kwargs
+    )
     assert torch.equal(out, again)
     for name in LEAVES:
         assert torch.equal(grads[name], grads_again[name]), name
@@ -411,8 +489,7 @@ def test_launch_counts_and_one_op_per_direction(monkeypatch):
     neg_valid = NEG_VALID[:2, :2].to(DEVICE)
     grad_loss, grad_scores = torch.tensor(0.7, device=DEVICE), torch.randn(2, 3, device=DEVICE)
     with AtenOps() as ops:
-        loss = local_hn.local_hn_loss(image, text, mask, scale, neg_valid, "minmax", False, 2.0,
-                                      0.02)
+        loss = local_hn.local_hn_loss(image, text, mask, scale, neg_valid, "minmax", False, 2.0, 0.02)
     assert ops.ops == ["fsc_losses::local_hn_loss"] and launches.take() == 2
     with AtenOps() as ops:
         torch.autograd.grad(loss, (image, text, scale), grad_loss)
@@ -431,8 +508,7 @@ def test_torch_compile_fullgraph_traces_the_custom_ops():
     neg_valid = NEG_VALID[:2, :2].to(DEVICE)
 
     def step(image, text, mask, scale, neg_valid):
-        loss = local_hn.local_hn_loss(image, text, mask, scale, neg_valid, "minmax", False, 2.0,
-                                      0.02)
+        loss = local_hn.local_hn_loss(image, text, mask, scale, neg_valid, "minmax", False, 2.0, 0.02)
         scores = local_hn.local_hn_scores(image, text, mask, scale, "softmax", False)
         return loss + 0.1 * scores[:, 0].sum()
 
@@ -457,8 +533,10 @@ def test_opcheck_of_the_custom_ops():
     torch.library.opcheck(local_hn._scores_op, (image, text, mask, scale, "softmax", True))
     _, dlse, *saved = local_hn._loss_op(*loss_args)
     grad = torch.tensor(0.7, device=DEVICE)
-    torch.library.opcheck(local_hn._bwd_op, (grad, dlse, image.detach(), text.detach(), mask,
-                                             scale.detach(), neg_valid, *saved, "minmax", False))
+    torch.library.opcheck(
+        local_hn._bwd_op,
+        (grad, dlse, image.detach(), text.detach(), mask, scale.detach(), neg_valid, *saved, "minmax", False),
+    )
 
 
 def test_unsupported_reason(monkeypatch):

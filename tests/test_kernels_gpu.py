@@ -47,8 +47,7 @@ def make_inputs(B, P, D, seed=0, logit_scale=100.0):
 def loss_fn(impl):
     def fn(image, text, mask, scale, neg_valid):
         if impl == "kernel":
-            return local_hn.local_hn_loss(image, text, mask, scale, neg_valid, "minmax", False,
-                                          2.0, 0.02)
+            return local_hn.local_hn_loss(image, text, mask, scale, neg_valid, "minmax", False, 2.0, 0.02)
         scores = reference.local_hn_scores(image, text, mask, scale, "minmax", False)
         return reference.hn_contrast_loss(scores, neg_valid, 2.0, 0.02)
 
@@ -87,8 +86,7 @@ def assert_three_way(kernel, low, exact, dtype, name, magnitude=None):
     low_err = (low - exact).abs().nan_to_num(float("inf")).max().item()
     atol = ATOL[dtype] * magnitude
     assert kernel_err <= 2 * low_err + atol, (
-        f"{name}: kernel error {kernel_err:.3g} > 2 x reference-in-{dtype} error {low_err:.3g} "
-        f"+ {atol:.3g}"
+        f"{name}: kernel error {kernel_err:.3g} > 2 x reference-in-{dtype} error {low_err:.3g} + {atol:.3g}"
     )
 
 
@@ -107,9 +105,14 @@ def check_three_way(fn_of, shape, dtype, seed=0):
         assert kernel_grads[name].dtype == dtype
         assert_three_way(kernel_grads[name], low_grads[name], exact_grads[name], dtype, name)
     assert kernel_grads["logit_scale"].dtype == torch.float32
-    assert_three_way(kernel_grads["logit_scale"], low_grads["logit_scale"],
-                     exact_grads["logit_scale"], dtype, "logit_scale",
-                     magnitude=upstream.abs().sum().item())
+    assert_three_way(
+        kernel_grads["logit_scale"],
+        low_grads["logit_scale"],
+        exact_grads["logit_scale"],
+        dtype,
+        "logit_scale",
+        magnitude=upstream.abs().sum().item(),
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -126,8 +129,13 @@ def test_scores_three_way(shape, dtype):
 
 def leaves_of(inputs, dtype):
     image, text, mask, scale, neg_valid = inputs
-    return (image.to(dtype).requires_grad_(), text.to(dtype).requires_grad_(), mask,
-            scale.float().requires_grad_(), neg_valid)
+    return (
+        image.to(dtype).requires_grad_(),
+        text.to(dtype).requires_grad_(),
+        mask,
+        scale.float().requires_grad_(),
+        neg_valid,
+    )
 
 
 def step(image, text, mask, scale, neg_valid):
@@ -163,9 +171,13 @@ def test_grouped_and_expanded_views():
             loss = loss_fn(impl)(*views(im, fl), mask, sc, neg_valid)
             results.append((loss, *torch.autograd.grad(loss, (im, fl, sc))))
         for name, got, want in zip(("loss", "image", "text", "scale"), *results, strict=True):
-            torch.testing.assert_close(got.detach().double(), want.detach(), rtol=1e-4,
-                                       atol=ATOL[torch.float32] * want.abs().max().item(),
-                                       msg=lambda m, n=name, lay=layout: f"{lay} {n}: {m}")
+            torch.testing.assert_close(
+                got.detach().double(),
+                want.detach(),
+                rtol=1e-4,
+                atol=ATOL[torch.float32] * want.abs().max().item(),
+                msg=lambda m, n=name, lay=layout: f"{lay} {n}: {m}",
+            )
 
 
 def test_torch_compile_inductor_fullgraph():

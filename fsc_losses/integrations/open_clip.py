@@ -261,9 +261,7 @@ def _text_parts(model: CLIP | CustomTextCLIP) -> _TextParts:
                 "(embed_cls): its global feature bypasses the per-position outputs"
             )
         if getattr(text, "use_pad_mask", False):
-            raise ValueError(
-                "encode_dense does not support a text tower with a padding attention mask"
-            )
+            raise ValueError("encode_dense does not support a text tower with a padding attention mask")
         parts = _TextParts(
             text.token_embedding,
             text.positional_embedding,
@@ -275,15 +273,11 @@ def _text_parts(model: CLIP | CustomTextCLIP) -> _TextParts:
             getattr(text, "eos_id", None),
         )
     if parts.pool_type not in _TEXT_POOL_TYPES:
-        raise ValueError(
-            f"encode_dense supports text pool types {_TEXT_POOL_TYPES}, got {parts.pool_type!r}"
-        )
+        raise ValueError(f"encode_dense supports text pool types {_TEXT_POOL_TYPES}, got {parts.pool_type!r}")
     return parts
 
 
-def _encode_image_dense(
-    visual: VisionTransformer, images: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode_image_dense(visual: VisionTransformer, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass of the ViT: ``(B, 3, H, W) -> (B, D)`` global feature and ``(B, P, D)`` patches."""
     x = visual.conv1(images).flatten(2).transpose(1, 2)  # (B, P, width)
     cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)

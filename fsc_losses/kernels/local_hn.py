@@ -33,12 +33,12 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
-def _counted_positions(mask_ptr, valid_ptr, b, g, T, smb, smg, smt, snb, snk,
-                       HAS_VALID: tl.constexpr, BLOCK_TT: tl.constexpr):
+def _counted_positions(
+    mask_ptr, valid_ptr, b, g, T, smb, smg, smt, snb, snk, HAS_VALID: tl.constexpr, BLOCK_TT: tl.constexpr
+):
     """``(BLOCK_TT,)`` int32 0/1: which positions of caption ``(b, g)`` count (mask and present)."""
     offs_t = tl.arange(0, BLOCK_TT)
-    counted = tl.load(mask_ptr + b.to(tl.int64) * smb + g * smg + offs_t * smt,
-                      mask=offs_t < T, other=0) != 0
+    counted = tl.load(mask_ptr + b.to(tl.int64) * smb + g * smg + offs_t * smt, mask=offs_t < T, other=0) != 0
     if HAS_VALID:
         # Column 0 (the true caption) is always present; neg_valid has one column per negative.
         valid = tl.load(valid_ptr + b.to(tl.int64) * snb + (g - 1) * snk, mask=g > 0, other=1)
@@ -65,9 +65,22 @@ def _patch_weights(s, p_ok, num_patches, SOFTMAX: tl.constexpr, SPARSIFY: tl.con
 
 
 @triton.jit
-def _row_weights(x_rows, row_ok, v_img, svp, svd, sxd, P, D,
-                 SOFTMAX: tl.constexpr, SPARSIFY: tl.constexpr, BT: tl.constexpr,
-                 BP: tl.constexpr, BD: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def _row_weights(
+    x_rows,
+    row_ok,
+    v_img,
+    svp,
+    svd,
+    sxd,
+    P,
+    D,
+    SOFTMAX: tl.constexpr,
+    SPARSIFY: tl.constexpr,
+    BT: tl.constexpr,
+    BP: tl.constexpr,
+    BD: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
     """Weights ``W (BT, BP)`` fp32 of the rows at pointers ``x_rows (BT,)`` against the image at
     ``v_img``, and the rows' squared norms ``(BT,)``.
 
@@ -81,10 +94,12 @@ def _row_weights(x_rows, row_ok, v_img, svp, svd, sxd, P, D,
     for d0 in range(0, D, BD):
         offs_d = d0 + tl.arange(0, BD)
         d_ok = offs_d < D
-        x = tl.load(x_rows[:, None] + offs_d[None, :] * sxd,
-                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        v_t = tl.load(v_img + offs_p[None, :] * svp + offs_d[:, None] * svd,
-                      mask=p_ok[None, :] & d_ok[:, None], other=0.0)
+        x = tl.load(x_rows[:, None] + offs_d[None, :] * sxd, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        v_t = tl.load(
+            v_img + offs_p[None, :] * svp + offs_d[:, None] * svd,
+            mask=p_ok[None, :] & d_ok[:, None],
+            other=0.0,
+        )
         s = tl.dot(x, v_t, s, input_precision=DOT_PRECISION)
         xf = x.to(tl.float32)
         sq_norm += tl.sum(xf * xf, axis=1)
@@ -92,12 +107,14 @@ def _row_weights(x_rows, row_ok, v_img, svp, svd, sxd, P, D,
 
 
 @triton.jit
-def _pooled_chunk(w_lp, v_img, svp, svd, offs_d, d_ok, P, BP: tl.constexpr,
-                  DOT_PRECISION: tl.constexpr):
+def _pooled_chunk(w_lp, v_img, svp, svd, offs_d, d_ok, P, BP: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Columns ``offs_d`` of the pooled tokens ``Z = W V``: ``(BT, BD)`` fp32."""
     offs_p = tl.arange(0, BP)
-    v = tl.load(v_img + offs_p[:, None] * svp + offs_d[None, :] * svd,
-                mask=(offs_p < P)[:, None] & d_ok[None, :], other=0.0)
+    v = tl.load(
+        v_img + offs_p[:, None] * svp + offs_d[None, :] * svd,
+        mask=(offs_p < P)[:, None] & d_ok[None, :],
+        other=0.0,
+    )
     return tl.dot(w_lp, v, input_precision=DOT_PRECISION)
 
 
@@ -109,13 +126,42 @@ def _cosine(zx, zz, xx):
 
 @triton.jit
 def _scores_fwd_kernel(
-    v_ptr, x_ptr, mask_ptr, valid_ptr, scale_ptr,
-    lse_ptr, scores_ptr, stats_ptr, rows_ptr, counts_ptr,
-    G, T, P, D, n_pos,
-    svb, svp, svd, sxb, sxg, sxt, sxd, smb, smg, smt, snb, snk,
-    HAS_VALID: tl.constexpr, WRITE_SCORES: tl.constexpr, SOFTMAX: tl.constexpr,
-    SPARSIFY: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr,
-    BLOCK_TT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    v_ptr,
+    x_ptr,
+    mask_ptr,
+    valid_ptr,
+    scale_ptr,
+    lse_ptr,
+    scores_ptr,
+    stats_ptr,
+    rows_ptr,
+    counts_ptr,
+    G,
+    T,
+    P,
+    D,
+    n_pos,
+    svb,
+    svp,
+    svd,
+    sxb,
+    sxg,
+    sxt,
+    sxd,
+    smb,
+    smg,
+    smt,
+    snb,
+    snk,
+    HAS_VALID: tl.constexpr,
+    WRITE_SCORES: tl.constexpr,
+    SOFTMAX: tl.constexpr,
+    SPARSIFY: tl.constexpr,
+    BT: tl.constexpr,
+    BP: tl.constexpr,
+    BD: tl.constexpr,
+    BLOCK_TT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     """One program per caption ``(b, g)``: its local score ``l`` (fp32, and in the tokens' dtype
     when WRITE_SCORES), per-row ``<Z,X>`` and ``|Z|^2`` for the backward (0 elsewhere), the
@@ -125,16 +171,19 @@ def _scores_fwd_kernel(
     b = pid // G
     g = pid % G
     offs_t = tl.arange(0, BLOCK_TT)
-    counted = _counted_positions(mask_ptr, valid_ptr, b, g, T, smb, smg, smt, snb, snk,
-                                 HAS_VALID, BLOCK_TT)
+    counted = _counted_positions(mask_ptr, valid_ptr, b, g, T, smb, smg, smt, snb, snk, HAS_VALID, BLOCK_TT)
     n_rows = tl.sum(counted, axis=0)
     # Rank of each counted position among the caption's rows: compacts a non-prefix mask so that
     # a 16-of-77 caption is a single block of BT rows.
     rank = tl.cumsum(counted, axis=0) - counted
     first_row = 0
     for g_prev in range(0, g):
-        first_row += tl.sum(_counted_positions(mask_ptr, valid_ptr, b, g_prev, T, smb, smg, smt,
-                                               snb, snk, HAS_VALID, BLOCK_TT), axis=0)
+        first_row += tl.sum(
+            _counted_positions(
+                mask_ptr, valid_ptr, b, g_prev, T, smb, smg, smt, snb, snk, HAS_VALID, BLOCK_TT
+            ),
+            axis=0,
+        )
     image_rows = rows_ptr + b.to(tl.int64) * G * T
     tl.store(image_rows + first_row + rank, g * T + offs_t, mask=counted != 0)
     if g == G - 1:  # every output element is defined: the unused tail of the row list is -1
@@ -156,8 +205,9 @@ def _scores_fwd_kernel(
         hit = (counted[None, :] != 0) & (rank[None, :] == target[:, None])
         t_row = tl.sum(tl.where(hit, offs_t[None, :], 0), axis=1)
         x_rows = x_cap + t_row.to(tl.int64) * sxt
-        w, xx = _row_weights(x_rows, row_ok, v_img, svp, svd, sxd, P, D, SOFTMAX, SPARSIFY,
-                             BT, BP, BD, DOT_PRECISION)
+        w, xx = _row_weights(
+            x_rows, row_ok, v_img, svp, svd, sxd, P, D, SOFTMAX, SPARSIFY, BT, BP, BD, DOT_PRECISION
+        )
         w_lp = w.to(x_ptr.dtype.element_ty)
         zx = tl.zeros((BT,), dtype=tl.float32)
         zz = tl.zeros((BT,), dtype=tl.float32)
@@ -165,8 +215,9 @@ def _scores_fwd_kernel(
             offs_d = d0 + tl.arange(0, BD)
             d_ok = offs_d < D
             z = _pooled_chunk(w_lp, v_img, svp, svd, offs_d, d_ok, P, BP, DOT_PRECISION)
-            x = tl.load(x_rows[:, None] + offs_d[None, :] * sxd,
-                        mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+            x = tl.load(
+                x_rows[:, None] + offs_d[None, :] * sxd, mask=row_ok[:, None] & d_ok[None, :], other=0.0
+            ).to(tl.float32)
             zx += tl.sum(z * x, axis=1)
             zz += tl.sum(z * z, axis=1)
         pos = pid.to(tl.int64) * T + t_row
@@ -183,19 +234,24 @@ def _scores_fwd_kernel(
 
 
 @triton.jit
-def _contrast_rows(lse_ptr, valid_ptr, rows, B, G, snb, snk, gamma, eps,
-                   HAS_VALID: tl.constexpr, GP: tl.constexpr):
+def _contrast_rows(
+    lse_ptr, valid_ptr, rows, B, G, snb, snk, gamma, eps, HAS_VALID: tl.constexpr, GP: tl.constexpr
+):
     """The HN contrast of image rows ``rows (BB,)``: per-row loss ``(BB,)`` (0 for rows without a
     present negative), its gradient w.r.t. the logits ``(BB, GP)`` and which rows count."""
     offs_g = tl.arange(0, GP)
     present = (rows < B)[:, None] & (offs_g < G)[None, :]
     if HAS_VALID:
-        valid = tl.load(valid_ptr + rows[:, None].to(tl.int64) * snb + (offs_g[None, :] - 1) * snk,
-                        mask=present & (offs_g[None, :] > 0), other=1)
+        valid = tl.load(
+            valid_ptr + rows[:, None].to(tl.int64) * snb + (offs_g[None, :] - 1) * snk,
+            mask=present & (offs_g[None, :] > 0),
+            other=1,
+        )
         present = present & (valid != 0)
     counted = tl.sum((present & (offs_g[None, :] > 0)).to(tl.int32), axis=1) > 0
-    logits = tl.load(lse_ptr + rows[:, None].to(tl.int64) * G + offs_g[None, :], mask=present,
-                     other=float("-inf"))
+    logits = tl.load(
+        lse_ptr + rows[:, None].to(tl.int64) * G + offs_g[None, :], mask=present, other=float("-inf")
+    )
     logits = tl.where(present, logits, float("-inf"))
     row_max = tl.max(logits, axis=1)
     log_p = logits - row_max[:, None]
@@ -203,8 +259,7 @@ def _contrast_rows(lse_ptr, valid_ptr, rows, B, G, snb, snk, gamma, eps,
     p = tl.where(present, tl.exp(log_p), 0.0)
     log_p = tl.where(present, log_p, 0.0)
     n_present = tl.sum(present.to(tl.float32), axis=1)
-    target = tl.where(present, eps / n_present[:, None], 0.0) + tl.where(offs_g == 0, 1.0 - eps,
-                                                                        0.0)[None, :]
+    target = tl.where(present, eps / n_present[:, None], 0.0) + tl.where(offs_g == 0, 1.0 - eps, 0.0)[None, :]
     # f = -(1-p)^gamma log p; written with exp/log so that 0^0 = 1 and the (1-p)^(gamma-1) term
     # of the derivative, whose limit at p = 1 is 0 for every gamma, never evaluates 0 * inf.
     one_minus_p = tl.maximum(1.0 - p, 0.0)
@@ -221,16 +276,30 @@ def _contrast_rows(lse_ptr, valid_ptr, rows, B, G, snb, snk, gamma, eps,
 
 
 @triton.jit
-def _contrast_fwd_kernel(lse_ptr, valid_ptr, loss_ptr, dlse_ptr, B, G, snb, snk, gamma, eps,
-                         HAS_VALID: tl.constexpr, BB: tl.constexpr, GP: tl.constexpr):
+def _contrast_fwd_kernel(
+    lse_ptr,
+    valid_ptr,
+    loss_ptr,
+    dlse_ptr,
+    B,
+    G,
+    snb,
+    snk,
+    gamma,
+    eps,
+    HAS_VALID: tl.constexpr,
+    BB: tl.constexpr,
+    GP: tl.constexpr,
+):
     """A single program: the mean row loss over counted rows and ``dLoss/dl (B, G)`` fp32, so the
     backward only scales it by the upstream gradient. Rows are summed in a fixed order."""
     total = 0.0
     n_counted = 0
     for b0 in range(0, B, BB):
         rows = b0 + tl.arange(0, BB)
-        row_loss, _, counted = _contrast_rows(lse_ptr, valid_ptr, rows, B, G, snb, snk, gamma,
-                                              eps, HAS_VALID, GP)
+        row_loss, _, counted = _contrast_rows(
+            lse_ptr, valid_ptr, rows, B, G, snb, snk, gamma, eps, HAS_VALID, GP
+        )
         total += tl.sum(row_loss, axis=0)
         n_counted += tl.sum(counted.to(tl.int32), axis=0)
     inv_count = 1.0 / tl.maximum(n_counted, 1).to(tl.float32)
@@ -238,22 +307,61 @@ def _contrast_fwd_kernel(lse_ptr, valid_ptr, loss_ptr, dlse_ptr, B, G, snb, snk,
     offs_g = tl.arange(0, GP)
     for b0 in range(0, B, BB):
         rows = b0 + tl.arange(0, BB)
-        _, d_logits, _ = _contrast_rows(lse_ptr, valid_ptr, rows, B, G, snb, snk, gamma, eps,
-                                        HAS_VALID, GP)
-        tl.store(dlse_ptr + rows[:, None].to(tl.int64) * G + offs_g[None, :], d_logits * inv_count,
-                 mask=(rows < B)[:, None] & (offs_g < G)[None, :])
+        _, d_logits, _ = _contrast_rows(lse_ptr, valid_ptr, rows, B, G, snb, snk, gamma, eps, HAS_VALID, GP)
+        tl.store(
+            dlse_ptr + rows[:, None].to(tl.int64) * G + offs_g[None, :],
+            d_logits * inv_count,
+            mask=(rows < B)[:, None] & (offs_g < G)[None, :],
+        )
 
 
 @triton.jit
 def _tokens_bwd_kernel(
-    v_ptr, x_ptr, mask_ptr, valid_ptr, scale_ptr, up_ptr, dlse_ptr,
-    lse_ptr, stats_ptr, rows_ptr, counts_ptr,
-    dv_ptr, dv_acc_ptr, dx_ptr, dscale_part_ptr,
-    G, T, P, D, n_pos,
-    svb, svp, svd, sxb, sxg, sxt, sxd, smb, smg, smt, snb, snk, sub, sug,
-    HAS_VALID: tl.constexpr, HAS_DLSE: tl.constexpr, SOFTMAX: tl.constexpr,
-    SPARSIFY: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr,
-    CHUNKS: tl.constexpr, BLOCK_TT: tl.constexpr, GP: tl.constexpr, ZD: tl.constexpr,
+    v_ptr,
+    x_ptr,
+    mask_ptr,
+    valid_ptr,
+    scale_ptr,
+    up_ptr,
+    dlse_ptr,
+    lse_ptr,
+    stats_ptr,
+    rows_ptr,
+    counts_ptr,
+    dv_ptr,
+    dv_acc_ptr,
+    dx_ptr,
+    dscale_part_ptr,
+    G,
+    T,
+    P,
+    D,
+    n_pos,
+    svb,
+    svp,
+    svd,
+    sxb,
+    sxg,
+    sxt,
+    sxd,
+    smb,
+    smg,
+    smt,
+    snb,
+    snk,
+    sub,
+    sug,
+    HAS_VALID: tl.constexpr,
+    HAS_DLSE: tl.constexpr,
+    SOFTMAX: tl.constexpr,
+    SPARSIFY: tl.constexpr,
+    BT: tl.constexpr,
+    BP: tl.constexpr,
+    BD: tl.constexpr,
+    CHUNKS: tl.constexpr,
+    BLOCK_TT: tl.constexpr,
+    GP: tl.constexpr,
+    ZD: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     """Program ``(split, b)`` owns columns ``[split*CHUNKS*BD, (split+1)*CHUNKS*BD)`` of image
@@ -270,15 +378,18 @@ def _tokens_bwd_kernel(
 
     # Positions that are not rows get an exact zero gradient (missing negatives included).
     for g in range(0, G):
-        counted = _counted_positions(mask_ptr, valid_ptr, b, g, T, smb, smg, smt, snb, snk,
-                                     HAS_VALID, BLOCK_TT)
+        counted = _counted_positions(
+            mask_ptr, valid_ptr, b, g, T, smb, smg, smt, snb, snk, HAS_VALID, BLOCK_TT
+        )
         zero_rows = (counted == 0) & (offs_tt < T)
         dx_cap = dx_ptr + ((b64 * G + g) * T + offs_tt) * D
         for c0 in range(col0, col0 + CHUNKS * BD, ZD):
             offs_d = c0 + tl.arange(0, ZD)
-            tl.store(dx_cap[:, None] + offs_d[None, :],
-                     tl.zeros((BLOCK_TT, ZD), dtype=dx_ptr.dtype.element_ty),
-                     mask=zero_rows[:, None] & (offs_d < D)[None, :])
+            tl.store(
+                dx_cap[:, None] + offs_d[None, :],
+                tl.zeros((BLOCK_TT, ZD), dtype=dx_ptr.dtype.element_ty),
+                mask=zero_rows[:, None] & (offs_d < D)[None, :],
+            )
 
     offs_g = tl.arange(0, GP)
     n_rows = tl.sum(tl.load(counts_ptr + b64 * G + offs_g, mask=offs_g < G, other=0), axis=0)
@@ -294,8 +405,9 @@ def _tokens_bwd_kernel(
         q = tl.load(rows_ptr + b64 * G * T + i, mask=row_ok, other=0)
         g_row = q // T
         x_rows = x_ptr + b64 * sxb + g_row.to(tl.int64) * sxg + (q % T).to(tl.int64) * sxt
-        w, xx = _row_weights(x_rows, row_ok, v_img, svp, svd, sxd, P, D, SOFTMAX, SPARSIFY,
-                             BT, BP, BD, DOT_PRECISION)
+        w, xx = _row_weights(
+            x_rows, row_ok, v_img, svp, svd, sxd, P, D, SOFTMAX, SPARSIFY, BT, BP, BD, DOT_PRECISION
+        )
         w_lp = w.to(x_ptr.dtype.element_ty)
         pos = b64 * G * T + q
         zx = tl.load(stats_ptr + pos, mask=row_ok, other=0.0)
@@ -320,11 +432,15 @@ def _tokens_bwd_kernel(
             offs_d = col0 + c * BD + tl.arange(0, BD)
             d_ok = offs_d < D
             z = _pooled_chunk(w_lp, v_img, svp, svd, offs_d, d_ok, P, BP, DOT_PRECISION)
-            x = tl.load(x_rows[:, None] + offs_d[None, :] * sxd,
-                        mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+            x = tl.load(
+                x_rows[:, None] + offs_d[None, :] * sxd, mask=row_ok[:, None] & d_ok[None, :], other=0.0
+            ).to(tl.float32)
             dx = coef[:, None] * (z - x_proj[:, None] * x)
-            tl.store(dx_ptr + pos[:, None] * D + offs_d[None, :],
-                     dx.to(dx_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+            tl.store(
+                dx_ptr + pos[:, None] * D + offs_d[None, :],
+                dx.to(dx_ptr.dtype.element_ty),
+                mask=row_ok[:, None] & d_ok[None, :],
+            )
             dz = coef[:, None] * (x - z_proj[:, None] * z)
             dv_part = tl.dot(tl.trans(w_lp), dz.to(w_lp.dtype), input_precision=DOT_PRECISION)
             # dV_b accumulates over the image's row blocks in fp32 (in place when dV is fp32):
@@ -406,8 +522,9 @@ def _valid_args(neg_valid: torch.Tensor | None, stand_in: torch.Tensor):
     return (valid, *valid.stride())
 
 
-def _scores_fwd(image_tokens, text_tokens, text_mask, logit_scale, neg_valid, normalizer,
-                sparsify, write_scores):
+def _scores_fwd(
+    image_tokens, text_tokens, text_mask, logit_scale, neg_valid, normalizer, sparsify, write_scores
+):
     """Launch 1. Returns ``scores (B, G)`` in the tokens' dtype (None unless write_scores),
     ``lse (B, G)`` fp32, ``stats (2, B, G, T)`` fp32 (``<Z,X>``, ``|Z|^2`` on rows, else 0),
     ``rows (B, G*T)`` int32 (each image's row ids ``g*T + t``, then -1) and ``counts (B, G)``
@@ -424,14 +541,36 @@ def _scores_fwd(image_tokens, text_tokens, text_mask, logit_scale, neg_valid, no
     mask = text_mask.view(torch.uint8)
     valid, snb, snk = _valid_args(neg_valid, mask)
     _scores_fwd_kernel[(B * G,)](
-        image_tokens, text_tokens, mask, valid, logit_scale,
-        lse, scores, stats, rows, counts,
-        G, T, P, D, B * G * T,
-        *image_tokens.stride(), *text_tokens.stride(), *mask.stride(), snb, snk,
-        HAS_VALID=neg_valid is not None, WRITE_SCORES=write_scores,
-        SOFTMAX=normalizer == "softmax", SPARSIFY=bool(sparsify),
-        BT=bt, BP=bp, BD=bd, BLOCK_TT=triton.next_power_of_2(T),
-        DOT_PRECISION=_dot_precision(text_tokens.dtype), num_warps=num_warps,
+        image_tokens,
+        text_tokens,
+        mask,
+        valid,
+        logit_scale,
+        lse,
+        scores,
+        stats,
+        rows,
+        counts,
+        G,
+        T,
+        P,
+        D,
+        B * G * T,
+        *image_tokens.stride(),
+        *text_tokens.stride(),
+        *mask.stride(),
+        snb,
+        snk,
+        HAS_VALID=neg_valid is not None,
+        WRITE_SCORES=write_scores,
+        SOFTMAX=normalizer == "softmax",
+        SPARSIFY=bool(sparsify),
+        BT=bt,
+        BP=bp,
+        BD=bd,
+        BLOCK_TT=triton.next_power_of_2(T),
+        DOT_PRECISION=_dot_precision(text_tokens.dtype),
+        num_warps=num_warps,
     )
     return (scores if write_scores else None), lse, stats, rows, counts
 
@@ -443,15 +582,39 @@ def _contrast_fwd(lse, neg_valid, focal_gamma, label_smoothing, out_dtype):
     dlse = _empty((B, G), torch.float32, lse.device)
     valid, snb, snk = _valid_args(neg_valid, lse)
     _contrast_fwd_kernel[(1,)](
-        lse, valid, loss, dlse, B, G, snb, snk, float(focal_gamma), float(label_smoothing),
-        HAS_VALID=neg_valid is not None, BB=max(16, min(128, triton.next_power_of_2(B))),
-        GP=max(2, triton.next_power_of_2(G)), num_warps=4,
+        lse,
+        valid,
+        loss,
+        dlse,
+        B,
+        G,
+        snb,
+        snk,
+        float(focal_gamma),
+        float(label_smoothing),
+        HAS_VALID=neg_valid is not None,
+        BB=max(16, min(128, triton.next_power_of_2(B))),
+        GP=max(2, triton.next_power_of_2(G)),
+        num_warps=4,
     )
     return loss, dlse
 
 
-def _local_hn_bwd(grad, dlse, image_tokens, text_tokens, text_mask, logit_scale, neg_valid,
-                  lse, stats, rows, counts, normalizer, sparsify):
+def _local_hn_bwd(
+    grad,
+    dlse,
+    image_tokens,
+    text_tokens,
+    text_mask,
+    logit_scale,
+    neg_valid,
+    lse,
+    stats,
+    rows,
+    counts,
+    normalizer,
+    sparsify,
+):
     """Backward launches. ``grad`` is the upstream gradient: ``()`` for the loss (with ``dlse``
     its ``dLoss/dl``), ``(B, G)`` for the scores (``dlse`` None). Returns the gradients of
     image_tokens ``(B, P, D)``, text_tokens ``(B, G, T, D)`` and logit_scale ``()``, each in its
@@ -479,20 +642,49 @@ def _local_hn_bwd(grad, dlse, image_tokens, text_tokens, text_mask, logit_scale,
     up_strides = grad.stride() if grad.dim() == 2 else (0, 0)
     block_tt = triton.next_power_of_2(T)
     _tokens_bwd_kernel[(splits, B)](
-        image_tokens, text_tokens, mask, valid, logit_scale, grad,
+        image_tokens,
+        text_tokens,
+        mask,
+        valid,
+        logit_scale,
+        grad,
         lse if dlse is None else dlse,
-        lse, stats, rows, counts,
-        d_image, dv_acc, d_text, dscale_part,
-        G, T, P, D, B * G * T,
-        *image_tokens.stride(), *text_tokens.stride(), *mask.stride(), snb, snk, *up_strides,
-        HAS_VALID=neg_valid is not None, HAS_DLSE=dlse is not None,
-        SOFTMAX=normalizer == "softmax", SPARSIFY=bool(sparsify),
-        BT=bt, BP=bp, BD=bd, CHUNKS=chunks, BLOCK_TT=block_tt,
-        GP=max(2, triton.next_power_of_2(G)), ZD=min(bd, max(16, 4096 // block_tt)),
-        DOT_PRECISION=_dot_precision(text_tokens.dtype), num_warps=num_warps,
+        lse,
+        stats,
+        rows,
+        counts,
+        d_image,
+        dv_acc,
+        d_text,
+        dscale_part,
+        G,
+        T,
+        P,
+        D,
+        B * G * T,
+        *image_tokens.stride(),
+        *text_tokens.stride(),
+        *mask.stride(),
+        snb,
+        snk,
+        *up_strides,
+        HAS_VALID=neg_valid is not None,
+        HAS_DLSE=dlse is not None,
+        SOFTMAX=normalizer == "softmax",
+        SPARSIFY=bool(sparsify),
+        BT=bt,
+        BP=bp,
+        BD=bd,
+        CHUNKS=chunks,
+        BLOCK_TT=block_tt,
+        GP=max(2, triton.next_power_of_2(G)),
+        ZD=min(bd, max(16, 4096 // block_tt)),
+        DOT_PRECISION=_dot_precision(text_tokens.dtype),
+        num_warps=num_warps,
     )
-    _sum_kernel[(1,)](dscale_part, d_scale, B, BLOCK=max(16, min(1024, triton.next_power_of_2(B))),
-                      num_warps=4)
+    _sum_kernel[(1,)](
+        dscale_part, d_scale, B, BLOCK=max(16, min(1024, triton.next_power_of_2(B))), num_warps=4
+    )
     return d_image, d_text, d_scale
 
 
@@ -523,8 +715,9 @@ def _scores_op(
     sparsify: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``scores (B, G)`` in the tokens' dtype, then what the backward needs (see _scores_fwd)."""
-    return _scores_fwd(image_tokens, text_tokens, text_mask, logit_scale, None, normalizer,
-                       sparsify, write_scores=True)
+    return _scores_fwd(
+        image_tokens, text_tokens, text_mask, logit_scale, None, normalizer, sparsify, write_scores=True
+    )
 
 
 @_scores_op.register_fake
@@ -547,15 +740,25 @@ def _loss_op(
     label_smoothing: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``loss ()`` in the tokens' dtype, ``dLoss/dl (B, G)`` fp32, then what _scores_fwd saves."""
-    _, lse, stats, rows, counts = _scores_fwd(image_tokens, text_tokens, text_mask, logit_scale,
-                                              neg_valid, normalizer, sparsify, write_scores=False)
+    _, lse, stats, rows, counts = _scores_fwd(
+        image_tokens, text_tokens, text_mask, logit_scale, neg_valid, normalizer, sparsify, write_scores=False
+    )
     loss, dlse = _contrast_fwd(lse, neg_valid, focal_gamma, label_smoothing, text_tokens.dtype)
     return loss, dlse, lse, stats, rows, counts
 
 
 @_loss_op.register_fake
-def _loss_fake(image_tokens, text_tokens, text_mask, logit_scale, neg_valid, normalizer, sparsify,
-               focal_gamma, label_smoothing):
+def _loss_fake(
+    image_tokens,
+    text_tokens,
+    text_mask,
+    logit_scale,
+    neg_valid,
+    normalizer,
+    sparsify,
+    focal_gamma,
+    label_smoothing,
+):
     B, G = text_tokens.shape[:2]
     loss = torch.empty((), dtype=text_tokens.dtype, device=text_tokens.device)
     dlse = torch.empty((B, G), dtype=torch.float32, device=text_tokens.device)
@@ -579,16 +782,43 @@ def _bwd_op(
     sparsify: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of image_tokens, text_tokens and logit_scale (see _local_hn_bwd)."""
-    return _local_hn_bwd(grad, dlse, image_tokens, text_tokens, text_mask, logit_scale,
-                         neg_valid, lse, stats, rows, counts, normalizer, sparsify)
+    return _local_hn_bwd(
+        grad,
+        dlse,
+        image_tokens,
+        text_tokens,
+        text_mask,
+        logit_scale,
+        neg_valid,
+        lse,
+        stats,
+        rows,
+        counts,
+        normalizer,
+        sparsify,
+    )
 
 
 @_bwd_op.register_fake
-def _bwd_fake(grad, dlse, image_tokens, text_tokens, text_mask, logit_scale, neg_valid, lse,
-              stats, rows, counts, normalizer, sparsify):
+def _bwd_fake(
+    grad,
+    dlse,
+    image_tokens,
+    text_tokens,
+    text_mask,
+    logit_scale,
+    neg_valid,
+    lse,
+    stats,
+    rows,
+    counts,
+    normalizer,
+    sparsify,
+):
     # Contiguous, like the real gradients (empty_like would keep a grouped view's strides).
-    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device)
-                 for t in (image_tokens, text_tokens, logit_scale))
+    return tuple(
+        torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (image_tokens, text_tokens, logit_scale)
+    )
 
 
 def _setup_scores(ctx, inputs, output):
@@ -597,36 +827,60 @@ def _setup_scores(ctx, inputs, output):
     # The saved outputs get no gradient: no zeros are materialised for them in the backward.
     ctx.mark_non_differentiable(lse, stats, rows, counts)
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(image_tokens, text_tokens, text_mask, logit_scale, lse, stats, rows,
-                          counts)
+    ctx.save_for_backward(image_tokens, text_tokens, text_mask, logit_scale, lse, stats, rows, counts)
     ctx.normalizer, ctx.sparsify = normalizer, sparsify
 
 
 def _scores_backward(ctx, grad_scores, *_):
     image_tokens, text_tokens, text_mask, logit_scale, lse, stats, rows, counts = ctx.saved_tensors
-    d_image, d_text, d_scale = _bwd_op(grad_scores, None, image_tokens, text_tokens, text_mask,
-                                       logit_scale, None, lse, stats, rows, counts,
-                                       ctx.normalizer, ctx.sparsify)
+    d_image, d_text, d_scale = _bwd_op(
+        grad_scores,
+        None,
+        image_tokens,
+        text_tokens,
+        text_mask,
+        logit_scale,
+        None,
+        lse,
+        stats,
+        rows,
+        counts,
+        ctx.normalizer,
+        ctx.sparsify,
+    )
     return d_image, d_text, None, d_scale, None, None
 
 
 def _setup_loss(ctx, inputs, output):
-    (image_tokens, text_tokens, text_mask, logit_scale, neg_valid, normalizer, sparsify, _,
-     _) = inputs
+    (image_tokens, text_tokens, text_mask, logit_scale, neg_valid, normalizer, sparsify, _, _) = inputs
     _, dlse, lse, stats, rows, counts = output
     ctx.mark_non_differentiable(dlse, lse, stats, rows, counts)
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(image_tokens, text_tokens, text_mask, logit_scale, neg_valid, dlse, lse,
-                          stats, rows, counts)
+    ctx.save_for_backward(
+        image_tokens, text_tokens, text_mask, logit_scale, neg_valid, dlse, lse, stats, rows, counts
+    )
     ctx.normalizer, ctx.sparsify = normalizer, sparsify
 
 
 def _loss_backward(ctx, grad_loss, *_):
-    (image_tokens, text_tokens, text_mask, logit_scale, neg_valid, dlse, lse, stats, rows,
-     counts) = ctx.saved_tensors
-    d_image, d_text, d_scale = _bwd_op(grad_loss, dlse, image_tokens, text_tokens, text_mask,
-                                       logit_scale, neg_valid, lse, stats, rows, counts,
-                                       ctx.normalizer, ctx.sparsify)
+    (image_tokens, text_tokens, text_mask, logit_scale, neg_valid, dlse, lse, stats, rows, counts) = (
+        ctx.saved_tensors
+    )
+    d_image, d_text, d_scale = _bwd_op(
+        grad_loss,
+        dlse,
+        image_tokens,
+        text_tokens,
+        text_mask,
+        logit_scale,
+        neg_valid,
+        lse,
+        stats,
+        rows,
+        counts,
+        ctx.normalizer,
+        ctx.sparsify,
+    )
     return d_image, d_text, None, d_scale, None, None, None, None, None
 
 
@@ -651,8 +905,7 @@ def unsupported_reason(image_tokens: torch.Tensor, text_tokens: torch.Tensor) ->
     if image_tokens.device != text_tokens.device:
         return "image and text tokens on different devices"
     device = image_tokens.device
-    if device.type != "cuda" and not (device.type == "cpu"
-                                      and os.environ.get("TRITON_INTERPRET") == "1"):
+    if device.type != "cuda" and not (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
         return f"tensors on {device} (need CUDA, or the CPU with TRITON_INTERPRET=1)"
     B, P, D = image_tokens.shape
     G, T = text_tokens.shape[1], text_tokens.shape[2]
@@ -690,8 +943,7 @@ def local_hn_scores(
         ``(B, G)`` in the tokens' dtype, ``-inf`` where a caption counts no position;
         differentiable w.r.t. image_tokens, text_tokens and logit_scale.
     """
-    return _scores_op(image_tokens, text_tokens, text_mask, logit_scale, normalizer,
-                      bool(sparsify))[0]
+    return _scores_op(image_tokens, text_tokens, text_mask, logit_scale, normalizer, bool(sparsify))[0]
 
 
 def local_hn_loss(
@@ -717,5 +969,14 @@ def local_hn_loss(
         ``()`` in the tokens' dtype; differentiable w.r.t. image_tokens, text_tokens and
         logit_scale.
     """
-    return _loss_op(image_tokens, text_tokens, text_mask, logit_scale, neg_valid, normalizer,
-                    bool(sparsify), float(focal_gamma), float(label_smoothing))[0]
+    return _loss_op(
+        image_tokens,
+        text_tokens,
+        text_mask,
+        logit_scale,
+        neg_valid,
+        normalizer,
+        bool(sparsify),
+        float(focal_gamma),
+        float(label_smoothing),
+    )[0]
