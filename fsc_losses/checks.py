@@ -1,14 +1,14 @@
 """Argument checks shared by every public entry point.
 
-Shape, dtype and device checks read no tensor values, so they always run. Checks of values need a
-host synchronisation on the GPU: they are gathered into one :class:`ValueChecks` per call, run as a
-single combined check, and skipped under ``torch.compile``, during CUDA-graph capture and when the
-caller passes ``check_inputs=False``.
+Shape, dtype and device checks read no tensor values, so they always run. The one check of values
+(``check_masks_not_empty``) needs a host synchronisation on the GPU: it runs once per call, and is
+skipped under ``torch.compile``, during CUDA-graph capture and when the caller passes
+``check_inputs=False``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -101,43 +101,20 @@ def value_checks_enabled(check_inputs: bool) -> bool:
     return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
-class ValueChecks:
-    """Value checks of one call, run together with a single host synchronisation.
-
-    Each check is a boolean tensor that is True where the input is bad, plus a function that
-    turns the offending index into a message.
-    """
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self._checks: list[tuple[torch.Tensor, Callable[[tuple[int, ...]], str]]] = []
-
-    def add(self, bad: torch.Tensor, message: Callable[[tuple[int, ...]], str]) -> None:
-        if self.enabled:
-            self._checks.append((bad, message))
-
-    def run(self) -> None:
-        if not self._checks:
-            return
-        flags = torch.stack([bad.any() for bad, _ in self._checks]).tolist()
-        for flag, (bad, message) in zip(flags, self._checks, strict=True):
-            if flag:
-                index = tuple(int(i) for i in bad.nonzero()[0])
-                raise ValueError(message(index))
-
-
 def check_masks_not_empty(
-    checks: ValueChecks, text_mask: torch.Tensor, neg_valid: torch.Tensor | None
+    text_mask: torch.Tensor, neg_valid: torch.Tensor | None, check_inputs: bool
 ) -> None:
-    """A present caption must count at least one position; a missing negative's mask may be empty."""
+    """The one value check: a present caption must count at least one position (a missing
+    negative's mask may be empty). One host synchronisation, when ``value_checks_enabled``."""
+    if not value_checks_enabled(check_inputs):
+        return
     empty = ~text_mask.bool().any(dim=-1)
     if neg_valid is not None:
         present = torch.cat([torch.ones_like(neg_valid[:, :1]), neg_valid], dim=1).bool()
         empty = empty & present
-    checks.add(
-        empty,
-        lambda idx: (
-            f"text_mask[{idx[0]}, {idx[1]}] counts no position, but caption {idx[1]} of image "
-            f"{idx[0]} is present; mark a missing negative False in neg_valid"
-        ),
-    )
+    if empty.any():
+        b, g = (int(i) for i in empty.nonzero()[0])
+        raise ValueError(
+            f"text_mask[{b}, {g}] counts no position, but caption {g} of image {b} is present; "
+            "mark a missing negative False in neg_valid"
+        )

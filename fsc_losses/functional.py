@@ -175,9 +175,7 @@ def local_hn_scores(
     """
     inputs = prepare_local_inputs(image_tokens, text_tokens, text_mask, logit_scale, neg_valid)
     checks.check_normalizer(normalizer, sparsify)
-    value_checks = checks.ValueChecks(checks.value_checks_enabled(check_inputs))
-    checks.check_masks_not_empty(value_checks, inputs.text_mask, inputs.neg_valid)
-    value_checks.run()
+    checks.check_masks_not_empty(inputs.text_mask, inputs.neg_valid, check_inputs)
     kernels = select_kernels(backend, inputs)
     impl = reference if kernels is None else kernels
     return impl.local_hn_scores(
@@ -212,9 +210,7 @@ def local_hn_loss(
     inputs = prepare_local_inputs(image_tokens, text_tokens, text_mask, logit_scale, neg_valid)
     checks.check_normalizer(normalizer, sparsify)
     checks.check_criterion_params(focal_gamma, label_smoothing)
-    value_checks = checks.ValueChecks(checks.value_checks_enabled(check_inputs))
-    checks.check_masks_not_empty(value_checks, inputs.text_mask, inputs.neg_valid)
-    value_checks.run()
+    checks.check_masks_not_empty(inputs.text_mask, inputs.neg_valid, check_inputs)
     return local_hn_loss_unchecked(inputs, normalizer, sparsify, focal_gamma, label_smoothing, backend)
 
 

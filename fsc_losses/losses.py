@@ -257,10 +257,7 @@ class FSCLoss(nn.Module):
         if local_inputs is not None:
             checks.require_size("image_tokens", local_inputs.image_tokens, 2, image_features.shape[1], "D")
             checks.require_size("text_tokens", local_inputs.text_tokens, 1, text_features.shape[1], "G")
-            checks.require_same_device(image_features=image_features, image_tokens=image_tokens)
-            value_checks = checks.ValueChecks(checks.value_checks_enabled(self.check_inputs))
-            checks.check_masks_not_empty(value_checks, local_inputs.text_mask, neg_valid)
-            value_checks.run()
+            checks.check_masks_not_empty(local_inputs.text_mask, neg_valid, self.check_inputs)
 
         losses = {
             "contrastive_loss": self._clip_loss(image_features, text_features[:, 0], scale, logit_bias),
