@@ -44,13 +44,28 @@ def grads_of(loss, inputs):
     )
 
 
-def test_fsc_loss_triton_equals_reference():
+def count_calls(monkeypatch, name):
+    """Count the calls of the kernel module's ``name``, so a test knows the kernels really ran."""
+    calls = []
+    original = getattr(local_hn, name)
+
+    def counted(*args):
+        calls.append(name)
+        return original(*args)
+
+    monkeypatch.setattr(local_hn, name, counted)
+    return calls
+
+
+def test_fsc_loss_triton_equals_reference(monkeypatch):
+    calls = count_calls(monkeypatch, "local_hn_loss")
     results = {}
     for backend in ("triton", "reference"):
         inputs = make_inputs()
         terms = FSCLoss(backend=backend)(**inputs, output_dict=True)
         total = sum(terms.values())
         results[backend] = (terms, grads_of(total * 1.7, inputs))
+    assert calls == ["local_hn_loss"]  # the triton run only
     (terms_t, grads_t), (terms_r, grads_r) = results["triton"], results["reference"]
     for key in terms_r:
         torch.testing.assert_close(terms_t[key], terms_r[key], rtol=1e-5, atol=1e-6)
@@ -61,7 +76,8 @@ def test_fsc_loss_triton_equals_reference():
         torch.testing.assert_close(grads_t[key], grad, rtol=1e-4, atol=1e-5, msg=lambda m, k=key: f"{k}: {m}")
 
 
-def test_custom_criterion_runs_on_kernel_scores():
+def test_custom_criterion_runs_on_kernel_scores(monkeypatch):
+    calls = count_calls(monkeypatch, "local_hn_scores")
     inputs = make_inputs()
     local = {k: inputs[k] for k in ("image_tokens", "text_tokens", "text_mask", "logit_scale", "neg_valid")}
 
@@ -70,6 +86,7 @@ def test_custom_criterion_runs_on_kernel_scores():
 
     kernel = LocalHNLoss(criterion=criterion, backend="triton")(**local)
     ref = LocalHNLoss(criterion=criterion, backend="reference")(**local)
+    assert calls == ["local_hn_scores"]
     torch.testing.assert_close(kernel, ref, rtol=1e-5, atol=1e-6)
     scores = local_hn_scores(
         *[local[k] for k in ("image_tokens", "text_tokens", "text_mask", "logit_scale")], backend="triton"
