@@ -174,6 +174,15 @@ def input_bytes(shape: Shape, dtype: torch.dtype) -> int:
     return tokens * elem + shape.captions * shape.length
 
 
+def output_bytes(inputs: InputSet, mode: str) -> int:
+    """What the timed call hands back: the gradients (one per leaf, of its size and dtype) when
+    the mode has a backward, else the scalar loss. Every provider must allocate this, so it is a
+    part of each one's peak extra memory that no implementation can avoid."""
+    if mode == "fwd":
+        return inputs.image_tokens.element_size()
+    return sum(leaf.numel() * leaf.element_size() for leaf in inputs.leaves)
+
+
 def input_set_count(shape: Shape, dtype: torch.dtype, device: torch.device) -> int:
     """Enough input sets that cycling through them overflows the L2 cache twice, so a small shape
     is not timed on inputs that stay cached from one repetition to the next."""
@@ -381,6 +390,7 @@ def measurement_row(
         "p20_us": common.fmt(timing.p20_us, 2),
         "p80_us": common.fmt(timing.p80_us, 2),
         "peak_extra_mib": common.fmt(peak, 2),
+        "outputs_mib": common.fmt(output_bytes(sets[0], mode) / common.MIB, 4),
         "hbm_floor_padded_us": common.fmt(fl.hbm_padded_us, 4),
         "hbm_floor_counted_us": common.fmt(fl.hbm_counted_us, 4),
         "matmul_floor_us": common.fmt(fl.matmul_us, 4),
@@ -503,6 +513,7 @@ def results_table(rows: Sequence[dict]) -> str:
             ("p20 us", lambda r: f"{float(r['p20_us']):,.1f}"),
             ("p80 us", lambda r: f"{float(r['p80_us']):,.1f}"),
             ("peak extra MiB", lambda r: r["peak_extra_mib"]),
+            ("of it outputs MiB", lambda r: f"{float(r['outputs_mib']):,.1f}"),
             ("x floor", lambda r: f"{float(r['x_floor']):,.1f}x"),
         ],
     )

@@ -39,6 +39,7 @@ LOCAL_HN_COLUMNS = META_COLUMNS + [
     "p20_us",
     "p80_us",
     "peak_extra_mib",
+    "outputs_mib",
     "hbm_floor_padded_us",
     "hbm_floor_counted_us",
     "matmul_floor_us",
@@ -111,6 +112,9 @@ def test_local_hn_smoke(tmp_path):
     for row in rows:
         assert row["device"].startswith("CPU") and row["dtype"] == "fp32"
         assert row["peak_extra_mib"] == ""  # only measured on a GPU
+        # smoke shape B=2, K=3, T=12, P=4, D=16 in fp32: the loss, or the three gradients
+        outputs = 4 if row["mode"] == "fwd" else 4 * (2 * 4 * 16 + 2 * 4 * 12 * 16 + 1)
+        assert float(row["outputs_mib"]) == pytest.approx(outputs / 2**20, abs=5e-5)
         assert 0 < float(row["p20_us"]) <= float(row["median_us"]) <= float(row["p80_us"])
         floors = [float(row[k]) for k in ("hbm_floor_padded_us", "hbm_floor_counted_us", "matmul_floor_us")]
         assert floors[0] > floors[1] > 0 and floors[2] > 0
