@@ -5,7 +5,7 @@ The core imports neither open_clip nor Triton: the kernels load on first use on 
 the integrations live in ``fsc_losses.integrations``.
 """
 
-from .functional import global_hn_loss, hn_contrast, local_hn_loss, local_hn_scores
+from .functional import contrastive_loss, global_hn_loss, hn_contrast, local_hn_loss, local_hn_scores
 from .layout import group_captions, unpack_negatives
 from .losses import FSCLoss, GlobalHNLoss, LocalHNLoss, SelectiveCalibratedReg
 
@@ -16,6 +16,7 @@ __all__ = [
     "GlobalHNLoss",
     "LocalHNLoss",
     "SelectiveCalibratedReg",
+    "contrastive_loss",
     "global_hn_loss",
     "group_captions",
     "hn_contrast",

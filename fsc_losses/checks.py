@@ -83,6 +83,11 @@ def check_criterion_params(focal_gamma: float, label_smoothing: float | None) ->
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
 
 
+def check_distributed(rank: int, world_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+
+
 def check_neg_valid(neg_valid: torch.Tensor | None, batch: int, groups: int) -> None:
     if neg_valid is None:
         return

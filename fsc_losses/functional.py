@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 
 from . import checks, reference
+from .distributed import gather_features
 from .layout import group_captions
 
 BACKENDS = ("auto", "triton", "reference")
@@ -322,3 +323,59 @@ def global_hn_loss(
     checks.check_criterion_params(focal_gamma, label_smoothing)
     logits = reference.global_hn_logits(image_features, text_features, scale)
     return reference.hn_contrast_loss(logits, neg_valid, float(focal_gamma), float(label_smoothing or 0.0))
+
+
+def contrastive_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    logit_bias: torch.Tensor | float | None = None,
+    *,
+    local_loss: bool = False,
+    gather_with_grad: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+) -> torch.Tensor:
+    """The in-batch contrastive term between images and their true captions, gathered across
+    processes as open_clip's ``ClipLoss`` does. The one place this term is written: ``FSCLoss``
+    and every other loss with a CLIP term call it.
+
+    Args:
+        image_features: ``(n, D)`` this process's images, L2-normalised.
+        text_features: ``(n, D)`` their true captions, L2-normalised.
+        logit_scale: scalar, already exponentiated.
+        logit_bias: scalar or None, added to every logit.
+        local_loss, gather_with_grad, rank, world_size: open_clip's distributed options.
+
+    Returns:
+        Scalar: the symmetric InfoNCE ``(CE(image -> texts) + CE(text -> images)) / 2``.
+    """
+    checks.require_tensor("image_features", image_features)
+    checks.require_tensor("text_features", text_features)
+    checks.require_float("image_features", image_features)
+    checks.require_float("text_features", text_features)
+    checks.require_rank("image_features", image_features, (2,), "(n, D)")
+    checks.require_rank("text_features", text_features, (2,), "(n, D)")
+    checks.require_size("text_features", text_features, 0, image_features.shape[0], "n")
+    checks.require_size("text_features", text_features, 1, image_features.shape[1], "D")
+    scale = checks.as_scale("logit_scale", logit_scale, image_features)
+    if logit_bias is not None:
+        logit_bias = checks.as_scale("logit_bias", logit_bias, image_features)
+    checks.check_distributed(rank, world_size)
+    checks.require_same_device(
+        image_features=image_features, text_features=text_features, logit_scale=scale, logit_bias=logit_bias
+    )
+    gather = dict(local_loss=local_loss, gather_with_grad=gather_with_grad, rank=rank, world_size=world_size)
+    all_images = gather_features(image_features, **gather)
+    all_texts = gather_features(text_features, **gather)
+    if local_loss:
+        return reference.clip_loss(
+            image_features,
+            text_features,
+            scale,
+            logit_bias,
+            all_image_features=all_images,
+            all_text_features=all_texts,
+            label_offset=rank * image_features.shape[0],
+        )
+    return reference.clip_loss(all_images, all_texts, scale, logit_bias)

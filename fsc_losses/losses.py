@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from . import checks, functional, reference
-from .distributed import gather_features
 
 Criterion = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -222,8 +221,7 @@ class FSCLoss(nn.Module):
         checks.check_normalizer(normalizer, sparsify)
         checks.check_criterion_params(focal_gamma, label_smoothing)
         functional.check_backend(backend)
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        checks.check_distributed(rank, world_size)
         self.global_weight = float(global_weight)
         self.local_weight = float(local_weight)
         self.normalizer = normalizer
@@ -260,7 +258,16 @@ class FSCLoss(nn.Module):
             checks.check_masks_not_empty(local_inputs.text_mask, neg_valid, self.check_inputs)
 
         losses = {
-            "contrastive_loss": self._clip_loss(image_features, text_features[:, 0], scale, logit_bias),
+            "contrastive_loss": functional.contrastive_loss(
+                image_features,
+                text_features[:, 0],
+                scale,
+                logit_bias,
+                local_loss=self.local_loss,
+                gather_with_grad=self.gather_with_grad,
+                rank=self.rank,
+                world_size=self.world_size,
+            ),
             "global_hn_loss": self.global_weight
             * reference.hn_contrast_loss(
                 reference.global_hn_logits(image_features, text_features, scale),
@@ -290,26 +297,3 @@ class FSCLoss(nn.Module):
         if self.local_weight == 0:
             return None
         return functional.prepare_local_inputs(image_tokens, text_tokens, text_mask, scale, neg_valid)
-
-    def _clip_loss(self, image_features, text_features, scale, logit_bias):
-        if logit_bias is not None:
-            logit_bias = checks.as_scale("logit_bias", logit_bias, image_features)
-        gather = dict(
-            local_loss=self.local_loss,
-            gather_with_grad=self.gather_with_grad,
-            rank=self.rank,
-            world_size=self.world_size,
-        )
-        all_images = gather_features(image_features, **gather)
-        all_texts = gather_features(text_features, **gather)
-        if self.local_loss:
-            return reference.clip_loss(
-                image_features,
-                text_features,
-                scale,
-                logit_bias,
-                all_image_features=all_images,
-                all_text_features=all_texts,
-                label_offset=self.rank * image_features.shape[0],
-            )
-        return reference.clip_loss(all_images, all_texts, scale, logit_bias)

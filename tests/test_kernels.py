@@ -27,6 +27,7 @@ TOLERANCES = {
     torch.float16: dict(atol=2e-3, rtol=2e-3),
 }
 LEAVES = ("image_tokens", "text_tokens", "logit_scale")
+PAPER_SCR = dict(gamma=2.0, eps=0.02)  # the paper's focal gamma and label smoothing
 
 
 @pytest.fixture(autouse=True)
@@ -242,14 +243,13 @@ def test_views_of_any_strides(layout):
         torch.float32,
         **kwargs,
         neg_valid=NEG_VALID[:, :2],
-        gamma=2.0,
-        eps=0.02,
+        **PAPER_SCR,
     )
 
 
 def test_loss_without_neg_valid_equals_all_present():
     case = make_case(B=3, K=2, seed=3)
-    kwargs = dict(normalizer="softmax", sparsify=False, gamma=2.0, eps=0.02)
+    kwargs = dict(normalizer="softmax", sparsify=False, **PAPER_SCR)
     out, grads, upstream = run(
         case, kernel_loss, torch.float32, reference_impl=False, neg_valid=None, **kwargs
     )
@@ -269,7 +269,7 @@ def test_loss_without_neg_valid_equals_all_present():
 
 def test_missing_negatives_neither_count_nor_receive_gradient():
     case = make_case(B=3, K=3, T=9, P=9, D=16, seed=5)
-    kwargs = dict(neg_valid=NEG_VALID, normalizer="minmax", sparsify=False, gamma=2.0, eps=0.02)
+    kwargs = dict(neg_valid=NEG_VALID, normalizer="minmax", sparsify=False, **PAPER_SCR)
     out, grads, upstream = run(case, kernel_loss, torch.float32, reference_impl=False, **kwargs)
     # The same batch with garbage in the missing negatives' tokens and masks.
     missing = torch.cat([torch.zeros(3, 1, dtype=torch.bool), ~NEG_VALID], dim=1)
@@ -300,8 +300,7 @@ def test_no_counted_row_is_an_exact_zero_that_backpropagates_zeros():
         neg_valid=neg_valid,
         normalizer="minmax",
         sparsify=False,
-        gamma=2.0,
-        eps=0.02,
+        **PAPER_SCR,
     )
     assert out.item() == 0.0 and out.requires_grad
     for name in LEAVES:
@@ -362,8 +361,7 @@ def test_one_caption_per_image():
         neg_valid=None,
         normalizer="minmax",
         sparsify=False,
-        gamma=2.0,
-        eps=0.02,
+        **PAPER_SCR,
     )
     assert out.item() == 0.0
     assert all(torch.count_nonzero(g) == 0 for g in grads.values())
@@ -399,8 +397,7 @@ def test_half_tokens_with_a_scale_of_either_dtype(scale_dtype):
         neg_valid=None,
         normalizer="minmax",
         sparsify=True,
-        gamma=2.0,
-        eps=0.02,
+        **PAPER_SCR,
     )
 
 
@@ -426,15 +423,14 @@ def test_several_row_blocks_and_width_splits(monkeypatch, dtype):
         neg_valid=NEG_VALID[:2],
         normalizer="minmax",
         sparsify=True,
-        gamma=2.0,
-        eps=0.02,
+        **PAPER_SCR,
     )
     assert ("_tokens_bwd_kernel", (3, 2)) in launches.grids  # 3 programs per image
 
 
 def test_deterministic():
     case = make_case(B=3, K=3, T=9, P=9, D=16, seed=23)
-    kwargs = dict(neg_valid=NEG_VALID, normalizer="minmax", sparsify=False, gamma=2.0, eps=0.02)
+    kwargs = dict(neg_valid=NEG_VALID, normalizer="minmax", sparsify=False, **PAPER_SCR)
     out, grads, upstream = run(case, kernel_loss, torch.float16, reference_impl=False, **kwargs)
     again, grads_again, _ = run(
         case, kernel_loss, torch.float16, reference_impl=False, upstream=upstream, **kwargs
