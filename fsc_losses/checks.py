@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 NORMALIZERS = ("minmax", "softmax")
+CONTRASTIVE = ("softmax",)  # kinds of the in-batch contrastive term
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -81,6 +82,11 @@ def check_criterion_params(focal_gamma: float, label_smoothing: float | None) ->
         raise ValueError(f"focal_gamma must be >= 0, got {focal_gamma}")
     if label_smoothing is not None and not 0 <= label_smoothing < 1:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+
+
+def check_contrastive(contrastive: str) -> None:
+    if contrastive not in CONTRASTIVE:
+        raise ValueError(f"contrastive must be one of {CONTRASTIVE}, got {contrastive!r}")
 
 
 def check_distributed(rank: int, world_size: int) -> None:

@@ -331,6 +331,7 @@ def contrastive_loss(
     logit_scale: torch.Tensor | float,
     logit_bias: torch.Tensor | float | None = None,
     *,
+    contrastive: str = "softmax",
     local_loss: bool = False,
     gather_with_grad: bool = False,
     rank: int = 0,
@@ -345,6 +346,7 @@ def contrastive_loss(
         text_features: ``(n, D)`` their true captions, L2-normalised.
         logit_scale: scalar, already exponentiated.
         logit_bias: scalar or None, added to every logit.
+        contrastive: the kind of term, one of ``checks.CONTRASTIVE``: ``"softmax"`` (InfoNCE).
         local_loss, gather_with_grad, rank, world_size: open_clip's distributed options.
 
     Returns:
@@ -361,6 +363,7 @@ def contrastive_loss(
     scale = checks.as_scale("logit_scale", logit_scale, image_features)
     if logit_bias is not None:
         logit_bias = checks.as_scale("logit_bias", logit_bias, image_features)
+    checks.check_contrastive(contrastive)
     checks.check_distributed(rank, world_size)
     checks.require_same_device(
         image_features=image_features, text_features=text_features, logit_scale=scale, logit_bias=logit_bias
