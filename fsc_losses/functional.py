@@ -114,7 +114,8 @@ def select_kernels(backend: str, inputs: LocalInputs) -> ModuleType | None:
 
     ``auto`` takes the kernels for CUDA tensors when Triton imports; ``triton`` insists (on the
     CPU only under ``TRITON_INTERPRET=1``). Inputs the kernels do not support fall back to the
-    reference with one warning.
+    reference with one warning; under ``triton``, inputs for which no tile size fits the device's
+    shared memory raise a ValueError naming the shape and the limit instead.
     """
     check_backend(backend)
     if backend == "reference":
@@ -134,10 +135,13 @@ def select_kernels(backend: str, inputs: LocalInputs) -> ModuleType | None:
             raise ImportError("backend='triton' needs the triton package, which does not import")
         return None
     reason = kernels.unsupported_reason(inputs.image_tokens, inputs.text_tokens)
-    if reason is not None:
-        _warn_once(f"fsc_losses: the Triton kernels do not support {reason}; using the reference")
-        return None
-    return kernels
+    if reason is None:
+        return kernels
+    if backend == "triton" and kernels.fit_reason(inputs.image_tokens, inputs.text_tokens) is not None:
+        # Launching would fail with Triton's out-of-resources error: say why instead.
+        raise ValueError(f"backend='triton' cannot run on {inputs.image_tokens.device}: {reason}")
+    _warn_once(f"fsc_losses: the Triton kernels do not support {reason}; using the reference")
+    return None
 
 
 def local_hn_scores(

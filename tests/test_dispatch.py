@@ -114,3 +114,24 @@ def test_unsupported_inputs_fall_back_with_one_warning(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         LocalHNLoss(backend="triton")(*local)  # the same reason warns once
+
+
+def test_triton_backend_names_a_device_too_small_instead_of_launching(monkeypatch):
+    monkeypatch.setattr(local_hn, "device_spec", lambda device: local_hn.DeviceSpec(1024, 86))
+    calls = count_calls(monkeypatch, "local_hn_loss")
+    local = [make_inputs()[k] for k in ("image_tokens", "text_tokens", "text_mask", "logit_scale")]
+    with pytest.raises(ValueError, match=r"backend='triton'.*\(3, 3, 6, 7, 8\).*allows 1024"):
+        LocalHNLoss(backend="triton")(*local)
+    assert not calls
+
+
+@pytest.mark.gpu
+def test_auto_falls_back_on_a_device_too_small(monkeypatch):
+    monkeypatch.setattr(functional, "_warned", set())
+    monkeypatch.setattr(local_hn, "device_spec", lambda device: local_hn.DeviceSpec(1024, 86))
+    calls = count_calls(monkeypatch, "local_hn_loss")
+    local = [make_inputs()[k] for k in ("image_tokens", "text_tokens", "text_mask", "logit_scale")]
+    with pytest.warns(UserWarning, match="shared memory.*using the reference"):
+        value = LocalHNLoss(backend="auto")(*local)
+    assert not calls
+    torch.testing.assert_close(value, LocalHNLoss(backend="reference")(*local))

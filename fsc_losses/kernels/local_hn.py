@@ -2,18 +2,27 @@
 
 Shapes: ``B`` images, ``G = 1 + K`` captions per image (column 0 the true caption), ``T`` text
 positions, ``P`` patches, ``D`` embedding width. A caption's *rows* are its counted positions
-(mask set, caption present); only rows are ever loaded, multiplied or written with real values.
+(mask set, caption present); an image's rows are those of all its captions, numbered caption after
+caption (at most ``S = G*T``). Only rows are ever loaded, multiplied or written with real values.
 
-Layers, bottom to top: ``@triton.jit`` kernels, host ``*_fwd`` / ``*_bwd`` functions (grids,
-block sizes, strides), the ``torch.library`` custom ops with their fake implementations and
-autograd, then the two public functions the functional layer calls.
+The work is per image: a block of up to ``BR`` of its rows meets the image's patches tile by tile
+(``BP`` patches), so that one pass over the image serves every caption and the patch axis costs
+what it holds, not a power of two. The pooling weights ``W`` (rows x P) are the one intermediate
+kept in memory: the forward writes them, the backward reads them back.
 
-Launches: scores forward 1, loss forward 2 (scores, then the contrast), backward 2 (token
-gradients, then the ``logit_scale`` reduction).
+Layers, bottom to top: ``@triton.jit`` kernels, the launch plan (tile sizes per dtype and device,
+grids, strides), host ``*_fwd`` / ``*_bwd`` functions, the ``torch.library`` custom ops with their
+fake implementations and autograd, then the functions the functional layer calls.
+
+Launches: forward 2 (rows, then the log-sum-exp of each caption and, for the loss, the contrast),
+backward 2 (token gradients, then the ``logit_scale`` reduction).
 """
+
+from __future__ import annotations
 
 import functools
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -21,10 +30,10 @@ import triton.language as tl
 
 _NORM_EPS = tl.constexpr(1e-12)  # F.normalize's clamp on the norm, as in the reference
 _MAX_GROUPS = 16
-_MAX_PATCHES = 1024
-_MAX_WIDTH = 1280
 _MAX_POSITIONS = 256
+_MAX_PATCHES = 4096
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_ROW_STATS = 4  # per row: <Z,X>, |Z|^2 and |X|^2 of the normalised pooled token Z, and sum(U)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -33,89 +42,72 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
-def _counted_positions(
-    mask_ptr, valid_ptr, b, g, T, smb, smg, smt, snb, snk, HAS_VALID: tl.constexpr, BLOCK_TT: tl.constexpr
+def _counted(
+    mask_ptr, valid_ptr, b, offs_g, G, T, smb, smg, smt, snb, snk, HAS_VALID: tl.constexpr, TP: tl.constexpr
 ):
-    """``(BLOCK_TT,)`` int32 0/1: which positions of caption ``(b, g)`` count (mask and present)."""
-    offs_t = tl.arange(0, BLOCK_TT)
-    counted = tl.load(mask_ptr + b.to(tl.int64) * smb + g * smg + offs_t * smt, mask=offs_t < T, other=0) != 0
+    """``(len(offs_g), TP)`` int32 0/1: which positions of captions ``offs_g`` of image ``b`` are
+    rows (mask set and caption present)."""
+    offs_t = tl.arange(0, TP)
+    inside = (offs_g[:, None] < G) & (offs_t[None, :] < T)
+    image = b.to(tl.int64) * smb
+    counted = (
+        tl.load(mask_ptr + image + offs_g[:, None] * smg + offs_t[None, :] * smt, mask=inside, other=0) != 0
+    )
     if HAS_VALID:
         # Column 0 (the true caption) is always present; neg_valid has one column per negative.
-        valid = tl.load(valid_ptr + b.to(tl.int64) * snb + (g - 1) * snk, mask=g > 0, other=1)
-        counted = counted & (valid != 0)
+        valid = tl.load(
+            valid_ptr + b.to(tl.int64) * snb + (offs_g - 1) * snk, mask=(offs_g > 0) & (offs_g < G), other=1
+        )
+        counted = counted & (valid != 0)[:, None]
     return counted.to(tl.int32)
 
 
 @triton.jit
-def _patch_weights(s, p_ok, num_patches, SOFTMAX: tl.constexpr, SPARSIFY: tl.constexpr):
-    """Pooling weights ``(BT, BP)`` from the similarity tile ``s``, as ``reference.patch_weights``;
-    padded patches (``~p_ok``) get weight 0."""
-    if SOFTMAX:
-        row_max = tl.max(tl.where(p_ok[None, :], s, float("-inf")), axis=1)
-        w = tl.where(p_ok[None, :], tl.exp(s - row_max[:, None]), 0.0)
-    else:
-        row_min = tl.min(tl.where(p_ok[None, :], s, float("inf")), axis=1)
-        w = tl.where(p_ok[None, :], s - row_min[:, None], 0.0)
-        spread = tl.max(w, axis=1)
-        if SPARSIFY:
-            w = tl.where(w >= (spread / num_patches)[:, None], w, 0.0)
-        # All scores equal: no preferred patch, uniform weights instead of 0/0.
-        w = tl.where((spread == 0.0)[:, None] & p_ok[None, :], 1.0, w)
-    return w / tl.sum(w, axis=1)[:, None]
+def _block_rows(rows_ptr, b, first, n_rows, S, T, x_ptr, sxb, sxg, sxt, BR: tl.constexpr):
+    """Rows ``first .. first+BR`` of image ``b``: their slots, which exist, caption index and
+    pointer to the row's text token."""
+    slot = first + tl.arange(0, BR)
+    row_ok = slot < n_rows
+    q = tl.load(rows_ptr + b.to(tl.int64) * S + slot, mask=row_ok, other=0)
+    g_row = q // T
+    x_rows = x_ptr + b.to(tl.int64) * sxb + g_row.to(tl.int64) * sxg + (q % T).to(tl.int64) * sxt
+    return slot, row_ok, g_row, x_rows
 
 
 @triton.jit
-def _row_weights(
-    x_rows,
-    row_ok,
+def _pooled_block(
+    w_ptr,
     v_img,
+    b,
+    slot,
+    row_ok,
+    n_tiles,
+    S,
+    P,
     svp,
     svd,
-    sxd,
-    P,
-    D,
-    SOFTMAX: tl.constexpr,
-    SPARSIFY: tl.constexpr,
-    BT: tl.constexpr,
+    offs_d,
+    d_ok,
     BP: tl.constexpr,
+    BR: tl.constexpr,
     BD: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """Weights ``W (BT, BP)`` fp32 of the rows at pointers ``x_rows (BT,)`` against the image at
-    ``v_img``, and the rows' squared norms ``(BT,)``.
-
-    The similarity tile ``S = X V^T`` stays in registers, accumulated over D chunks: the forward
-    and every backward program recompute it rather than store a rows x patches intermediate.
-    """
-    offs_p = tl.arange(0, BP)
-    p_ok = offs_p < P
-    s = tl.zeros((BT, BP), dtype=tl.float32)
-    sq_norm = tl.zeros((BT,), dtype=tl.float32)
-    for d0 in range(0, D, BD):
-        offs_d = d0 + tl.arange(0, BD)
-        d_ok = offs_d < D
-        x = tl.load(x_rows[:, None] + offs_d[None, :] * sxd, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        v_t = tl.load(
-            v_img + offs_p[None, :] * svp + offs_d[:, None] * svd,
-            mask=p_ok[None, :] & d_ok[:, None],
+    """``U V`` for the block's rows and columns ``offs_d``: ``(BR, BD)`` fp32, where ``U`` are the
+    unnormalised pooling weights the forward stored (``Z = U V / sum(U)``)."""
+    acc = tl.zeros((BR, BD), dtype=tl.float32)
+    w_rows = w_ptr + (b.to(tl.int64) * S + slot) * P
+    for j in range(0, n_tiles):
+        offs_p = j * BP + tl.arange(0, BP)
+        p_ok = offs_p < P
+        u = tl.load(w_rows[:, None] + offs_p[None, :], mask=row_ok[:, None] & p_ok[None, :], other=0.0)
+        v = tl.load(
+            v_img + offs_p[:, None] * svp + offs_d[None, :] * svd,
+            mask=p_ok[:, None] & d_ok[None, :],
             other=0.0,
         )
-        s = tl.dot(x, v_t, s, input_precision=DOT_PRECISION)
-        xf = x.to(tl.float32)
-        sq_norm += tl.sum(xf * xf, axis=1)
-    return _patch_weights(s, p_ok, P, SOFTMAX, SPARSIFY), sq_norm
-
-
-@triton.jit
-def _pooled_chunk(w_lp, v_img, svp, svd, offs_d, d_ok, P, BP: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Columns ``offs_d`` of the pooled tokens ``Z = W V``: ``(BT, BD)`` fp32."""
-    offs_p = tl.arange(0, BP)
-    v = tl.load(
-        v_img + offs_p[:, None] * svp + offs_d[None, :] * svd,
-        mask=(offs_p < P)[:, None] & d_ok[None, :],
-        other=0.0,
-    )
-    return tl.dot(w_lp, v, input_precision=DOT_PRECISION)
+        acc = tl.dot(u.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+    return acc
 
 
 @triton.jit
@@ -125,22 +117,25 @@ def _cosine(zx, zz, xx):
 
 
 @triton.jit
-def _scores_fwd_kernel(
+def _rows_fwd_kernel(
     v_ptr,
     x_ptr,
     mask_ptr,
     valid_ptr,
     scale_ptr,
-    lse_ptr,
-    scores_ptr,
+    w_ptr,
     stats_ptr,
     rows_ptr,
-    counts_ptr,
+    nrows_ptr,
+    part_ptr,
     G,
     T,
     P,
     D,
-    n_pos,
+    S,
+    n_slots,
+    n_blocks,
+    n_parts,
     svb,
     svp,
     svd,
@@ -154,111 +149,219 @@ def _scores_fwd_kernel(
     snb,
     snk,
     HAS_VALID: tl.constexpr,
-    WRITE_SCORES: tl.constexpr,
     SOFTMAX: tl.constexpr,
     SPARSIFY: tl.constexpr,
-    BT: tl.constexpr,
+    BR: tl.constexpr,
     BP: tl.constexpr,
     BD: tl.constexpr,
-    BLOCK_TT: tl.constexpr,
+    GP: tl.constexpr,
+    TP: tl.constexpr,
+    NTP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """One program per caption ``(b, g)``: its local score ``l`` (fp32, and in the tokens' dtype
-    when WRITE_SCORES), per-row ``<Z,X>`` and ``|Z|^2`` for the backward (0 elsewhere), the
-    caption's row count and its rows' ids ``g*T + t`` in the image's row list (captions in
-    order)."""
-    pid = tl.program_id(0)
-    b = pid // G
-    g = pid % G
-    offs_t = tl.arange(0, BLOCK_TT)
-    counted = _counted_positions(mask_ptr, valid_ptr, b, g, T, smb, smg, smt, snb, snk, HAS_VALID, BLOCK_TT)
-    n_rows = tl.sum(counted, axis=0)
-    # Rank of each counted position among the caption's rows: compacts a non-prefix mask so that
-    # a 16-of-77 caption is a single block of BT rows.
-    rank = tl.cumsum(counted, axis=0) - counted
-    first_row = 0
-    for g_prev in range(0, g):
-        first_row += tl.sum(
-            _counted_positions(
-                mask_ptr, valid_ptr, b, g_prev, T, smb, smg, smt, snb, snk, HAS_VALID, BLOCK_TT
-            ),
-            axis=0,
-        )
-    image_rows = rows_ptr + b.to(tl.int64) * G * T
-    tl.store(image_rows + first_row + rank, g * T + offs_t, mask=counted != 0)
-    if g == G - 1:  # every output element is defined: the unused tail of the row list is -1
-        for tail in range(first_row + n_rows, G * T, BLOCK_TT):
-            tl.store(image_rows + tail + offs_t, -1, mask=tail + offs_t < G * T)
-    tl.store(counts_ptr + pid, n_rows)
-    not_rows = (counted == 0) & (offs_t < T)
-    tl.store(stats_ptr + pid.to(tl.int64) * T + offs_t, 0.0, mask=not_rows)
-    tl.store(stats_ptr + n_pos + pid.to(tl.int64) * T + offs_t, 0.0, mask=not_rows)
+    """Program ``(rb, b)``: rows ``rb*BR ..`` of image ``b``.
 
-    scale = tl.load(scale_ptr).to(tl.float32)
-    v_img = v_ptr + b.to(tl.int64) * svb
-    x_cap = x_ptr + b.to(tl.int64) * sxb + g.to(tl.int64) * sxg
-    run_max = float("-inf")
-    run_sum = 0.0
-    for start in range(0, n_rows, BT):
-        target = start + tl.arange(0, BT)
-        row_ok = target < n_rows
-        hit = (counted[None, :] != 0) & (rank[None, :] == target[:, None])
-        t_row = tl.sum(tl.where(hit, offs_t[None, :], 0), axis=1)
-        x_rows = x_cap + t_row.to(tl.int64) * sxt
-        w, xx = _row_weights(
-            x_rows, row_ok, v_img, svp, svd, sxd, P, D, SOFTMAX, SPARSIFY, BT, BP, BD, DOT_PRECISION
+    1. Numbers the image's rows (a cumulative sum over its mask) and writes its block's part of
+       the row list ``rows (B, S)`` (slot -> ``g*T + t``, -1 past the last row).
+    2. Pass over the patch tiles: ``S = X V^T`` (``BR x BP``, accumulated over D chunks), the
+       tile's minimum (``minmax``) or maximum (``softmax``) per row, and ``S`` shifted by it
+       stored into ``W (B, S, P)``.
+    3. Fix-up pass over the stored tiles: shift by the row's final statistic instead (the
+       flash-attention rescaling, applied once at the end), sparsify, degenerate rows; this gives
+       ``U``, ``W = U / sum(U)``, stored back in place.
+    4. Pass over D chunks: ``Z = U V / sum(U)`` (``BR x BD``), accumulating ``<Z,X>`` and ``|Z|^2``.
+    5. Writes the row statistics and, per caption, the block's partial log-sum-exp of
+       ``a = logit_scale * cos(Z, X)`` (max and sum of exp), combined by the second launch.
+    """
+    rb = tl.program_id(0)
+    b = tl.program_id(1)
+    b64 = b.to(tl.int64)
+    first = rb * BR
+
+    offs_g = tl.arange(0, GP)
+    offs_t = tl.arange(0, TP)
+    counted = _counted(mask_ptr, valid_ptr, b, offs_g, G, T, smb, smg, smt, snb, snk, HAS_VALID, TP)
+    per_caption = tl.sum(counted, axis=1)
+    n_rows = tl.sum(per_caption, axis=0)
+    rank = (tl.cumsum(per_caption, axis=0) - per_caption)[:, None] + tl.cumsum(counted, axis=1) - counted
+    mine = (counted != 0) & (rank >= first) & (rank < first + BR)
+    tl.store(rows_ptr + b64 * S + rank, offs_g[:, None] * T + offs_t[None, :], mask=mine)
+    slot = first + tl.arange(0, BR)
+    tl.store(rows_ptr + b64 * S + slot, -1, mask=(slot >= n_rows) & (slot < S))
+    tl.store(nrows_ptr + b, n_rows, mask=rb == 0)
+    tl.debug_barrier()  # the row ids just stored are read back by other threads
+
+    slot, row_ok, g_row, x_rows = _block_rows(rows_ptr, b, first, n_rows, S, T, x_ptr, sxb, sxg, sxt, BR)
+    busy = first < n_rows  # blocks past the image's rows skip every loop
+    n_tiles = tl.where(busy, tl.cdiv(P, BP), 0)
+    d_end = tl.where(busy, D, 0)
+    v_img = v_ptr + b64 * svb
+    w_rows = w_ptr + (b64 * S + slot) * P
+
+    xx = tl.zeros((BR,), dtype=tl.float32)
+    for d0 in range(0, d_end, BD):
+        offs_d = d0 + tl.arange(0, BD)
+        x = tl.load(
+            x_rows[:, None] + offs_d[None, :] * sxd, mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0
         )
-        w_lp = w.to(x_ptr.dtype.element_ty)
-        zx = tl.zeros((BT,), dtype=tl.float32)
-        zz = tl.zeros((BT,), dtype=tl.float32)
+        xf = x.to(tl.float32)
+        xx += tl.sum(xf * xf, axis=1)
+
+    # Pass 1: S tile by tile; each tile is stored shifted by its own statistic.
+    offs_j = tl.arange(0, NTP)
+    tile_stat = tl.zeros((BR, NTP), dtype=tl.float32)
+    lo = tl.full((BR,), float("inf"), dtype=tl.float32)
+    hi = tl.full((BR,), float("-inf"), dtype=tl.float32)
+    for j in range(0, n_tiles):
+        offs_p = j * BP + tl.arange(0, BP)
+        p_ok = offs_p < P
+        s = tl.zeros((BR, BP), dtype=tl.float32)
         for d0 in range(0, D, BD):
             offs_d = d0 + tl.arange(0, BD)
             d_ok = offs_d < D
-            z = _pooled_chunk(w_lp, v_img, svp, svd, offs_d, d_ok, P, BP, DOT_PRECISION)
             x = tl.load(
                 x_rows[:, None] + offs_d[None, :] * sxd, mask=row_ok[:, None] & d_ok[None, :], other=0.0
-            ).to(tl.float32)
-            zx += tl.sum(z * x, axis=1)
-            zz += tl.sum(z * z, axis=1)
-        pos = pid.to(tl.int64) * T + t_row
-        tl.store(stats_ptr + pos, zx, mask=row_ok)
-        tl.store(stats_ptr + n_pos + pos, zz, mask=row_ok)
-        a = tl.where(row_ok, scale * _cosine(zx, zz, xx), float("-inf"))
-        new_max = tl.maximum(run_max, tl.max(a, axis=0))
-        run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(a - new_max), axis=0)
+            )
+            v = tl.load(
+                v_img + offs_p[:, None] * svp + offs_d[None, :] * svd,
+                mask=p_ok[:, None] & d_ok[None, :],
+                other=0.0,
+            )
+            s = tl.dot(x, tl.trans(v), s, input_precision=DOT_PRECISION)
+        tile_max = tl.max(tl.where(p_ok[None, :], s, float("-inf")), axis=1)
+        hi = tl.maximum(hi, tile_max)
+        if SOFTMAX:
+            stat = tile_max
+            stored = tl.where(p_ok[None, :], tl.exp(s - stat[:, None]), 0.0)
+        else:
+            stat = tl.min(tl.where(p_ok[None, :], s, float("inf")), axis=1)
+            lo = tl.minimum(lo, stat)
+            stored = tl.where(p_ok[None, :], s - stat[:, None], 0.0)
+        tile_stat = tl.where(offs_j[None, :] == j, stat[:, None], tile_stat)
+        tl.store(
+            w_rows[:, None] + offs_p[None, :],
+            stored.to(w_ptr.dtype.element_ty),
+            mask=row_ok[:, None] & p_ok[None, :],
+        )
+
+    # Pass 2 (fix-up): U from the stored tiles and the rows' final statistics, in place.
+    tl.debug_barrier()  # the tiles were stored in the dot's layout and are read in another
+    degenerate = hi == lo  # minmax: all scores equal, uniform weights instead of 0/0
+    u_sum = tl.zeros((BR,), dtype=tl.float32)
+    for j in range(0, n_tiles):
+        offs_p = j * BP + tl.arange(0, BP)
+        p_ok = offs_p < P
+        tile_ok = row_ok[:, None] & p_ok[None, :]
+        stored = tl.load(w_rows[:, None] + offs_p[None, :], mask=tile_ok, other=0.0).to(tl.float32)
+        stat = tl.sum(tl.where(offs_j[None, :] == j, tile_stat, 0.0), axis=1)
+        if SOFTMAX:
+            u = stored * tl.exp(stat - hi)[:, None]
+        else:
+            u = tl.where(p_ok[None, :], stored + (stat - lo)[:, None], 0.0)
+            if SPARSIFY:
+                u = tl.where(u >= ((hi - lo) / P)[:, None], u, 0.0)
+            u = tl.where(degenerate[:, None] & p_ok[None, :], 1.0, u)
+        u_sum += tl.sum(u, axis=1)
+        tl.debug_barrier()  # every thread has read the tile before any overwrites it
+        tl.store(w_rows[:, None] + offs_p[None, :], u.to(w_ptr.dtype.element_ty), mask=tile_ok)
+    tl.debug_barrier()
+    u_sum = tl.where(row_ok, u_sum, 0.0)
+    inv_sum = 1.0 / tl.where(row_ok, u_sum, 1.0)
+
+    # Pass 3: Z = U V / sum(U), D chunk by D chunk.
+    zx = tl.zeros((BR,), dtype=tl.float32)
+    zz = tl.zeros((BR,), dtype=tl.float32)
+    for d0 in range(0, d_end, BD):
+        offs_d = d0 + tl.arange(0, BD)
+        d_ok = offs_d < D
+        z = _pooled_block(
+            w_ptr, v_img, b, slot, row_ok, n_tiles, S, P, svp, svd, offs_d, d_ok, BP, BR, BD, DOT_PRECISION
+        )
+        z = z * inv_sum[:, None]
+        x = tl.load(x_rows[:, None] + offs_d[None, :] * sxd, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        xf = x.to(tl.float32)
+        zx += tl.sum(z * xf, axis=1)
+        zz += tl.sum(z * z, axis=1)
+
+    in_list = slot < S
+    tl.store(stats_ptr + b64 * S + slot, zx, mask=in_list)
+    tl.store(stats_ptr + n_slots + b64 * S + slot, zz, mask=in_list)
+    tl.store(stats_ptr + 2 * n_slots + b64 * S + slot, xx, mask=in_list)
+    tl.store(stats_ptr + 3 * n_slots + b64 * S + slot, u_sum, mask=in_list)
+
+    scale = tl.load(scale_ptr).to(tl.float32)
+    a = tl.where(row_ok, scale * _cosine(zx, zz, xx), float("-inf"))
+    of_caption = row_ok[:, None] & (g_row[:, None] == offs_g[None, :])
+    a_g = tl.where(of_caption, a[:, None], float("-inf"))
+    a_max = tl.max(a_g, axis=0)
+    a_sum = tl.sum(tl.where(of_caption, tl.exp(a_g - a_max[None, :]), 0.0), axis=0)
+    part = (b64 * n_blocks + rb) * G + offs_g
+    tl.store(part_ptr + part, a_max, mask=offs_g < G)
+    tl.store(part_ptr + n_parts + part, a_sum, mask=offs_g < G)
+
+
+@triton.jit
+def _caption_lse(part_ptr, images, B, G, n_blocks, n_parts, GP: tl.constexpr):
+    """Log-sum-exp ``l (BB, GP)`` of the captions of ``images (BB,)``, from the row blocks'
+    partials (``-inf`` for a caption without rows, and outside the batch)."""
+    offs_g = tl.arange(0, GP)
+    ok = (images < B)[:, None] & (offs_g < G)[None, :]
+    run_max = tl.full(ok.shape, float("-inf"), dtype=tl.float32)
+    run_sum = tl.zeros(ok.shape, dtype=tl.float32)
+    for rb in range(0, n_blocks):
+        part = (images[:, None].to(tl.int64) * n_blocks + rb) * G + offs_g[None, :]
+        blk_max = tl.load(part_ptr + part, mask=ok, other=float("-inf"))
+        blk_sum = tl.load(part_ptr + n_parts + part, mask=ok, other=0.0)
+        new_max = tl.maximum(run_max, blk_max)
+        finite = new_max > float("-inf")
+        safe_max = tl.where(finite, new_max, 0.0)
+        run_sum = run_sum * tl.exp(tl.where(finite, run_max - safe_max, 0.0)) + blk_sum * tl.exp(
+            tl.where(blk_max > float("-inf"), blk_max - safe_max, 0.0)
+        )
         run_max = new_max
-    lse = tl.where(n_rows > 0, run_max + tl.log(run_sum), float("-inf"))
-    tl.store(lse_ptr + pid, lse)
-    if WRITE_SCORES:
-        tl.store(scores_ptr + pid, lse.to(scores_ptr.dtype.element_ty))
+    return tl.where(run_sum > 0.0, run_max + tl.log(tl.where(run_sum > 0.0, run_sum, 1.0)), float("-inf"))
+
+
+@triton.jit
+def _scores_kernel(
+    part_ptr, lse_ptr, scores_ptr, B, G, n_blocks, n_parts, BB: tl.constexpr, GP: tl.constexpr
+):
+    """Program ``i``: images ``i*BB ..``: their captions' local scores, fp32 (saved for the
+    backward) and in the tokens' dtype (the output)."""
+    images = tl.program_id(0) * BB + tl.arange(0, BB)
+    offs_g = tl.arange(0, GP)
+    lse = _caption_lse(part_ptr, images, B, G, n_blocks, n_parts, GP)
+    out = images[:, None].to(tl.int64) * G + offs_g[None, :]
+    ok = (images < B)[:, None] & (offs_g < G)[None, :]
+    tl.store(lse_ptr + out, lse, mask=ok)
+    tl.store(scores_ptr + out, lse.to(scores_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
 def _contrast_rows(
-    lse_ptr, valid_ptr, rows, B, G, snb, snk, gamma, eps, HAS_VALID: tl.constexpr, GP: tl.constexpr
+    logits, valid_ptr, images, B, G, snb, snk, gamma, eps, HAS_VALID: tl.constexpr, GP: tl.constexpr
 ):
-    """The HN contrast of image rows ``rows (BB,)``: per-row loss ``(BB,)`` (0 for rows without a
-    present negative), its gradient w.r.t. the logits ``(BB, GP)`` and which rows count."""
+    """The HN contrast of images ``images (BB,)`` with logits ``(BB, GP)``: per-image loss
+    ``(BB,)`` (0 for images without a present negative), its gradient w.r.t. the logits
+    ``(BB, GP)`` and which images count."""
     offs_g = tl.arange(0, GP)
-    present = (rows < B)[:, None] & (offs_g < G)[None, :]
+    present = (images < B)[:, None] & (offs_g < G)[None, :]
     if HAS_VALID:
         valid = tl.load(
-            valid_ptr + rows[:, None].to(tl.int64) * snb + (offs_g[None, :] - 1) * snk,
+            valid_ptr + images[:, None].to(tl.int64) * snb + (offs_g[None, :] - 1) * snk,
             mask=present & (offs_g[None, :] > 0),
             other=1,
         )
         present = present & (valid != 0)
     counted = tl.sum((present & (offs_g[None, :] > 0)).to(tl.int32), axis=1) > 0
-    logits = tl.load(
-        lse_ptr + rows[:, None].to(tl.int64) * G + offs_g[None, :], mask=present, other=float("-inf")
-    )
     logits = tl.where(present, logits, float("-inf"))
     row_max = tl.max(logits, axis=1)
+    row_max = tl.where(row_max > float("-inf"), row_max, 0.0)
     log_p = logits - row_max[:, None]
     log_p = log_p - tl.log(tl.sum(tl.where(present, tl.exp(log_p), 0.0), axis=1))[:, None]
     p = tl.where(present, tl.exp(log_p), 0.0)
     log_p = tl.where(present, log_p, 0.0)
-    n_present = tl.sum(present.to(tl.float32), axis=1)
+    n_present = tl.maximum(tl.sum(present.to(tl.float32), axis=1), 1.0)
     target = tl.where(present, eps / n_present[:, None], 0.0) + tl.where(offs_g == 0, 1.0 - eps, 0.0)[None, :]
     # f = -(1-p)^gamma log p; written with exp/log so that 0^0 = 1 and the (1-p)^(gamma-1) term
     # of the derivative, whose limit at p = 1 is 0 for every gamma, never evaluates 0 * inf.
@@ -277,12 +380,15 @@ def _contrast_rows(
 
 @triton.jit
 def _contrast_fwd_kernel(
-    lse_ptr,
+    part_ptr,
     valid_ptr,
+    lse_ptr,
     loss_ptr,
     dlse_ptr,
     B,
     G,
+    n_blocks,
+    n_parts,
     snb,
     snk,
     gamma,
@@ -291,28 +397,77 @@ def _contrast_fwd_kernel(
     BB: tl.constexpr,
     GP: tl.constexpr,
 ):
-    """A single program: the mean row loss over counted rows and ``dLoss/dl (B, G)`` fp32, so the
-    backward only scales it by the upstream gradient. Rows are summed in a fixed order."""
+    """A single program: every caption's local score ``l (B, G)`` fp32 (saved), the mean image
+    loss over counted images and ``dLoss/dl (B, G)`` fp32, so the backward only scales it by the
+    upstream gradient. Images are summed in a fixed order."""
+    offs_g = tl.arange(0, GP)
     total = 0.0
     n_counted = 0
     for b0 in range(0, B, BB):
-        rows = b0 + tl.arange(0, BB)
+        images = b0 + tl.arange(0, BB)
+        lse = _caption_lse(part_ptr, images, B, G, n_blocks, n_parts, GP)
+        ok = (images < B)[:, None] & (offs_g < G)[None, :]
+        tl.store(lse_ptr + images[:, None].to(tl.int64) * G + offs_g[None, :], lse, mask=ok)
         row_loss, _, counted = _contrast_rows(
-            lse_ptr, valid_ptr, rows, B, G, snb, snk, gamma, eps, HAS_VALID, GP
+            lse, valid_ptr, images, B, G, snb, snk, gamma, eps, HAS_VALID, GP
         )
         total += tl.sum(row_loss, axis=0)
         n_counted += tl.sum(counted.to(tl.int32), axis=0)
     inv_count = 1.0 / tl.maximum(n_counted, 1).to(tl.float32)
     tl.store(loss_ptr, (total * inv_count).to(loss_ptr.dtype.element_ty))
-    offs_g = tl.arange(0, GP)
+    tl.debug_barrier()  # l is read back by other threads than those that stored it
     for b0 in range(0, B, BB):
-        rows = b0 + tl.arange(0, BB)
-        _, d_logits, _ = _contrast_rows(lse_ptr, valid_ptr, rows, B, G, snb, snk, gamma, eps, HAS_VALID, GP)
-        tl.store(
-            dlse_ptr + rows[:, None].to(tl.int64) * G + offs_g[None, :],
-            d_logits * inv_count,
-            mask=(rows < B)[:, None] & (offs_g < G)[None, :],
-        )
+        images = b0 + tl.arange(0, BB)
+        ok = (images < B)[:, None] & (offs_g < G)[None, :]
+        out = images[:, None].to(tl.int64) * G + offs_g[None, :]
+        lse = tl.load(lse_ptr + out, mask=ok, other=float("-inf"))
+        _, d_logits, _ = _contrast_rows(lse, valid_ptr, images, B, G, snb, snk, gamma, eps, HAS_VALID, GP)
+        tl.store(dlse_ptr + out, d_logits * inv_count, mask=ok)
+
+
+@triton.jit
+def _row_grads(
+    stats_ptr,
+    lse_ptr,
+    up_ptr,
+    dlse_ptr,
+    b,
+    slot,
+    row_ok,
+    g_row,
+    G,
+    S,
+    n_slots,
+    scale,
+    sub,
+    sug,
+    HAS_DLSE: tl.constexpr,
+):
+    """Per row of a block, what its gradients need: ``da = dl * exp(a - l)`` (the gradient of
+    ``a``), ``cos``, ``coef = da * scale / (max(|Z|,eps) max(|X|,eps))``, the projections
+    ``z_proj = [|Z| > eps] <Z,X>/|Z|^2`` and ``x_proj = [|X| > eps] <Z,X>/|X|^2``, and ``1/sum(U)``.
+
+    F.normalize's clamp_min passes no gradient at or below eps, hence the indicators."""
+    b64 = b.to(tl.int64)
+    at = b64 * S + slot
+    zx = tl.load(stats_ptr + at, mask=row_ok, other=0.0)
+    zz = tl.load(stats_ptr + n_slots + at, mask=row_ok, other=0.0)
+    xx = tl.load(stats_ptr + 2 * n_slots + at, mask=row_ok, other=0.0)
+    u_sum = tl.load(stats_ptr + 3 * n_slots + at, mask=row_ok, other=1.0)
+    cos = _cosine(zx, zz, xx)
+    cap = b64 * G + g_row
+    dl = tl.load(up_ptr + b64 * sub + g_row * sug, mask=row_ok, other=0.0).to(tl.float32)
+    if HAS_DLSE:
+        dl = dl * tl.load(dlse_ptr + cap, mask=row_ok, other=0.0)
+    lse = tl.load(lse_ptr + cap, mask=row_ok, other=0.0)
+    da = tl.where(row_ok, dl * tl.exp(scale * cos - lse), 0.0)
+    nz = tl.sqrt(zz)
+    nx = tl.sqrt(xx)
+    coef = da * scale / (tl.maximum(nz, _NORM_EPS) * tl.maximum(nx, _NORM_EPS))
+    z_proj = tl.where(nz > _NORM_EPS, zx / tl.where(zz > 0.0, zz, 1.0), 0.0)
+    x_proj = tl.where(nx > _NORM_EPS, zx / tl.where(xx > 0.0, xx, 1.0), 0.0)
+    inv_sum = 1.0 / tl.where(row_ok, u_sum, 1.0)
+    return da, cos, coef, z_proj, x_proj, inv_sum
 
 
 @triton.jit
@@ -325,18 +480,19 @@ def _tokens_bwd_kernel(
     up_ptr,
     dlse_ptr,
     lse_ptr,
+    w_ptr,
     stats_ptr,
     rows_ptr,
-    counts_ptr,
+    nrows_ptr,
     dv_ptr,
-    dv_acc_ptr,
     dx_ptr,
     dscale_part_ptr,
     G,
     T,
     P,
     D,
-    n_pos,
+    S,
+    n_slots,
     svb,
     svp,
     svd,
@@ -353,106 +509,135 @@ def _tokens_bwd_kernel(
     sug,
     HAS_VALID: tl.constexpr,
     HAS_DLSE: tl.constexpr,
-    SOFTMAX: tl.constexpr,
-    SPARSIFY: tl.constexpr,
-    BT: tl.constexpr,
+    BR: tl.constexpr,
     BP: tl.constexpr,
     BD: tl.constexpr,
-    CHUNKS: tl.constexpr,
-    BLOCK_TT: tl.constexpr,
-    GP: tl.constexpr,
+    TP: tl.constexpr,
     ZD: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """Program ``(split, b)`` owns columns ``[split*CHUNKS*BD, (split+1)*CHUNKS*BD)`` of image
-    ``b``'s gradients: ``dV_b`` and ``dX`` of all its captions. It walks the image's row list in
-    blocks of BT rows (rows of different captions share a block), recomputes ``S``, ``W`` and
-    the needed columns of ``Z``, and accumulates ``dV_b = sum W^T dZ`` in that fixed order, so no
-    two programs ever write the same element. Split 0 also writes ``sum da * cos`` for the
-    ``logit_scale`` gradient. ``dl = upstream * dlse`` (loss) or ``upstream`` (scores)."""
-    split = tl.program_id(0)  # an image's splits run side by side and share its tokens in L2
+    """Program ``(c, b)`` owns columns ``[c*BD, (c+1)*BD)`` of image ``b``'s gradients: ``dV_b``
+    and ``dX`` of all its captions. ``dl = upstream * dLoss/dl`` (loss) or ``upstream`` (scores).
+
+    A. Per block of the image's rows: ``Z = U V / sum(U)`` from the stored weights, then
+       ``dX = coef (Z - x_proj X)``, stored. Positions that are not rows get an exact zero.
+    B. Per patch tile: ``dV = sum over row blocks of W^T dZ``, accumulated on chip and stored
+       once. ``dZ = coef (X - z_proj Z)`` is rebuilt from what A stored, without ``Z``:
+       ``dZ = coef (1 - z_proj x_proj) X - z_proj dX``.
+    Column block 0 also writes the image's ``sum da * cos`` (the ``logit_scale`` partial).
+    """
+    c = tl.program_id(0)  # an image's column blocks run side by side and share its weights in L2
     b = tl.program_id(1)
     b64 = b.to(tl.int64)
-    col0 = split * (CHUNKS * BD)
-    offs_tt = tl.arange(0, BLOCK_TT)
+    offs_d = c * BD + tl.arange(0, BD)
+    d_ok = offs_d < D
+    offs_t = tl.arange(0, TP)
 
-    # Positions that are not rows get an exact zero gradient (missing negatives included).
     for g in range(0, G):
-        counted = _counted_positions(
-            mask_ptr, valid_ptr, b, g, T, smb, smg, smt, snb, snk, HAS_VALID, BLOCK_TT
+        counted = _counted(
+            mask_ptr, valid_ptr, b, g + tl.arange(0, 1), G, T, smb, smg, smt, snb, snk, HAS_VALID, TP
         )
-        zero_rows = (counted == 0) & (offs_tt < T)
-        dx_cap = dx_ptr + ((b64 * G + g) * T + offs_tt) * D
-        for c0 in range(col0, col0 + CHUNKS * BD, ZD):
-            offs_d = c0 + tl.arange(0, ZD)
+        zero_rows = (tl.sum(counted, axis=0) == 0) & (offs_t < T)
+        dx_cap = dx_ptr + ((b64 * G + g) * T + offs_t) * D
+        for z0 in range(0, BD, ZD):
+            offs_z = c * BD + z0 + tl.arange(0, ZD)
             tl.store(
-                dx_cap[:, None] + offs_d[None, :],
-                tl.zeros((BLOCK_TT, ZD), dtype=dx_ptr.dtype.element_ty),
-                mask=zero_rows[:, None] & (offs_d < D)[None, :],
+                dx_cap[:, None] + offs_z[None, :],
+                tl.zeros((TP, ZD), dtype=dx_ptr.dtype.element_ty),
+                mask=zero_rows[:, None] & (offs_z < D)[None, :],
             )
 
-    offs_g = tl.arange(0, GP)
-    n_rows = tl.sum(tl.load(counts_ptr + b64 * G + offs_g, mask=offs_g < G, other=0), axis=0)
-    n_blocks = tl.maximum(tl.cdiv(n_rows, BT), 1)  # an image without rows still writes dV_b = 0
+    n_rows = tl.load(nrows_ptr + b)
+    n_tiles = tl.cdiv(P, BP)
     scale = tl.load(scale_ptr).to(tl.float32)
     v_img = v_ptr + b64 * svb
-    offs_p = tl.arange(0, BP)
-    p_ok = offs_p < P
     dscale = 0.0
-    for blk in range(0, n_blocks):
-        i = blk * BT + tl.arange(0, BT)
-        row_ok = i < n_rows
-        q = tl.load(rows_ptr + b64 * G * T + i, mask=row_ok, other=0)
-        g_row = q // T
-        x_rows = x_ptr + b64 * sxb + g_row.to(tl.int64) * sxg + (q % T).to(tl.int64) * sxt
-        w, xx = _row_weights(
-            x_rows, row_ok, v_img, svp, svd, sxd, P, D, SOFTMAX, SPARSIFY, BT, BP, BD, DOT_PRECISION
+    for first in range(0, n_rows, BR):
+        slot, row_ok, g_row, x_rows = _block_rows(rows_ptr, b, first, n_rows, S, T, x_ptr, sxb, sxg, sxt, BR)
+        da, cos, coef, z_proj, x_proj, inv_sum = _row_grads(
+            stats_ptr,
+            lse_ptr,
+            up_ptr,
+            dlse_ptr,
+            b,
+            slot,
+            row_ok,
+            g_row,
+            G,
+            S,
+            n_slots,
+            scale,
+            sub,
+            sug,
+            HAS_DLSE,
         )
-        w_lp = w.to(x_ptr.dtype.element_ty)
-        pos = b64 * G * T + q
-        zx = tl.load(stats_ptr + pos, mask=row_ok, other=0.0)
-        zz = tl.load(stats_ptr + n_pos + pos, mask=row_ok, other=0.0)
-        cos = _cosine(zx, zz, xx)
-        cap = b64 * G + g_row
-        dl = tl.load(up_ptr + b64 * sub + g_row * sug, mask=row_ok, other=0.0).to(tl.float32)
-        if HAS_DLSE:
-            dl = dl * tl.load(dlse_ptr + cap, mask=row_ok, other=0.0)
-        lse = tl.load(lse_ptr + cap, mask=row_ok, other=0.0)
-        da = tl.where(row_ok, dl * tl.exp(scale * cos - lse), 0.0)
         dscale += tl.sum(da * cos, axis=0)
-        # d cos / dZ = (X - [|Z| > eps] Z <Z,X>/|Z|^2) / (max(|Z|,eps) max(|X|,eps)), and the
-        # same with Z and X swapped: F.normalize's clamp_min passes no gradient at or below eps.
-        nz = tl.sqrt(zz)
-        nx = tl.sqrt(xx)
-        coef = da * scale / (tl.maximum(nz, _NORM_EPS) * tl.maximum(nx, _NORM_EPS))
-        z_proj = tl.where(nz > _NORM_EPS, zx / tl.where(zz > 0.0, zz, 1.0), 0.0)
-        x_proj = tl.where(nx > _NORM_EPS, zx / tl.where(xx > 0.0, xx, 1.0), 0.0)
-        last = blk == n_blocks - 1
-        for c in range(0, CHUNKS):
-            offs_d = col0 + c * BD + tl.arange(0, BD)
-            d_ok = offs_d < D
-            z = _pooled_chunk(w_lp, v_img, svp, svd, offs_d, d_ok, P, BP, DOT_PRECISION)
-            x = tl.load(
-                x_rows[:, None] + offs_d[None, :] * sxd, mask=row_ok[:, None] & d_ok[None, :], other=0.0
-            ).to(tl.float32)
-            dx = coef[:, None] * (z - x_proj[:, None] * x)
-            tl.store(
-                dx_ptr + pos[:, None] * D + offs_d[None, :],
-                dx.to(dx_ptr.dtype.element_ty),
-                mask=row_ok[:, None] & d_ok[None, :],
+        z = _pooled_block(
+            w_ptr, v_img, b, slot, row_ok, n_tiles, S, P, svp, svd, offs_d, d_ok, BP, BR, BD, DOT_PRECISION
+        )
+        z = z * inv_sum[:, None]
+        x = tl.load(
+            x_rows[:, None] + offs_d[None, :] * sxd, mask=row_ok[:, None] & d_ok[None, :], other=0.0
+        ).to(tl.float32)
+        dx = coef[:, None] * (z - x_proj[:, None] * x)
+        q = tl.load(rows_ptr + b64 * S + slot, mask=row_ok, other=0)
+        tl.store(
+            dx_ptr + (b64 * G * T + q)[:, None] * D + offs_d[None, :],
+            dx.to(dx_ptr.dtype.element_ty),
+            mask=row_ok[:, None] & d_ok[None, :],
+        )
+    tl.debug_barrier()  # B reads back the dX that other threads of this program stored
+
+    for j in range(0, n_tiles):
+        offs_p = j * BP + tl.arange(0, BP)
+        p_ok = offs_p < P
+        dv = tl.zeros((BP, BD), dtype=tl.float32)
+        for first in range(0, n_rows, BR):
+            slot, row_ok, g_row, x_rows = _block_rows(
+                rows_ptr, b, first, n_rows, S, T, x_ptr, sxb, sxg, sxt, BR
             )
-            dz = coef[:, None] * (x - z_proj[:, None] * z)
-            dv_part = tl.dot(tl.trans(w_lp), dz.to(w_lp.dtype), input_precision=DOT_PRECISION)
-            # dV_b accumulates over the image's row blocks in fp32 (in place when dV is fp32):
-            # read-modify-write by this program only, in block order.
-            tile = b64 * P * D + offs_p[:, None] * D + offs_d[None, :]
-            tile_ok = p_ok[:, None] & d_ok[None, :]
-            dv = dv_part + tl.load(dv_acc_ptr + tile, mask=tile_ok & (blk > 0), other=0.0)
-            tl.store(dv_ptr + tile, dv.to(dv_ptr.dtype.element_ty), mask=tile_ok & last)
-            tl.store(dv_acc_ptr + tile, dv, mask=tile_ok & (blk < n_blocks - 1))
-        # The next block reads back what other threads of this program just stored.
-        tl.debug_barrier()
-    tl.store(dscale_part_ptr + b, dscale, mask=split == 0)
+            da, cos, coef, z_proj, x_proj, inv_sum = _row_grads(
+                stats_ptr,
+                lse_ptr,
+                up_ptr,
+                dlse_ptr,
+                b,
+                slot,
+                row_ok,
+                g_row,
+                G,
+                S,
+                n_slots,
+                scale,
+                sub,
+                sug,
+                HAS_DLSE,
+            )
+            tile_ok = row_ok[:, None] & d_ok[None, :]
+            x = tl.load(x_rows[:, None] + offs_d[None, :] * sxd, mask=tile_ok, other=0.0).to(tl.float32)
+            q = tl.load(rows_ptr + b64 * S + slot, mask=row_ok, other=0)
+            dx = tl.load(dx_ptr + (b64 * G * T + q)[:, None] * D + offs_d[None, :], mask=tile_ok, other=0.0)
+            # dZ / sum(U): W = U / sum(U) is folded into the rows of dZ.
+            dz = ((coef * (1.0 - z_proj * x_proj) * inv_sum)[:, None] * x) - (z_proj * inv_sum)[
+                :, None
+            ] * dx.to(tl.float32)
+            u = tl.load(
+                w_ptr + (b64 * S + slot)[:, None] * P + offs_p[None, :],
+                mask=row_ok[:, None] & p_ok[None, :],
+                other=0.0,
+            )
+            dv = tl.dot(
+                tl.trans(u.to(x_ptr.dtype.element_ty)),
+                dz.to(x_ptr.dtype.element_ty),
+                dv,
+                input_precision=DOT_PRECISION,
+            )
+        tl.store(
+            dv_ptr + b64 * P * D + offs_p[:, None] * D + offs_d[None, :],
+            dv.to(dv_ptr.dtype.element_ty),
+            mask=p_ok[:, None] & d_ok[None, :],
+        )
+    tl.store(dscale_part_ptr + b, dscale, mask=c == 0)
 
 
 @triton.jit
@@ -466,7 +651,97 @@ def _sum_kernel(part_ptr, out_ptr, n, BLOCK: tl.constexpr):
 
 
 # ---------------------------------------------------------------------------------------------
-# Host functions: allocation, block sizes, grids, strides
+# Launch plan: tile sizes per dtype and device
+# ---------------------------------------------------------------------------------------------
+
+
+class DeviceSpec(NamedTuple):
+    """What the plan needs to know of a device: its per-block shared-memory limit (the opt-in
+    maximum, bytes) and its compute capability as ``10 * major + minor`` (0: Triton's CPU
+    interpreter, which has no limit)."""
+
+    shared_limit: int
+    arch: int
+
+
+INTERPRETER = DeviceSpec(shared_limit=1 << 30, arch=0)
+
+
+class Tiles(NamedTuple):
+    """Tile sizes of one launch plan.
+
+    rows (``BR``): rows per block, the M of the forward's and phase A's dots and the K of dV's;
+    patches (``BP``): patches per tile; width (``BD``): the forward's D chunk; bwd_width: the
+    columns each backward program owns; num_warps, num_stages: as Triton takes them.
+    """
+
+    rows: int
+    patches: int
+    width: int
+    bwd_width: int
+    num_warps: int
+    num_stages: int
+
+
+@functools.cache
+def device_spec(device: torch.device) -> DeviceSpec:
+    """The device's :class:`DeviceSpec`, read once per device (a cached host-side property)."""
+    if device.type != "cuda":
+        return INTERPRETER
+    props = torch.cuda.get_device_properties(device)
+    return DeviceSpec(props.shared_memory_per_block_optin, 10 * props.major + props.minor)
+
+
+def _patch_tile(num_patches: int) -> int:
+    """The patch tile (32 or 64) that pads ``P`` least, 64 on a tie: P = 196 takes 7 tiles of
+    32 (224) rather than 4 of 64 (256); P = 576 takes 9 of 64."""
+    return min((64, 32), key=lambda bp: (triton.cdiv(num_patches, bp) * bp, -bp))
+
+
+def _candidates(dtype: torch.dtype, num_patches: int) -> list[Tiles]:
+    """Tile sizes to try, most preferred first; the plan takes the first that fits the device.
+
+    Chosen by compiling for sm_80 to sm_90 and reading registers and spills
+    (benchmarks/kernel_resources.py, docs/kernels.md): 16-bit tiles of 64 rows so that sm_90 runs
+    the dots as warpgroup MMAs, 8 warps to keep the register use without spills. fp32 dots run on
+    FMA units, which hold a whole reduction extent of both operands in registers: smaller tiles.
+    The last candidate is for devices with little shared memory.
+    """
+    if dtype == torch.float32:
+        return [Tiles(32, 32, 16, 32, 8, 2), Tiles(16, 16, 16, 32, 4, 1)]
+    return [Tiles(64, _patch_tile(num_patches), 64, 64, 8, 3), Tiles(32, 32, 32, 32, 4, 1)]
+
+
+def plan(image_tokens: torch.Tensor, text_tokens: torch.Tensor, spec: DeviceSpec) -> Tiles | None:
+    """The tiles the kernels use for these inputs on a device like ``spec``: the first candidate
+    whose shared memory fits, or None when none does."""
+    groups, positions = text_tokens.shape[1], text_tokens.shape[2]
+    for tiles in _candidates(image_tokens.dtype, image_tokens.shape[1]):
+        if shared_bytes(tiles, image_tokens.dtype, groups, positions) <= spec.shared_limit:
+            return tiles
+    return None
+
+
+def shared_bytes(tiles: Tiles, dtype: torch.dtype, groups: int, positions: int) -> int:
+    """An upper bound of the shared memory (bytes per block) of any launch with ``tiles``, for
+    tokens of ``dtype`` and ``groups x positions`` text positions per image; the compiled kernels
+    are checked against it for sm_80 to sm_90 (tests/test_kernel_resources.py).
+
+    Triton keeps ``num_stages`` copies of each pipelined dot's operand tiles (the forward's ``X``
+    and ``V`` chunks, or a weight tile, fp32 at most, with a ``V`` or ``dZ`` tile), converts an
+    fp32 accumulator's layout through shared memory. The row numbering's cumulative sums over the
+    image's ``G x T`` positions need scratch too, but before any of that is live: Triton reuses it.
+    """
+    size = torch.finfo(dtype).bits // 8
+    br, bp, bd, bdb = tiles.rows, tiles.patches, tiles.width, tiles.bwd_width
+    operands = max((br + bp) * bd * size, br * bp * 4 + max(bp, br) * bdb * size)
+    accumulator = 4 * max(br * bp, br * bd, max(br, bp) * bdb)
+    numbering = 8 * triton.next_power_of_2(max(groups, 2)) * triton.next_power_of_2(positions)
+    return max(tiles.num_stages * operands + accumulator, numbering)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host functions: allocation, grids, strides
 # ---------------------------------------------------------------------------------------------
 
 
@@ -475,42 +750,14 @@ def _empty(shape, dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-@functools.cache
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def _dot_precision(dtype: torch.dtype) -> str:
     # The similarity map decides the weights: TF32's 10-bit mantissa would move them visibly.
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _fwd_config(dtype: torch.dtype, num_patches: int, width: int) -> tuple[int, int, int, int]:
-    """``(BT, BP, BD, num_warps)`` of the scores kernel: the whole padded patch axis in one tile.
-
-    Chosen by compiling for sm_90 and reading the register use (docs/kernels.md): the largest
-    D chunk that does not spill. 16 rows cover a typical caption in one block.
-    """
-    bp = max(16, triton.next_power_of_2(num_patches))
-    bd_cap = max(16, triton.next_power_of_2(width))
-    if dtype == torch.float32:  # FMA dots hold both operands' whole K extent in registers
-        return 16, bp, 16, 4 if bp <= 64 else 8 if bp <= 256 else 16
-    return 16, bp, min(64, max(16, 8192 // bp), bd_cap), 4 if bp <= 128 else 8
-
-
-def _bwd_config(dtype: torch.dtype, num_patches: int, width: int) -> tuple[int, int, int, int]:
-    """``(BT, BP, BD, num_warps)`` of the token-gradient kernel, chosen like ``_fwd_config``;
-    the most rows that do not spill, since every further row block of an image costs a
-    read-modify-write of its dV."""
-    bp = max(16, triton.next_power_of_2(num_patches))
-    if dtype == torch.float32:
-        # 16 warps spill least from 256 patches on; at 1024 they would need 226 KiB of shared
-        # memory, within 1 KiB of the limit.
-        return 16, bp, 16, 16 if 256 <= bp <= 512 else 8
-    bd = min(32 if bp <= 64 else 16, max(16, triton.next_power_of_2(width)))
-    return min(64, max(16, 8192 // bp)), bp, bd, 8
+def _weights_dtype(dtype: torch.dtype, sparsify: bool) -> torch.dtype:
+    # Sparsify compares every weight with a threshold: the stored shifted scores must be exact.
+    return torch.float32 if sparsify else dtype
 
 
 def _valid_args(neg_valid: torch.Tensor | None, stand_in: torch.Tensor):
@@ -522,126 +769,135 @@ def _valid_args(neg_valid: torch.Tensor | None, stand_in: torch.Tensor):
     return (valid, *valid.stride())
 
 
-def _scores_fwd(
-    image_tokens, text_tokens, text_mask, logit_scale, neg_valid, normalizer, sparsify, write_scores
-):
-    """Launch 1. Returns ``scores (B, G)`` in the tokens' dtype (None unless write_scores),
-    ``lse (B, G)`` fp32, ``stats (2, B, G, T)`` fp32 (``<Z,X>``, ``|Z|^2`` on rows, else 0),
-    ``rows (B, G*T)`` int32 (each image's row ids ``g*T + t``, then -1) and ``counts (B, G)``
-    int32."""
+def _tiles_for(image_tokens: torch.Tensor, text_tokens: torch.Tensor) -> Tiles:
+    tiles = plan(image_tokens, text_tokens, device_spec(image_tokens.device))
+    if tiles is None:  # dispatch checked the fit; reaching here is a bug
+        raise RuntimeError(f"fsc_losses: no kernel tiles fit {image_tokens.device}")
+    return tiles
+
+
+def _rows_fwd(image_tokens, text_tokens, text_mask, logit_scale, neg_valid, normalizer, sparsify, tiles):
+    """Launch 1. Returns the weights ``U (B, S, P)`` (tokens' dtype, fp32 with sparsify), the row
+    statistics ``(4, B, S)`` fp32, the row list ``(B, S)`` int32, the row counts ``(B,)`` int32
+    and the partial log-sum-exps ``(2, B, n_blocks, G)`` fp32."""
     B, P, D = image_tokens.shape
     G, T = text_tokens.shape[1], text_tokens.shape[2]
+    S = G * T
     device = image_tokens.device
-    bt, bp, bd, num_warps = _fwd_config(text_tokens.dtype, P, D)
-    lse = _empty((B, G), torch.float32, device)
-    scores = _empty((B, G), text_tokens.dtype, device) if write_scores else lse
-    stats = _empty((2, B, G, T), torch.float32, device)
-    rows = _empty((B, G * T), torch.int32, device)
-    counts = _empty((B, G), torch.int32, device)
+    n_blocks = triton.cdiv(S, tiles.rows)
+    weights = _empty((B, S, P), _weights_dtype(text_tokens.dtype, sparsify), device)
+    stats = _empty((_ROW_STATS, B, S), torch.float32, device)
+    rows = _empty((B, S), torch.int32, device)
+    n_rows = _empty((B,), torch.int32, device)
+    parts = _empty((2, B, n_blocks, G), torch.float32, device)
     mask = text_mask.view(torch.uint8)
     valid, snb, snk = _valid_args(neg_valid, mask)
-    _scores_fwd_kernel[(B * G,)](
+    _rows_fwd_kernel[(n_blocks, B)](
         image_tokens,
         text_tokens,
         mask,
         valid,
         logit_scale,
-        lse,
-        scores,
+        weights,
         stats,
         rows,
-        counts,
+        n_rows,
+        parts,
         G,
         T,
         P,
         D,
-        B * G * T,
+        S,
+        B * S,
+        n_blocks,
+        B * n_blocks * G,
         *image_tokens.stride(),
         *text_tokens.stride(),
         *mask.stride(),
         snb,
         snk,
         HAS_VALID=neg_valid is not None,
-        WRITE_SCORES=write_scores,
         SOFTMAX=normalizer == "softmax",
         SPARSIFY=bool(sparsify),
-        BT=bt,
-        BP=bp,
-        BD=bd,
-        BLOCK_TT=triton.next_power_of_2(T),
+        BR=tiles.rows,
+        BP=tiles.patches,
+        BD=tiles.width,
+        GP=max(2, triton.next_power_of_2(G)),
+        TP=triton.next_power_of_2(T),
+        NTP=max(2, triton.next_power_of_2(triton.cdiv(P, tiles.patches))),
         DOT_PRECISION=_dot_precision(text_tokens.dtype),
-        num_warps=num_warps,
+        num_warps=tiles.num_warps,
+        num_stages=tiles.num_stages,
     )
-    return (scores if write_scores else None), lse, stats, rows, counts
+    return weights, stats, rows, n_rows, parts
 
 
-def _contrast_fwd(lse, neg_valid, focal_gamma, label_smoothing, out_dtype):
-    """Launch 2 of the loss. Returns ``loss ()`` in ``out_dtype`` and ``dLoss/dl (B, G)`` fp32."""
-    B, G = lse.shape
-    loss = _empty((), out_dtype, lse.device)
-    dlse = _empty((B, G), torch.float32, lse.device)
-    valid, snb, snk = _valid_args(neg_valid, lse)
+def _combine_block(num_images: int) -> int:
+    return max(16, min(128, triton.next_power_of_2(num_images)))
+
+
+def _scores_fwd(parts, dtype):
+    """Launch 2 of the scores. Returns ``scores (B, G)`` in ``dtype`` and ``l (B, G)`` fp32."""
+    _, B, n_blocks, G = parts.shape
+    lse = _empty((B, G), torch.float32, parts.device)
+    scores = _empty((B, G), dtype, parts.device)
+    block = min(32, _combine_block(B))
+    _scores_kernel[(triton.cdiv(B, block),)](
+        parts, lse, scores, B, G, n_blocks, B * n_blocks * G, BB=block, GP=max(2, triton.next_power_of_2(G))
+    )
+    return scores, lse
+
+
+def _contrast_fwd(parts, neg_valid, focal_gamma, label_smoothing, dtype):
+    """Launch 2 of the loss. Returns ``loss ()`` in ``dtype``, ``l (B, G)`` and ``dLoss/dl
+    (B, G)`` fp32."""
+    _, B, n_blocks, G = parts.shape
+    lse = _empty((B, G), torch.float32, parts.device)
+    loss = _empty((), dtype, parts.device)
+    dlse = _empty((B, G), torch.float32, parts.device)
+    valid, snb, snk = _valid_args(neg_valid, parts)
     _contrast_fwd_kernel[(1,)](
-        lse,
+        parts,
         valid,
+        lse,
         loss,
         dlse,
         B,
         G,
+        n_blocks,
+        B * n_blocks * G,
         snb,
         snk,
         float(focal_gamma),
         float(label_smoothing),
         HAS_VALID=neg_valid is not None,
-        BB=max(16, min(128, triton.next_power_of_2(B))),
+        BB=_combine_block(B),
         GP=max(2, triton.next_power_of_2(G)),
         num_warps=4,
     )
-    return loss, dlse
+    return loss, lse, dlse
 
 
 def _local_hn_bwd(
-    grad,
-    dlse,
-    image_tokens,
-    text_tokens,
-    text_mask,
-    logit_scale,
-    neg_valid,
-    lse,
-    stats,
-    rows,
-    counts,
-    normalizer,
-    sparsify,
+    grad, dlse, image_tokens, text_tokens, text_mask, logit_scale, neg_valid, lse, saved, tiles
 ):
     """Backward launches. ``grad`` is the upstream gradient: ``()`` for the loss (with ``dlse``
-    its ``dLoss/dl``), ``(B, G)`` for the scores (``dlse`` None). Returns the gradients of
-    image_tokens ``(B, P, D)``, text_tokens ``(B, G, T, D)`` and logit_scale ``()``, each in its
-    input's dtype."""
+    its ``dLoss/dl``), ``(B, G)`` for the scores (``dlse`` None). ``saved`` is ``(weights, stats,
+    rows, n_rows)`` from :func:`_rows_fwd`. Returns the gradients of image_tokens ``(B, P, D)``,
+    text_tokens ``(B, G, T, D)`` and logit_scale ``()``, each in its input's dtype."""
+    weights, stats, rows, n_rows = saved
     B, P, D = image_tokens.shape
     G, T = text_tokens.shape[1], text_tokens.shape[2]
     device = image_tokens.device
-    bt, bp, bd, num_warps = _bwd_config(text_tokens.dtype, P, D)
-    n_chunks = triton.cdiv(D, bd)
-    # Each split recomputes S over the full width: split only as far as it fills idle SMs.
-    splits = max(1, min(n_chunks, _num_sms(device) // B))
-    chunks = triton.cdiv(n_chunks, splits)
-    splits = triton.cdiv(n_chunks, chunks)
-
     d_image = _empty((B, P, D), image_tokens.dtype, device)
     d_text = _empty((B, G, T, D), text_tokens.dtype, device)
     d_scale = _empty((), logit_scale.dtype, device)
     dscale_part = _empty((B,), torch.float32, device)
-    if image_tokens.dtype == torch.float32 or G * T <= bt:
-        dv_acc = d_image  # fp32 accumulates in place; a single row block never reads back
-    else:
-        dv_acc = _empty((B, P, D), torch.float32, device)
     mask = text_mask.view(torch.uint8)
     valid, snb, snk = _valid_args(neg_valid, mask)
     up_strides = grad.stride() if grad.dim() == 2 else (0, 0)
-    block_tt = triton.next_power_of_2(T)
-    _tokens_bwd_kernel[(splits, B)](
+    block_t = triton.next_power_of_2(T)
+    _tokens_bwd_kernel[(triton.cdiv(D, tiles.bwd_width), B)](
         image_tokens,
         text_tokens,
         mask,
@@ -650,17 +906,18 @@ def _local_hn_bwd(
         grad,
         lse if dlse is None else dlse,
         lse,
+        weights,
         stats,
         rows,
-        counts,
+        n_rows,
         d_image,
-        dv_acc,
         d_text,
         dscale_part,
         G,
         T,
         P,
         D,
+        G * T,
         B * G * T,
         *image_tokens.stride(),
         *text_tokens.stride(),
@@ -670,17 +927,14 @@ def _local_hn_bwd(
         *up_strides,
         HAS_VALID=neg_valid is not None,
         HAS_DLSE=dlse is not None,
-        SOFTMAX=normalizer == "softmax",
-        SPARSIFY=bool(sparsify),
-        BT=bt,
-        BP=bp,
-        BD=bd,
-        CHUNKS=chunks,
-        BLOCK_TT=block_tt,
-        GP=max(2, triton.next_power_of_2(G)),
-        ZD=min(bd, max(16, 4096 // block_tt)),
+        BR=tiles.rows,
+        BP=tiles.patches,
+        BD=tiles.bwd_width,
+        TP=block_t,
+        ZD=min(tiles.bwd_width, max(16, 4096 // block_t)),
         DOT_PRECISION=_dot_precision(text_tokens.dtype),
-        num_warps=num_warps,
+        num_warps=tiles.num_warps,
+        num_stages=tiles.num_stages,
     )
     _sum_kernel[(1,)](
         dscale_part, d_scale, B, BLOCK=max(16, min(1024, triton.next_power_of_2(B))), num_warps=4
@@ -693,15 +947,16 @@ def _local_hn_bwd(
 # ---------------------------------------------------------------------------------------------
 
 
-def _saved_like(image_tokens: torch.Tensor, text_tokens: torch.Tensor):
-    """Fake ``lse, stats, rows, counts`` with the shapes ``_scores_fwd`` returns."""
+def _saved_like(image_tokens: torch.Tensor, text_tokens: torch.Tensor, sparsify: bool):
+    """Fake ``weights, stats, rows, n_rows`` with the shapes ``_rows_fwd`` returns."""
     B, G, T = text_tokens.shape[:3]
+    P = image_tokens.shape[1]
     device = image_tokens.device
     return (
-        torch.empty((B, G), dtype=torch.float32, device=device),
-        torch.empty((2, B, G, T), dtype=torch.float32, device=device),
+        torch.empty((B, G * T, P), dtype=_weights_dtype(text_tokens.dtype, sparsify), device=device),
+        torch.empty((_ROW_STATS, B, G * T), dtype=torch.float32, device=device),
         torch.empty((B, G * T), dtype=torch.int32, device=device),
-        torch.empty((B, G), dtype=torch.int32, device=device),
+        torch.empty((B,), dtype=torch.int32, device=device),
     )
 
 
@@ -713,18 +968,23 @@ def _scores_op(
     logit_scale: torch.Tensor,
     normalizer: str,
     sparsify: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``scores (B, G)`` in the tokens' dtype, then what the backward needs (see _scores_fwd)."""
-    return _scores_fwd(
-        image_tokens, text_tokens, text_mask, logit_scale, None, normalizer, sparsify, write_scores=True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``scores (B, G)`` in the tokens' dtype, ``l (B, G)`` fp32, then what the backward needs
+    (see _rows_fwd)."""
+    tiles = _tiles_for(image_tokens, text_tokens)
+    *saved, parts = _rows_fwd(
+        image_tokens, text_tokens, text_mask, logit_scale, None, normalizer, sparsify, tiles
     )
+    scores, lse = _scores_fwd(parts, text_tokens.dtype)
+    return scores, lse, *saved
 
 
 @_scores_op.register_fake
 def _scores_fake(image_tokens, text_tokens, text_mask, logit_scale, normalizer, sparsify):
     B, G = text_tokens.shape[:2]
     scores = torch.empty((B, G), dtype=text_tokens.dtype, device=text_tokens.device)
-    return (scores, *_saved_like(image_tokens, text_tokens))
+    lse = torch.empty((B, G), dtype=torch.float32, device=text_tokens.device)
+    return (scores, lse, *_saved_like(image_tokens, text_tokens, sparsify))
 
 
 @torch.library.custom_op("fsc_losses::local_hn_loss", mutates_args=())
@@ -738,13 +998,15 @@ def _loss_op(
     sparsify: bool,
     focal_gamma: float,
     label_smoothing: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``loss ()`` in the tokens' dtype, ``dLoss/dl (B, G)`` fp32, then what _scores_fwd saves."""
-    _, lse, stats, rows, counts = _scores_fwd(
-        image_tokens, text_tokens, text_mask, logit_scale, neg_valid, normalizer, sparsify, write_scores=False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``loss ()`` in the tokens' dtype, ``dLoss/dl (B, G)`` and ``l (B, G)`` fp32, then what
+    _rows_fwd saves."""
+    tiles = _tiles_for(image_tokens, text_tokens)
+    *saved, parts = _rows_fwd(
+        image_tokens, text_tokens, text_mask, logit_scale, neg_valid, normalizer, sparsify, tiles
     )
-    loss, dlse = _contrast_fwd(lse, neg_valid, focal_gamma, label_smoothing, text_tokens.dtype)
-    return loss, dlse, lse, stats, rows, counts
+    loss, lse, dlse = _contrast_fwd(parts, neg_valid, focal_gamma, label_smoothing, text_tokens.dtype)
+    return loss, dlse, lse, *saved
 
 
 @_loss_op.register_fake
@@ -762,7 +1024,8 @@ def _loss_fake(
     B, G = text_tokens.shape[:2]
     loss = torch.empty((), dtype=text_tokens.dtype, device=text_tokens.device)
     dlse = torch.empty((B, G), dtype=torch.float32, device=text_tokens.device)
-    return (loss, dlse, *_saved_like(image_tokens, text_tokens))
+    lse = torch.empty((B, G), dtype=torch.float32, device=text_tokens.device)
+    return (loss, dlse, lse, *_saved_like(image_tokens, text_tokens, sparsify))
 
 
 @torch.library.custom_op("fsc_losses::local_hn_bwd", mutates_args=())
@@ -775,13 +1038,13 @@ def _bwd_op(
     logit_scale: torch.Tensor,
     neg_valid: torch.Tensor | None,
     lse: torch.Tensor,
+    weights: torch.Tensor,
     stats: torch.Tensor,
     rows: torch.Tensor,
-    counts: torch.Tensor,
-    normalizer: str,
-    sparsify: bool,
+    n_rows: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of image_tokens, text_tokens and logit_scale (see _local_hn_bwd)."""
+    tiles = _tiles_for(image_tokens, text_tokens)
     return _local_hn_bwd(
         grad,
         dlse,
@@ -791,11 +1054,8 @@ def _bwd_op(
         logit_scale,
         neg_valid,
         lse,
-        stats,
-        rows,
-        counts,
-        normalizer,
-        sparsify,
+        (weights, stats, rows, n_rows),
+        tiles,
     )
 
 
@@ -809,11 +1069,10 @@ def _bwd_fake(
     logit_scale,
     neg_valid,
     lse,
+    weights,
     stats,
     rows,
-    counts,
-    normalizer,
-    sparsify,
+    n_rows,
 ):
     # Contiguous, like the real gradients (empty_like would keep a grouped view's strides).
     return tuple(
@@ -822,64 +1081,34 @@ def _bwd_fake(
 
 
 def _setup_scores(ctx, inputs, output):
-    image_tokens, text_tokens, text_mask, logit_scale, normalizer, sparsify = inputs
-    _, lse, stats, rows, counts = output
+    image_tokens, text_tokens, text_mask, logit_scale, _, _ = inputs
+    _, lse, *saved = output
     # The saved outputs get no gradient: no zeros are materialised for them in the backward.
-    ctx.mark_non_differentiable(lse, stats, rows, counts)
+    ctx.mark_non_differentiable(lse, *saved)
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(image_tokens, text_tokens, text_mask, logit_scale, lse, stats, rows, counts)
-    ctx.normalizer, ctx.sparsify = normalizer, sparsify
+    ctx.save_for_backward(image_tokens, text_tokens, text_mask, logit_scale, lse, *saved)
 
 
 def _scores_backward(ctx, grad_scores, *_):
-    image_tokens, text_tokens, text_mask, logit_scale, lse, stats, rows, counts = ctx.saved_tensors
+    image_tokens, text_tokens, text_mask, logit_scale, lse, *saved = ctx.saved_tensors
     d_image, d_text, d_scale = _bwd_op(
-        grad_scores,
-        None,
-        image_tokens,
-        text_tokens,
-        text_mask,
-        logit_scale,
-        None,
-        lse,
-        stats,
-        rows,
-        counts,
-        ctx.normalizer,
-        ctx.sparsify,
+        grad_scores, None, image_tokens, text_tokens, text_mask, logit_scale, None, lse, *saved
     )
     return d_image, d_text, None, d_scale, None, None
 
 
 def _setup_loss(ctx, inputs, output):
-    (image_tokens, text_tokens, text_mask, logit_scale, neg_valid, normalizer, sparsify, _, _) = inputs
-    _, dlse, lse, stats, rows, counts = output
-    ctx.mark_non_differentiable(dlse, lse, stats, rows, counts)
+    image_tokens, text_tokens, text_mask, logit_scale, neg_valid, *_ = inputs
+    _, dlse, lse, *saved = output
+    ctx.mark_non_differentiable(dlse, lse, *saved)
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(
-        image_tokens, text_tokens, text_mask, logit_scale, neg_valid, dlse, lse, stats, rows, counts
-    )
-    ctx.normalizer, ctx.sparsify = normalizer, sparsify
+    ctx.save_for_backward(image_tokens, text_tokens, text_mask, logit_scale, neg_valid, dlse, lse, *saved)
 
 
 def _loss_backward(ctx, grad_loss, *_):
-    (image_tokens, text_tokens, text_mask, logit_scale, neg_valid, dlse, lse, stats, rows, counts) = (
-        ctx.saved_tensors
-    )
+    image_tokens, text_tokens, text_mask, logit_scale, neg_valid, dlse, lse, *saved = ctx.saved_tensors
     d_image, d_text, d_scale = _bwd_op(
-        grad_loss,
-        dlse,
-        image_tokens,
-        text_tokens,
-        text_mask,
-        logit_scale,
-        neg_valid,
-        lse,
-        stats,
-        rows,
-        counts,
-        ctx.normalizer,
-        ctx.sparsify,
+        grad_loss, dlse, image_tokens, text_tokens, text_mask, logit_scale, neg_valid, lse, *saved
     )
     return d_image, d_text, None, d_scale, None, None, None, None, None
 
@@ -894,19 +1123,27 @@ _loss_op.register_autograd(_loss_backward, setup_context=_setup_loss)
 
 
 def unsupported_reason(image_tokens: torch.Tensor, text_tokens: torch.Tensor) -> str | None:
-    """Why the kernels cannot take these inputs, or None when they can.
+    """Why the kernels cannot take these inputs on their device, or None when they can: dtypes,
+    devices, sizes beyond the kernels' limits, or no tile size that fits the device's shared
+    memory (:func:`fit_reason`).
 
     Args:
         image_tokens: ``(B, P, D)``.
         text_tokens: ``(B, G, T, D)``.
     """
-    if image_tokens.dtype not in _DTYPES or text_tokens.dtype != image_tokens.dtype:
-        return f"token dtypes {image_tokens.dtype}/{text_tokens.dtype} (need one of fp32/fp16/bf16)"
     if image_tokens.device != text_tokens.device:
         return "image and text tokens on different devices"
     device = image_tokens.device
     if device.type != "cuda" and not (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
         return f"tensors on {device} (need CUDA, or the CPU with TRITON_INTERPRET=1)"
+    return shape_reason(image_tokens, text_tokens, device_spec(device))
+
+
+def shape_reason(image_tokens: torch.Tensor, text_tokens: torch.Tensor, spec: DeviceSpec) -> str | None:
+    """:func:`unsupported_reason` for a device like ``spec``, from shapes and dtypes alone (any
+    tensors, meta ones too)."""
+    if image_tokens.dtype not in _DTYPES or text_tokens.dtype != image_tokens.dtype:
+        return f"token dtypes {image_tokens.dtype}/{text_tokens.dtype} (need one of fp32/fp16/bf16)"
     B, P, D = image_tokens.shape
     G, T = text_tokens.shape[1], text_tokens.shape[2]
     if min(B, P, D, T) == 0:
@@ -915,11 +1152,26 @@ def unsupported_reason(image_tokens: torch.Tensor, text_tokens: torch.Tensor) ->
         return f"{G} captions per image (at most {_MAX_GROUPS})"
     if P > _MAX_PATCHES:
         return f"{P} patches (at most {_MAX_PATCHES})"
-    if D > _MAX_WIDTH:
-        return f"width {D} (at most {_MAX_WIDTH})"
     if T > _MAX_POSITIONS:
         return f"{T} text positions (at most {_MAX_POSITIONS})"
-    return None
+    return fit_reason(image_tokens, text_tokens, spec)
+
+
+def fit_reason(
+    image_tokens: torch.Tensor, text_tokens: torch.Tensor, spec: DeviceSpec | None = None
+) -> str | None:
+    """Why no tile size fits the shared memory of the tokens' device (or of a device like
+    ``spec``), naming the shape and the limit; None when one does."""
+    spec = device_spec(image_tokens.device) if spec is None else spec
+    if plan(image_tokens, text_tokens, spec) is not None:
+        return None
+    B, P, D = image_tokens.shape
+    G, T = text_tokens.shape[1], text_tokens.shape[2]
+    need = min(shared_bytes(t, image_tokens.dtype, G, T) for t in _candidates(image_tokens.dtype, P))
+    return (
+        f"inputs of (B, G, T, P, D) = {(B, G, T, P, D)} in {image_tokens.dtype}: the smallest tiles need "
+        f"{need} bytes of shared memory per block, the device allows {spec.shared_limit}"
+    )
 
 
 def local_hn_scores(
