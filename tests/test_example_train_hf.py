@@ -2,41 +2,25 @@
 configs, a word-level tokenizer and a tiny CSV, then the saved checkpoint back through
 ``from_pretrained``. No downloads."""
 
-import csv
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-Image = pytest.importorskip("PIL.Image")
-tokenizers = pytest.importorskip("tokenizers")
+pytest.importorskip("PIL.Image")
+pytest.importorskip("tokenizers")
 
+from .example_data import CAPTIONS, load_example, write_pairs_csv  # noqa: E402
 from .hf_tokenizers import BOS, EOS, PAD, word_tokenizer  # noqa: E402
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_hf_clip.py"
-CAPTIONS = [
-    "a red cube to the left of a blue sphere",
-    "two dogs sitting on a wooden bench",
-    "a small cat under a large table",
-    "a man riding a bike behind a bus",
-    "a green ball in front of a white door",
-    "three birds flying above a river",
-    "a woman holding a yellow umbrella",
-    "a black car next to a tall tree",
-]
 CONTEXT = 16
 TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
 
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("train_hf_clip", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("train_hf_clip")
 
 
 @pytest.fixture(scope="module", params=["clip", "siglip"])
@@ -67,16 +51,7 @@ def model_dir(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pairs_csv(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    gen = torch.Generator().manual_seed(0)
-    with open(folder / "pairs.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image_path", "caption"])
-        for i, caption in enumerate(CAPTIONS):
-            pixels = torch.randint(0, 256, (40, 48, 3), generator=gen, dtype=torch.uint8).numpy()
-            Image.fromarray(pixels).save(folder / f"{i}.png")
-            writer.writerow([f"{i}.png", caption])  # relative to the CSV's folder
-    return folder / "pairs.csv"
+    return write_pairs_csv(tmp_path_factory.mktemp("data"))
 
 
 def run(example, model_dir, csv_path, out, max_steps, *extra):

@@ -137,18 +137,15 @@ def encode_dense(
 
 
 class DenseEncoder(nn.Module):
-    """``encode_dense`` as a module, for ``DistributedDataParallel``.
-
-    DDP synchronises gradients only for computations that run through its own ``forward``, so
-    ``encode_dense(ddp_model.module, ...)`` would train each process on its own gradients. Wrap
-    this module instead::
+    """``encode_dense`` as a module, for ``DistributedDataParallel``, which reduces the gradients
+    of what runs through its own ``forward`` only (docs/integration.md)::
 
         encoder = DistributedDataParallel(DenseEncoder(model), device_ids=[local_rank])
-        out = encoder(pixel_values, input_ids, attention_mask)  # the dict encode_dense returns
+        out = encoder(pixel_values, input_ids, attention_mask)  # encode_dense's dict
 
-    ``model`` is registered as the submodule ``model`` (state-dict keys gain a ``model.`` prefix;
-    save with ``model.save_pretrained`` to keep transformers' layout). The keyword arguments are
-    ``encode_dense``'s token ids. An unsupported model raises here already.
+    The model is the submodule ``model``: save it with ``model.save_pretrained`` to keep
+    transformers' layout. The keyword arguments are ``encode_dense``'s token ids; an unsupported
+    model raises here already.
     """
 
     def __init__(
