@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import transformers
 from torch import nn
 from transformers import CLIPModel, SiglipModel
 
@@ -212,13 +213,14 @@ def token_ids(tokenizer) -> dict[str, int | None]:
 
 
 def _check_supported(model: nn.Module) -> None:
-    if type(model).__name__ == "Siglip2Model":
-        raise TypeError(
-            "encode_dense does not support Siglip2Model: its image tower takes patch sequences "
-            "padded to a patch budget (pixel_attention_mask, spatial_shapes), and the local loss "
-            "has no patch mask; use SiglipModel or CLIPModel"
-        )
     if not isinstance(model, (CLIPModel, SiglipModel)):
+        siglip2 = getattr(transformers, "Siglip2Model", None)  # 4.49 has none
+        if siglip2 is not None and isinstance(model, siglip2):
+            raise TypeError(
+                "encode_dense does not support Siglip2Model: its image tower takes patch sequences "
+                "padded to a patch budget (pixel_attention_mask, spatial_shapes), and the local loss "
+                "has no patch mask; use SiglipModel or CLIPModel"
+            )
         raise TypeError(
             "encode_dense supports transformers CLIPModel and SiglipModel (unwrap DDP / "
             f"torch.compile wrappers first; for DDP see DenseEncoder), got {type(model).__name__}"
