@@ -8,6 +8,9 @@ VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "fsc_losses" / "__init_
 
 TEST = ["pytest>=7"]
 OPEN_CLIP = ["open_clip_torch>=3.3"]
+# transformers: the CLIP/SigLIP integration (tested with 4.49 and 5.23); peft: LoRA and prompt
+# tuning for the LVLM losses (tested 0.21 with both).
+TRANSFORMERS = ["transformers>=4.49", "peft>=0.21"]
 
 setup(
     name="fsc_losses",
@@ -17,6 +20,7 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     license="MIT",
+    license_files=["LICENSE"],
     packages=find_packages(include=["fsc_losses", "fsc_losses.*"]),
     python_requires=">=3.10",
     install_requires=[
@@ -27,7 +31,8 @@ setup(
     extras_require={
         "test": TEST,
         "open_clip": OPEN_CLIP,
-        "dev": TEST + OPEN_CLIP + ["ruff", "matplotlib"],
+        "transformers": TRANSFORMERS,
+        "dev": TEST + OPEN_CLIP + TRANSFORMERS + ["ruff", "matplotlib"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 NORMALIZERS = ("minmax", "softmax")
-CONTRASTIVE = ("softmax",)  # kinds of the in-batch contrastive term
+CONTRASTIVE = ("softmax", "sigmoid")  # kinds of the in-batch contrastive term (CLIP, SigLIP)
 
 
 def _shape(t: torch.Tensor) -> str:

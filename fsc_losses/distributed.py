@@ -1,7 +1,7 @@
 """Feature gathering for the in-batch CLIP term across processes.
 
-Follows open_clip's ``ClipLoss`` conventions. The HN terms need none of this: each image only meets
-its own captions, so they stay on their rank.
+Follows open_clip's ``ClipLoss`` conventions; the sigmoid (SigLIP) term gathers only the captions.
+The HN terms need none of this: each image only meets its own captions, so they stay on their rank.
 """
 
 from __future__ import annotations

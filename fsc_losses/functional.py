@@ -342,19 +342,29 @@ def contrastive_loss(
     world_size: int = 1,
 ) -> torch.Tensor:
     """The in-batch contrastive term between images and their true captions, gathered across
-    processes as open_clip's ``ClipLoss`` does. The one place this term is written: ``FSCLoss``
-    and every other loss with a CLIP term call it.
+    processes. The one place this term is written: ``FSCLoss`` and every other loss with a CLIP
+    term call it.
 
     Args:
         image_features: ``(n, D)`` this process's images, L2-normalised.
         text_features: ``(n, D)`` their true captions, L2-normalised.
         logit_scale: scalar, already exponentiated.
         logit_bias: scalar or None, added to every logit.
-        contrastive: the kind of term, one of ``checks.CONTRASTIVE``: ``"softmax"`` (InfoNCE).
+        contrastive: the kind of term, one of ``checks.CONTRASTIVE``:
+
+            * ``"softmax"``: CLIP's symmetric InfoNCE, gathered as open_clip's ``ClipLoss``
+              (``local_loss``, ``gather_with_grad``).
+            * ``"sigmoid"``: SigLIP's pairwise sigmoid loss over this process's images and every
+              process's captions, summed over the pairs and divided by ``n`` (open_clip's
+              ``SigLipLoss``). Only the captions are gathered; ``local_loss`` has no effect (the
+              term is always computed for the local images), and ``gather_with_grad=True`` is
+              what makes the processes' gradients, averaged by DDP, those of one process on the
+              whole batch (docs/integration.md).
         local_loss, gather_with_grad, rank, world_size: open_clip's distributed options.
 
     Returns:
-        Scalar: the symmetric InfoNCE ``(CE(image -> texts) + CE(text -> images)) / 2``.
+        Scalar: ``(CE(image -> texts) + CE(text -> images)) / 2`` for ``"softmax"``,
+        ``-sum_ij log sigmoid(+-logit_ij) / n`` for ``"sigmoid"``.
     """
     checks.require_tensor("image_features", image_features)
     checks.require_tensor("text_features", text_features)
@@ -372,6 +382,19 @@ def contrastive_loss(
     checks.require_same_device(
         image_features=image_features, text_features=text_features, logit_scale=scale, logit_bias=logit_bias
     )
+    if contrastive == "sigmoid":
+        # Each pair's term stands alone, so every process scores its own images against all
+        # captions and the per-process sums add up to the whole batch's: no image gather.
+        all_texts = gather_features(
+            text_features,
+            local_loss=False,
+            gather_with_grad=gather_with_grad,
+            rank=rank,
+            world_size=world_size,
+        )
+        return reference.sigmoid_loss(
+            image_features, all_texts, scale, logit_bias, label_offset=rank * image_features.shape[0]
+        )
     gather = dict(local_loss=local_loss, gather_with_grad=gather_with_grad, rank=rank, world_size=world_size)
     all_images = gather_features(image_features, **gather)
     all_texts = gather_features(text_features, **gather)

@@ -176,19 +176,23 @@ class GlobalHNLoss(nn.Module):
 
 
 class FSCLoss(nn.Module):
-    """The FSC-CLIP objective, a drop-in for open_clip's ``ClipLoss``:
+    """The FSC-CLIP objective, a drop-in for open_clip's ``ClipLoss`` (or ``SigLipLoss``):
     ``L = L_clip + global_weight * L_global_HN + local_weight * L_local_HN``.
 
-    The CLIP term is the symmetric in-batch InfoNCE over the true captions (gathered across
-    processes as open_clip does); the HN terms contrast each image's true caption with its own
-    hard negatives under Selective Calibrated Regularization and stay on their rank.
+    The CLIP term is the in-batch contrastive term over the true captions
+    (``functional.contrastive_loss``, gathered across processes as open_clip does): CLIP's
+    symmetric InfoNCE, or SigLIP's pairwise sigmoid loss. The HN terms contrast each image's true
+    caption with its own hard negatives under Selective Calibrated Regularization and stay on
+    their rank.
 
     Args:
         global_weight, local_weight: ``lambda_g``, ``lambda_l`` (paper: 0.5, 0.2).
         normalizer, sparsify: the local pooling (see :class:`LocalHNLoss`).
         focal_gamma, label_smoothing: SCR's parameters for both HN terms (paper: 2.0, 0.02).
+        contrastive: the CLIP term, ``"softmax"`` (CLIP's InfoNCE, default) or ``"sigmoid"``
+            (SigLIP's pairwise loss with ``logit_bias``: keep a SigLIP model's own objective).
         local_loss, gather_with_grad, rank, world_size: open_clip's distributed options for the
-            CLIP term.
+            CLIP term (for ``"sigmoid"`` see ``functional.contrastive_loss``).
         backend: for the local term, ``"auto"``, ``"triton"`` or ``"reference"``.
         check_inputs: run the value checks (see the module docstring).
 
@@ -210,6 +214,7 @@ class FSCLoss(nn.Module):
         sparsify: bool = False,
         focal_gamma: float = 2.0,
         label_smoothing: float | None = 0.02,
+        contrastive: str = "softmax",
         local_loss: bool = False,
         gather_with_grad: bool = False,
         rank: int = 0,
@@ -220,6 +225,7 @@ class FSCLoss(nn.Module):
         super().__init__()
         checks.check_normalizer(normalizer, sparsify)
         checks.check_criterion_params(focal_gamma, label_smoothing)
+        checks.check_contrastive(contrastive)
         functional.check_backend(backend)
         checks.check_distributed(rank, world_size)
         self.global_weight = float(global_weight)
@@ -228,6 +234,7 @@ class FSCLoss(nn.Module):
         self.sparsify = sparsify
         self.focal_gamma = float(focal_gamma)
         self.label_smoothing = float(label_smoothing or 0.0)
+        self.contrastive = contrastive
         self.local_loss = local_loss
         self.gather_with_grad = gather_with_grad
         self.rank = rank
@@ -263,6 +270,7 @@ class FSCLoss(nn.Module):
                 text_features[:, 0],
                 scale,
                 logit_bias,
+                contrastive=self.contrastive,
                 local_loss=self.local_loss,
                 gather_with_grad=self.gather_with_grad,
                 rank=self.rank,

@@ -197,3 +197,40 @@ def clip_loss(
         logits_per_text = logits_per_text + logit_bias
     labels = torch.arange(image_features.shape[0], device=image_features.device) + label_offset
     return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+
+
+def sigmoid_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor | None = None,
+    *,
+    label_offset: int = 0,
+) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss (open_clip's ``SigLipLoss``, transformers'
+    ``SiglipModel(return_loss=True)``).
+
+    Every (image, caption) pair is an independent binary problem on the logit
+    ``logit_scale * <image_i, text_j> + logit_bias``: positive for an image and its own caption,
+    negative for every other pair.
+
+    Args:
+        image_features: ``(n, D)`` this process's images.
+        text_features: ``(N, D)`` every caption they are scored against (all processes' true
+            captions, gathered; ``N = n`` on one process).
+        logit_scale, logit_bias: scalars; the bias may be None.
+        label_offset: row of ``text_features`` holding image 0's caption; image ``i``'s is row
+            ``label_offset + i``.
+
+    Returns:
+        Scalar ``-sum_ij log sigmoid(z_ij * logit_ij) / n`` with ``z_ij = +1`` for an image's own
+        caption and ``-1`` otherwise: the sum over pairs divided by the number of images, so the
+        processes' losses average to the loss of one process on the whole batch.
+    """
+    logits = logit_scale * image_features @ text_features.T
+    if logit_bias is not None:
+        logits = logits + logit_bias
+    rows = torch.arange(image_features.shape[0], device=logits.device)
+    own = torch.arange(text_features.shape[0], device=logits.device) == (rows + label_offset).unsqueeze(1)
+    signs = torch.where(own, 1.0, -1.0).to(logits.dtype)
+    return -F.logsigmoid(signs * logits).sum() / image_features.shape[0]

@@ -1,9 +1,16 @@
-"""FSCLoss under torch.distributed (2 CPU processes, gloo) equals one process on the whole batch.
+"""The losses under torch.distributed (2 CPU processes, gloo) equal one process on the whole batch.
 
-A tiny linear "model" makes every input (features and tokens) from shared weights, so the parameter
-gradients see every path: the gathered CLIP term and the per-rank HN terms.
+One spawn runs every case; the tests compare what the ranks saved:
+
+* ``FSCLoss`` with the softmax and the sigmoid CLIP term: a tiny linear "model" makes every input
+  (features and tokens) from shared weights, so the parameter gradients see every path: the
+  gathered CLIP term and the per-rank HN terms.
+* the sigmoid term against open_clip's ``SigLipLoss`` on each rank, values and gradients;
+* a tiny transformers ``SiglipModel`` under ``DistributedDataParallel(DenseEncoder(...))`` against
+  the model's own ``return_loss=True`` loss on the whole batch.
 """
 
+import importlib.util
 import os
 import socket
 
@@ -13,9 +20,20 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from fsc_losses import FSCLoss
+from fsc_losses import FSCLoss, contrastive_loss, reference
 
 WORLD, B, K, T, P, D, E = 2, 6, 2, 5, 4, 8, 6
+PER_RANK = B // WORLD
+FSC_CASES = {  # FSCLoss options per case; gradients equal one process wherever the gather has grad
+    "softmax": dict(gather_with_grad=True),
+    "softmax-local_loss": dict(gather_with_grad=True, local_loss=True),
+    "sigmoid": dict(contrastive="sigmoid", gather_with_grad=True),
+    "sigmoid-local_loss": dict(contrastive="sigmoid", gather_with_grad=True, local_loss=True),
+    "sigmoid-no_gather_grad": dict(contrastive="sigmoid"),
+}
+SIGLIP_DIST_IMPLS = ("bidir", "gather")
+HAS_OPEN_CLIP = importlib.util.find_spec("open_clip") is not None
+HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 
 
 def _data():
@@ -25,43 +43,125 @@ def _data():
         texts=torch.randn(B * (1 + K), T, E, generator=g, dtype=torch.float64),
         mask=torch.rand(B * (1 + K), T, generator=g) < 0.7,
         weight=torch.randn(E, D, generator=g, dtype=torch.float64),
+        pixel_values=torch.randn(B, 3, 16, 16, generator=g, dtype=torch.float64),
+        input_ids=torch.randint(2, 50, (B, 7), generator=g),
     )
 
 
-def _forward(loss_fn, data, weight, rows):
-    """Encode images ``rows`` and their captions with ``weight``; return FSCLoss's terms."""
+def _leaves(data):
+    """The "parameters": projection weight, log scale and bias."""
+    return (
+        data["weight"].clone().requires_grad_(),
+        torch.tensor(1.5, dtype=torch.float64, requires_grad=True),
+        torch.tensor(-1.0, dtype=torch.float64, requires_grad=True),
+    )
+
+
+def _encode(data, weight, rows):
+    """Images ``rows`` and their captions (true, then K blocks) encoded with ``weight``."""
     images = data["images"][rows] @ weight
     grouped_texts = data["texts"].view(1 + K, B, T, E)[:, rows] @ weight  # (G, b, T, D)
     mask = data["mask"].view(1 + K, B, T)[:, rows].clone()
     mask[..., 0] = True
     flat_texts = grouped_texts.flatten(0, 1)
-    return loss_fn(
+    return dict(
         image_features=F.normalize(images[:, 0], dim=-1),
         text_features=F.normalize(flat_texts.mean(dim=1), dim=-1),
-        logit_scale=torch.tensor(5.0, dtype=torch.float64),
         image_tokens=images[:, 1:],
         text_tokens=flat_texts,
         text_mask=mask.flatten(0, 1),
-        output_dict=True,
     )
 
 
-def _worker(rank, port, local_loss, out_dir):
+def _fsc_terms(loss_fn, data, leaves, rows):
+    weight, log_scale, bias = leaves
+    return loss_fn(
+        **_encode(data, weight, rows), logit_scale=log_scale.exp(), logit_bias=bias, output_dict=True
+    )
+
+
+def _tiny_siglip():
+    from transformers import SiglipConfig, SiglipModel
+
+    tower = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    text = dict(
+        tower, vocab_size=50, max_position_embeddings=7, bos_token_id=None, eos_token_id=1, pad_token_id=1
+    )
+    torch.manual_seed(0)
+    config = SiglipConfig(text_config=text, vision_config=dict(tower, image_size=16, patch_size=8))
+    return SiglipModel(config).double()
+
+
+def _all_reduce_mean(tensors):
+    """The tensors flattened into one vector, averaged over the ranks (what DDP does to gradients)."""
+    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    return flat / WORLD
+
+
+def _worker(rank, port, out_dir):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         data = _data()
-        weight = data["weight"].clone().requires_grad_()
-        loss_fn = FSCLoss(local_loss=local_loss, gather_with_grad=True, rank=rank, world_size=WORLD)
-        per_rank = B // WORLD
-        terms = _forward(loss_fn, data, weight, slice(rank * per_rank, (rank + 1) * per_rank))
-        total = sum(terms.values())
-        total.backward()
-        # what DDP does: average the parameter gradients, and the logged loss, over the ranks
-        grad = weight.grad.clone()
-        dist.all_reduce(grad)
-        stacked = torch.stack([total.detach(), *[v.detach() for v in terms.values()]])
-        dist.all_reduce(stacked)
-        torch.save({"grad": grad / WORLD, "losses": stacked / WORLD}, os.path.join(out_dir, f"{rank}.pt"))
+        rows = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+        saved = {}
+        for name, options in FSC_CASES.items():
+            leaves = _leaves(data)
+            loss_fn = FSCLoss(rank=rank, world_size=WORLD, **options)
+            terms = _fsc_terms(loss_fn, data, leaves, rows)
+            total = sum(terms.values())
+            total.backward()
+            # what DDP does: average the parameter gradients, and the logged losses, over the ranks
+            saved[name] = {
+                "losses": _all_reduce_mean([total, *terms.values()]),
+                "grads": _all_reduce_mean([leaf.grad for leaf in leaves]),
+            }
+
+        if HAS_OPEN_CLIP:
+            from open_clip.loss import SigLipLoss
+
+            for impl in SIGLIP_DIST_IMPLS:
+                per_rank = {}
+                for label in ("fsc_losses", "open_clip"):
+                    weight, log_scale, bias = leaves = _leaves(data)
+                    enc = _encode(data, weight, rows)
+                    args = (enc["image_features"], enc["text_features"][:PER_RANK], log_scale.exp(), bias)
+                    if label == "open_clip":
+                        loss = SigLipLoss(rank=rank, world_size=WORLD, dist_impl=impl)(*args)
+                    else:
+                        loss = contrastive_loss(
+                            *args, contrastive="sigmoid", gather_with_grad=True, rank=rank, world_size=WORLD
+                        )
+                    loss.backward()
+                    per_rank[label] = torch.cat(
+                        [loss.detach().reshape(1), *[x.grad.flatten() for x in leaves]]
+                    )
+                saved[f"open_clip-{impl}"] = per_rank
+
+        if HAS_TRANSFORMERS:
+            from torch.nn.parallel import DistributedDataParallel
+
+            from fsc_losses.integrations.transformers import DenseEncoder
+
+            model = _tiny_siglip()
+            encoder = DistributedDataParallel(DenseEncoder(model))
+            out = encoder(data["pixel_values"][rows], data["input_ids"][rows])
+            loss = contrastive_loss(
+                out["image_features"],
+                out["text_features"],
+                out["logit_scale"],
+                out["logit_bias"],
+                contrastive="sigmoid",
+                gather_with_grad=True,
+                rank=rank,
+                world_size=WORLD,
+            )
+            loss.backward()  # DDP averages the gradients
+            saved["transformers"] = {
+                "loss": _all_reduce_mean([loss]),
+                "grads": {name: p.grad.clone() for name, p in model.named_parameters()},
+            }
+        torch.save(saved, os.path.join(out_dir, f"{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -72,18 +172,83 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("local_loss", [False, True])
-def test_two_processes_equal_one(local_loss, tmp_path):
-    mp.spawn(_worker, args=(_free_port(), local_loss, str(tmp_path)), nprocs=WORLD, join=True)
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """What each rank saved."""
+    out_dir = tmp_path_factory.mktemp("ranks")
+    mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=True)
+    return [torch.load(out_dir / f"{rank}.pt", weights_only=True) for rank in range(WORLD)]
 
+
+def _one_process_fsc(options):
+    """Losses and parameter gradients of ``FSCLoss(**options)`` on one process, whole batch."""
     data = _data()
-    weight = data["weight"].clone().requires_grad_()
-    terms = _forward(FSCLoss(), data, weight, slice(0, B))
+    leaves = _leaves(data)
+    options = {k: v for k, v in options.items() if k not in ("local_loss", "gather_with_grad")}
+    terms = _fsc_terms(FSCLoss(**options), data, leaves, slice(0, B))
     total = sum(terms.values())
     total.backward()
-    expected = torch.stack([total.detach(), *[v.detach() for v in terms.values()]])
+    losses = torch.stack([total.detach(), *[v.detach() for v in terms.values()]])
+    return losses, torch.cat([leaf.grad.flatten() for leaf in leaves])
 
+
+@pytest.mark.parametrize("case", [c for c in FSC_CASES if c != "sigmoid-no_gather_grad"])
+def test_two_processes_equal_one(ranks, case):
+    expected_losses, expected_grads = _one_process_fsc(FSC_CASES[case])
+    for saved in ranks:
+        torch.testing.assert_close(saved[case]["losses"], expected_losses, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(saved[case]["grads"], expected_grads, rtol=1e-10, atol=1e-12)
+
+
+def test_sigmoid_without_gather_grad_loses_the_cross_rank_caption_gradients(ranks):
+    """The semantics docs/integration.md states: the loss is still the whole batch's, but each rank
+    sees the other ranks' captions as constants, so a caption gets no gradient as another rank's
+    negative."""
+    exact_losses, exact_grads = _one_process_fsc(FSC_CASES["sigmoid"])
+
+    data = _data()
+    leaves = weight, log_scale, bias = _leaves(data)
+    encoded = _encode(data, weight, slice(0, B))
+    terms = FSCLoss(contrastive="sigmoid")(**encoded, logit_scale=log_scale.exp(), output_dict=True)
+    captions = encoded["text_features"][:B]
+    sigmoid = 0.0
     for rank in range(WORLD):
-        got = torch.load(os.path.join(tmp_path, f"{rank}.pt"), weights_only=True)
-        torch.testing.assert_close(got["losses"], expected, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(got["grad"], weight.grad, rtol=1e-10, atol=1e-12)
+        rows = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+        seen = torch.cat([captions[: rows.start].detach(), captions[rows], captions[rows.stop :].detach()])
+        sigmoid = sigmoid + reference.sigmoid_loss(
+            encoded["image_features"][rows], seen, log_scale.exp(), bias, label_offset=rows.start
+        )
+    (sigmoid / WORLD + terms["global_hn_loss"] + terms["local_hn_loss"]).backward()
+    expected_grads = torch.cat([leaf.grad.flatten() for leaf in leaves])
+
+    for saved in ranks:
+        got = saved["sigmoid-no_gather_grad"]
+        torch.testing.assert_close(got["losses"], exact_losses, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got["grads"], expected_grads, rtol=1e-10, atol=1e-12)
+        assert not torch.allclose(got["grads"], exact_grads)
+
+
+@pytest.mark.skipif(not HAS_OPEN_CLIP, reason="needs open_clip")
+@pytest.mark.parametrize("impl", SIGLIP_DIST_IMPLS)
+def test_sigmoid_equals_open_clip_siglip_loss_on_each_rank(ranks, impl):
+    """Loss and gradients of (weight, log scale, bias) on each rank, before DDP's averaging."""
+    for saved in ranks:
+        got = saved[f"open_clip-{impl}"]
+        torch.testing.assert_close(got["fsc_losses"], got["open_clip"], rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(
+        ranks[0][f"open_clip-{impl}"]["open_clip"], ranks[1][f"open_clip-{impl}"]["open_clip"]
+    )
+
+
+@pytest.mark.skipif(not HAS_TRANSFORMERS, reason="needs transformers")
+def test_siglip_model_under_ddp_equals_its_own_loss_on_the_whole_batch(ranks):
+    data = _data()
+    model = _tiny_siglip()
+    loss = model(input_ids=data["input_ids"], pixel_values=data["pixel_values"], return_loss=True).loss
+    loss.backward()
+    for saved in ranks:
+        got = saved["transformers"]
+        torch.testing.assert_close(got["loss"], loss.detach().reshape(1), rtol=1e-10, atol=1e-12)
+        assert got["grads"].keys() == dict(model.named_parameters()).keys()
+        for name, param in model.named_parameters():
+            torch.testing.assert_close(got["grads"][name], param.grad, rtol=1e-9, atol=1e-12, msg=name)

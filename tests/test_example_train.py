@@ -1,18 +1,16 @@
 """Smoke test of examples/train_open_clip.py: a few real steps on a tiny model and a tiny CSV."""
 
-import csv
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 open_clip = pytest.importorskip("open_clip")
-Image = pytest.importorskip("PIL.Image")
+pytest.importorskip("PIL.Image")
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_open_clip.py"
+from .example_data import load_example, write_pairs_csv  # noqa: E402
+
 TINY_MODEL = "fsc-test-tiny-vit"
 # A ViT-B-32-shaped config shrunk to run in well under a second per step on a CPU. It keeps the
 # default tokenizer's vocabulary so open_clip.get_tokenizer works on it unchanged.
@@ -21,24 +19,11 @@ TINY_CONFIG = {
     "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
-CAPTIONS = [
-    "a red cube to the left of a blue sphere",
-    "two dogs sitting on a wooden bench",
-    "a small cat under a large table",
-    "a man riding a bike behind a bus",
-    "a green ball in front of a white door",
-    "three birds flying above a river",
-    "a woman holding a yellow umbrella",
-    "a black car next to a tall tree",
-]
 
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("train_open_clip", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("train_open_clip")
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +36,7 @@ def tiny_model(tmp_path_factory):
 
 @pytest.fixture
 def pairs_csv(tmp_path):
-    gen = torch.Generator().manual_seed(0)
-    with open(tmp_path / "pairs.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image_path", "caption"])
-        for i, caption in enumerate(CAPTIONS):
-            pixels = torch.randint(0, 256, (40, 48, 3), generator=gen, dtype=torch.uint8).numpy()
-            Image.fromarray(pixels).save(tmp_path / f"{i}.png")
-            writer.writerow([f"{i}.png", caption])  # relative to the CSV's folder
-    return tmp_path / "pairs.csv"
+    return write_pairs_csv(tmp_path)
 
 
 def run(example, model_name, csv_path, max_steps, *extra):
