@@ -4,4 +4,5 @@ Each adapter lives in its own submodule and imports its library only when that s
 imported, so ``import fsc_losses`` works without any of them installed:
 
 * ``fsc_losses.integrations.open_clip`` -- ``encode_dense`` for open_clip ViT models.
+* ``fsc_losses.integrations.lvlm`` -- soft prompts and hidden states of transformers LVLMs.
 """
