@@ -8,6 +8,7 @@ VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "fsc_losses" / "__init_
 
 TEST = ["pytest>=7"]
 OPEN_CLIP = ["open_clip_torch>=3.3"]
+TRANSFORMERS = ["transformers>=4.40", "peft>=0.13"]
 
 setup(
     name="fsc_losses",
@@ -27,7 +28,8 @@ setup(
     extras_require={
         "test": TEST,
         "open_clip": OPEN_CLIP,
-        "dev": TEST + OPEN_CLIP + ["ruff", "matplotlib"],
+        "transformers": TRANSFORMERS,
+        "dev": TEST + OPEN_CLIP + TRANSFORMERS + ["ruff", "matplotlib"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",
