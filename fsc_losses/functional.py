@@ -458,9 +458,9 @@ def linear_cross_entropy(
     checks.require_float("hidden", hidden)
     checks.require_float("weight", weight)
     checks.require_integer("targets", targets)
-    checks.require_rank(
-        "hidden", hidden, range(2 if shift else 1, 64), "(..., L, H)" if shift else "(..., H)"
-    )
+    if hidden.dim() < (2 if shift else 1):
+        layout = "(..., L, H) with shift=True" if shift else "(..., H)"
+        raise ValueError(f"hidden must have shape {layout}, got {tuple(hidden.shape)}")
     checks.require_rank("weight", weight, (2,), "(V, H)")
     checks.require_size("weight", weight, 1, hidden.shape[-1], "H")
     if targets.shape != hidden.shape[:-1]:
