@@ -2,13 +2,13 @@
 
 The vocabulary is cut into blocks of ``chunk`` entries. The forward runs an online logsumexp over
 the blocks (a running maximum and sum per position) and keeps, per position, only the logsumexp,
-the target's logit and, with label smoothing, the sum of the logits. Everything after the matmuls
-is float32 (float64 for float64 inputs). The backward recomputes each
+the target's logit and, with label smoothing, the sum of the logits. The backward recomputes each
 block's logits from ``hidden`` and ``weight``, turns them into that block's logit gradient, and
 takes from it the block's rows of the weight (and bias) gradient, complete, and its contribution to
-the hidden gradient, accumulated in float32. Live memory beyond the inputs and the returned
-gradients is a few ``(N, chunk)`` float32 blocks, ``O(N)`` vectors and, for 16-bit inputs, the
-``(N, H)`` float32 hidden-gradient accumulator.
+the hidden gradient, accumulated in float32. Everything after the matmuls is float32 (float64 for
+float64 inputs). Live memory beyond the inputs and the returned gradients is a few ``(N, chunk)``
+float32 blocks, ``O(N)`` vectors and, for 16-bit inputs, the ``(N, H)`` float32 hidden-gradient
+accumulator.
 
 Blocks of the vocabulary rather than of the positions: each weight-gradient row then comes from a
 single matmul over all positions, rounded once to the input dtype, instead of a sum over position
@@ -16,8 +16,9 @@ chunks that a 16-bit gradient could not hold without a ``(V, H)`` float32 buffer
 accumulator is the hidden gradient's, ``N * H``, smaller than ``V * H`` in LM training.
 
 The loop is over Python ints fixed by the shapes, the math has no data-dependent control flow and
-nothing reads a value back to the host, so the function traces under ``torch.compile`` and CUDA
-graphs. Results are deterministic: every reduction has a fixed order and no atomics are used.
+nothing reads a value back to the host, so the function traces under ``torch.compile`` with
+``fullgraph=True`` and never synchronises. It adds no non-determinism of its own (no atomics, sums
+in a fixed order): reruns are bitwise equal wherever the matmuls are.
 """
 
 from __future__ import annotations

@@ -124,6 +124,32 @@ def test_ignored_positions_get_zero_loss_and_gradient(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("ignore_index", [-1, 3])
+def test_other_ignore_index(backend, ignore_index):
+    """Any int, even a class id, marks the positions to skip, as in F.cross_entropy."""
+    hidden, weight, targets, bias = make_inputs(bias=True, ignored=0)
+    targets[:, ::3] = ignore_index
+    got, got_grads = loss_and_grads(
+        linear_cross_entropy,
+        hidden,
+        weight,
+        targets,
+        bias,
+        backend=backend,
+        ignore_index=ignore_index,
+        shift=True,
+    )
+    hidden, weight, bias = leaves(hidden, weight, bias)
+    logits = hidden[:, :-1] @ weight.T + bias
+    want = F.cross_entropy(logits.flatten(0, 1), targets[:, 1:].flatten(), ignore_index=ignore_index)
+    upstream = torch.randn((), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    want_grads = torch.autograd.grad(want, (hidden, weight, bias), upstream)
+    torch.testing.assert_close(got, want.detach(), rtol=1e-10, atol=1e-12)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_all_targets_ignored_is_an_exact_differentiable_zero(backend, reduction):
     hidden, weight, targets, bias = make_inputs(bias=True, ignored=1.0)
