@@ -1,6 +1,6 @@
 """Discriminative fine-tuning of an LVLM with ContrastiveNTPLoss, in miniature.
 
-    python examples/finetune_lvlm.py                  # about a minute on a 2-core CPU
+    python examples/finetune_lvlm.py                  # 300 steps, a minute or two on a 2-core CPU
     python examples/finetune_lvlm.py --steps 3        # what the test runs
 
 A tiny LLaVA-style model (a CLIP vision tower and a Llama language model, randomly initialised from
