@@ -316,18 +316,6 @@ def make_call(loss_fn, sets: Sequence[InputSet], mode: str) -> common.MakeCall:
     return lambda i: lambda: torch.autograd.grad(forward(i), leaves(i))
 
 
-def compiler_missing(err: BaseException) -> bool:
-    """Whether ``torch.compile`` failed for want of a working C++ toolchain (CPU inductor)."""
-    from torch._inductor.exc import CppCompileError, InvalidCxxCompiler
-
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, (CppCompileError, InvalidCxxCompiler)):
-            return True
-        seen = getattr(seen, "inner_exception", None) or seen.__cause__
-    return False
-
-
 @dataclass
 class Config:
     shapes: list[Shape]
@@ -348,7 +336,7 @@ def skip_reason(provider: str, loss_fn, sets: Sequence[InputSet], device: torch.
     try:
         make_call(loss_fn, sets, "fwd+bwd")(0)()
     except Exception as err:
-        if provider == "compiled" and device.type == "cpu" and compiler_missing(err):
+        if provider == "compiled" and device.type == "cpu" and common.compiler_missing(err):
             return f"torch.compile has no working C++ compiler here ({err})"
         raise
     return None

@@ -1,5 +1,5 @@
-"""What both benchmark scripts share: run metadata, timing, peak memory, the fused-kernel check,
-CSV results and plain-text tables.
+"""What the benchmark scripts share: run metadata, timing, peak memory (GPU and CPU), the
+fused-kernel check, CSV results and plain-text tables.
 
 Timing runs on CUDA events when the device is a GPU and on ``time.perf_counter`` otherwise; either
 way only the callable a step hands back is timed, so per-step preparation (a forward pass before a
@@ -176,6 +176,29 @@ def peak_extra_mib(make_call: MakeCall, device: torch.device) -> float | None:
     return (peak - baseline) / MIB
 
 
+def cpu_peak_extra_mib(make_call: MakeCall) -> float:
+    """Peak memory the timed part allocates on top of what is live before it, on the CPU.
+
+    PyTorch's CPU allocator reports every allocation and free to the profiler
+    (``profile_memory=True``); their running sum, in time order, peaks at the answer. It counts
+    every tensor storage, eager or inside compiled code, and nothing outside PyTorch's allocator
+    (a BLAS library's own scratch, Python objects). As for :func:`peak_extra_mib`, the preparation
+    of ``make_call`` runs first and what the call returns counts.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    call = make_call(0)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = call()
+    del result
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak / MIB
+
+
 def fused_skip_reason(inputs: functional.LocalInputs) -> str | None:
     """Why ``backend="triton"`` would not run the fused kernels on ``inputs``, or None if it would.
 
@@ -196,6 +219,18 @@ def fused_skip_reason(inputs: functional.LocalInputs) -> str | None:
         said = "; ".join(str(w.message) for w in caught)
         return said or "fsc_losses falls back to the reference for these inputs"
     return None
+
+
+def compiler_missing(err: BaseException) -> bool:
+    """Whether ``torch.compile`` failed for want of a working C++ toolchain (CPU inductor)."""
+    from torch._inductor.exc import CppCompileError, InvalidCxxCompiler
+
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, (CppCompileError, InvalidCxxCompiler)):
+            return True
+        seen = getattr(seen, "inner_exception", None) or seen.__cause__
+    return False
 
 
 def int_tuple(count: int, metavar: str) -> Callable[[str], tuple[int, ...]]:

@@ -1,9 +1,9 @@
 """Argument checks shared by every public entry point.
 
-Shape, dtype and device checks read no tensor values, so they always run. The one check of values
-(``check_masks_not_empty``) needs a host synchronisation on the GPU: it runs once per call, and is
-skipped under ``torch.compile``, during CUDA-graph capture and when the caller passes
-``check_inputs=False``.
+Shape, dtype and device checks read no tensor values, so they always run. The checks of values
+(``check_masks_not_empty``, ``check_targets_in_range``, ``check_rows_not_empty``) need a host
+synchronisation on the GPU: each runs once per call, and is skipped under ``torch.compile``, during
+CUDA-graph capture and when the caller passes ``check_inputs=False``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import torch
 
 NORMALIZERS = ("minmax", "softmax")
 CONTRASTIVE = ("softmax", "sigmoid")  # kinds of the in-batch contrastive term (CLIP, SigLIP)
+LINEAR_CE_BACKENDS = ("auto", "chunked", "reference")
+REDUCTIONS = ("mean", "sum", "none")
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -92,6 +94,63 @@ def check_contrastive(contrastive: str) -> None:
 def check_distributed(rank: int, world_size: int) -> None:
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+
+
+def check_linear_ce_options(
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    reduction: str,
+    backend: str,
+    chunk_size: int | None,
+) -> None:
+    """The non-tensor arguments of the linear cross-entropy."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    if not 0 <= label_smoothing <= 1:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    if not 0 <= z_loss < float("inf"):
+        raise ValueError(f"z_loss must be a finite number >= 0, got {z_loss}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if backend not in LINEAR_CE_BACKENDS:
+        raise ValueError(f"backend must be one of {LINEAR_CE_BACKENDS}, got {backend!r}")
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+
+
+def require_integer(name: str, t: torch.Tensor) -> None:
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor (class indices), got dtype {t.dtype}")
+
+
+def check_targets_in_range(
+    targets: torch.Tensor, vocab_size: int, ignore_index: int, check_inputs: bool
+) -> None:
+    """Value check: every target is a class index in ``[0, vocab_size)`` or ``ignore_index``. One
+    host synchronisation, when ``value_checks_enabled``."""
+    if not value_checks_enabled(check_inputs):
+        return
+    bad = (targets != ignore_index) & ((targets < 0) | (targets >= vocab_size))
+    if bad.any():
+        position = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"targets{list(position)} = {int(targets[position])} is not a class index in [0, {vocab_size}) "
+            f"(V = weight.shape[0]) nor ignore_index = {ignore_index}"
+        )
+
+
+def check_rows_not_empty(name: str, mask: torch.Tensor, check_inputs: bool) -> None:
+    """Value check: every row of the ``(B, L)`` ``mask`` marks at least one position. One host
+    synchronisation, when ``value_checks_enabled``."""
+    if not value_checks_enabled(check_inputs):
+        return
+    empty = ~mask.bool().any(dim=-1)
+    if empty.any():
+        row = int(empty.nonzero()[0, 0])
+        raise ValueError(f"{name}[{row}] marks no position (all zeros): the row has no real token")
 
 
 def check_neg_valid(neg_valid: torch.Tensor | None, batch: int, groups: int) -> None:

@@ -1,4 +1,5 @@
-"""Feature gathering for the in-batch CLIP term across processes.
+"""Communication across processes: feature gathering for the in-batch CLIP term, and the
+all-rank count of positions that the NTP term's mean divides by.
 
 Follows open_clip's ``ClipLoss`` conventions; the sigmoid (SigLIP) term gathers only the captions.
 The HN terms need none of this: each image only meets its own captions, so they stay on their rank.
@@ -33,3 +34,15 @@ def gather_features(
     if not local_loss:
         gathered[rank] = features
     return torch.cat(gathered, dim=0)
+
+
+def sum_across_ranks(value: torch.Tensor, world_size: int) -> torch.Tensor:
+    """The sum of ``value`` over the ``world_size`` processes (no gradient; a device-side
+    all-reduce, no host synchronisation); ``value`` itself for one process."""
+    if world_size == 1:
+        return value
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError(f"world_size={world_size} needs an initialised torch.distributed process group")
+    total = value.detach().clone()
+    dist.all_reduce(total)
+    return total

@@ -1,4 +1,5 @@
-"""Functional API: argument checks, then dispatch to the reference or the Triton kernels.
+"""Functional API: argument checks, then dispatch to the reference, the Triton kernels or (for
+the linear cross-entropy) the chunked implementation.
 
 Every function validates its arguments before computing (``fsc_losses.checks``) and accepts text
 inputs grouped ``(B, G, ...)`` or flat ``(B*G, ...)`` (true captions first, then ``K`` blocks of
@@ -14,9 +15,10 @@ from types import ModuleType
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
-from . import checks, reference
-from .distributed import gather_features
+from . import checks, chunked, reference
+from .distributed import gather_features, sum_across_ranks
 from .layout import group_captions
 
 BACKENDS = ("auto", "triton", "reference")
@@ -409,3 +411,196 @@ def contrastive_loss(
             label_offset=rank * image_features.shape[0],
         )
     return reference.clip_loss(all_images, all_texts, scale, logit_bias)
+
+
+def _shift_targets(targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """``targets (..., L)`` moved one position left, ``ignore_index`` last: position ``t`` then
+    holds the target ``t`` predicts, so ``hidden`` is used as it is, without a shifted copy."""
+    following = targets[..., 1:]
+    last = torch.full_like(targets[..., :1], ignore_index)
+    return torch.cat([following, last], dim=-1)
+
+
+def _autocast_inputs(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """Under autocast, the tensors in the dtype the LM head's matmul would run in."""
+    device_type = tensors[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(None if t is None else t.to(dtype) for t in tensors)
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    reduction: str = "mean",
+    shift: bool = False,
+    backend: str = "auto",
+    chunk_size: int | None = None,
+    check_inputs: bool = True,
+) -> torch.Tensor:
+    """Cross-entropy of the logits ``hidden @ weight.T + bias`` (an LM head) against ``targets``,
+    by default without ever holding the ``(N, V)`` logits (docs/lvlm.md).
+
+    The per-position loss is ``F.cross_entropy``'s for those logits, with the same
+    ``label_smoothing``, plus ``z_loss * logsumexp(logits)**2``. The logits come out of the matmul in
+    the inputs' dtype (float32 accumulation inside it) and everything after is float32 (float64 for
+    float64 inputs); gradients are returned in the inputs' dtype. Under autocast the inputs are
+    first cast to the autocast dtype, as the model's own LM head would be.
+
+    Args:
+        hidden: ``(..., H)`` hidden states, float32, bfloat16 or float16, any strides (a layout
+            ``reshape`` cannot flatten is copied once).
+        weight: ``(V, H)`` the LM head's weight, same dtype and device.
+        targets: ``(...)`` integer class indices, ``ignore_index`` where nothing is predicted.
+        bias: ``(V,)`` or None.
+        ignore_index: positions with this target count for nothing and get zero gradient.
+        label_smoothing: in ``[0, 1]``, as ``F.cross_entropy``.
+        z_loss: ``>= 0``, coefficient of ``logsumexp(logits)**2``.
+        reduction: ``"mean"`` over the counted positions (an exact, differentiable 0 when none
+            counts), ``"sum"``, or ``"none"``: the ``(...)`` losses, 0 at ignored positions.
+        shift: the causal-LM convention: ``hidden (..., L, H)`` and ``targets (..., L)``, and
+            position ``t`` predicts ``targets[..., t + 1]``; the last position predicts nothing
+            (its ``"none"`` loss is 0). ``hidden`` is not copied.
+        backend: ``"chunked"`` (:mod:`fsc_losses.chunked`: extra memory a few ``(N, chunk)``
+            blocks), ``"reference"`` (materialises the logits, ``F.cross_entropy``) or
+            ``"auto"`` (today ``"chunked"``).
+        chunk_size: vocabulary entries per block of the chunked backend; default from a memory
+            budget, :func:`fsc_losses.chunked.default_chunk_size`.
+        check_inputs: check that every target is in ``[0, V)`` or ``ignore_index``: one host
+            synchronisation per call, skipped under ``torch.compile`` and CUDA-graph capture.
+            Unchecked, the chunked backend makes such a position's loss NaN.
+
+    Returns:
+        float32 (float64 for float64 inputs) scalar, or ``(...)`` with ``reduction="none"``.
+    """
+    for name, value in (("hidden", hidden), ("weight", weight), ("targets", targets)):
+        checks.require_tensor(name, value)
+    checks.require_float("hidden", hidden)
+    checks.require_float("weight", weight)
+    checks.require_integer("targets", targets)
+    if hidden.dim() < (2 if shift else 1):
+        layout = "(..., L, H) with shift=True" if shift else "(..., H)"
+        raise ValueError(f"hidden must have shape {layout}, got {tuple(hidden.shape)}")
+    checks.require_rank("weight", weight, (2,), "(V, H)")
+    checks.require_size("weight", weight, 1, hidden.shape[-1], "H")
+    if targets.shape != hidden.shape[:-1]:
+        raise ValueError(
+            f"targets must have hidden's shape without its last dimension, "
+            f"{tuple(hidden.shape[:-1])}, got {tuple(targets.shape)}"
+        )
+    if bias is not None:
+        checks.require_tensor("bias", bias)
+        checks.require_float("bias", bias)
+        checks.require_rank("bias", bias, (1,), "(V,)")
+        checks.require_size("bias", bias, 0, weight.shape[0], "V")
+    checks.require_same_device(hidden=hidden, weight=weight, targets=targets, bias=bias)
+    checks.check_linear_ce_options(ignore_index, label_smoothing, z_loss, reduction, backend, chunk_size)
+    if targets.numel() == 0:
+        raise ValueError(
+            f"the batch is empty: hidden has shape {tuple(hidden.shape)}, no position to predict"
+        )
+    if weight.shape[0] == 0:
+        raise ValueError("weight has no rows: the vocabulary is empty (V = 0)")
+    hidden, weight, bias = _autocast_inputs(hidden, weight, bias)
+    dtypes = {
+        "hidden": hidden.dtype,
+        "weight": weight.dtype,
+        **({} if bias is None else {"bias": bias.dtype}),
+    }
+    if len(set(dtypes.values())) > 1:
+        raise TypeError(f"hidden, weight and bias must share a dtype (or run under autocast), got {dtypes}")
+    checks.check_targets_in_range(targets, weight.shape[0], ignore_index, check_inputs)
+
+    targets = targets.long()
+    if shift:
+        targets = _shift_targets(targets, ignore_index)
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    flat_targets = targets.reshape(-1)
+    options = dict(ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss)
+    with torch.autocast(hidden.device.type, enabled=False):
+        if backend == "reference":
+            losses = reference.linear_cross_entropy(flat_hidden, weight, flat_targets, bias, **options)
+        else:
+            losses = chunked.linear_cross_entropy(
+                flat_hidden, weight, flat_targets, bias, **options, chunk_size=chunk_size
+            )
+    if reduction == "none":
+        return losses.view(targets.shape)
+    if reduction == "sum":
+        return losses.sum()
+    counted = (flat_targets != ignore_index).sum()
+    return losses.sum() / counted.clamp(min=1)
+
+
+def ntp_loss(
+    hidden_states: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    labels: torch.Tensor,
+    lm_head_bias: torch.Tensor | None = None,
+    *,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    world_size: int = 1,
+    backend: str = "auto",
+    chunk_size: int | None = None,
+    check_inputs: bool = True,
+) -> torch.Tensor:
+    """Next-token prediction: :func:`linear_cross_entropy` with ``shift=True``, the mean over the
+    counted positions of the whole batch, all processes together.
+
+    With ``world_size > 1`` each process returns ``world_size * (its summed loss) / (positions
+    counted on all processes)`` (one all-reduce of the count), so that the average DDP and FSDP
+    take over the processes, of the loss and of the gradients, is the mean over the whole batch
+    even when the processes count different numbers of positions.
+
+    Args:
+        hidden_states: ``(B, L, H)`` (or any ``(..., L, H)``) the hidden states the LM head reads.
+        lm_head_weight: ``(V, H)``; lm_head_bias: ``(V,)`` or None.
+        labels: ``(B, L)`` token ids, ``ignore_index`` where nothing is predicted (prompt,
+            padding); position ``t`` predicts ``labels[..., t + 1]``.
+
+    Returns:
+        Scalar.
+    """
+    checks.check_distributed(0, world_size)
+    options = dict(
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        shift=True,
+        backend=backend,
+        chunk_size=chunk_size,
+        check_inputs=check_inputs,
+    )
+    if world_size == 1:
+        return linear_cross_entropy(hidden_states, lm_head_weight, labels, lm_head_bias, **options)
+    total = linear_cross_entropy(
+        hidden_states, lm_head_weight, labels, lm_head_bias, reduction="sum", **options
+    )
+    counted = sum_across_ranks((labels[..., 1:] != ignore_index).sum(), world_size)
+    return world_size * total / counted.clamp(min=1)
+
+
+def prepare_embeddings(
+    image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, normalize: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checks of ``(B, E)`` image and text embeddings; returns them in float32 (float64 stays),
+    L2-normalised when ``normalize``. Float32 because 16-bit cosines times a large logit scale
+    lose the differences the contrastive term is made of, and ``(B, E)`` is small."""
+    for name, value in (("image_embeddings", image_embeddings), ("text_embeddings", text_embeddings)):
+        checks.require_tensor(name, value)
+        checks.require_float(name, value)
+        checks.require_rank(name, value, (2,), "(B, E)")
+    checks.require_size("text_embeddings", text_embeddings, 0, image_embeddings.shape[0], "B")
+    checks.require_size("text_embeddings", text_embeddings, 1, image_embeddings.shape[1], "E")
+    prepared = []
+    for value in (image_embeddings, text_embeddings):
+        value = value.to(torch.promote_types(value.dtype, torch.float32))
+        prepared.append(F.normalize(value, dim=-1) if normalize else value)
+    return prepared[0], prepared[1]

@@ -1,5 +1,6 @@
-"""The FSC-CLIP losses as ``nn.Module``s: thin holders of hyper-parameters over
-``fsc_losses.functional``.
+"""The losses as ``nn.Module``s, thin holders of hyper-parameters over ``fsc_losses.functional``:
+FSC-CLIP's (``SelectiveCalibratedReg``, ``LocalHNLoss``, ``GlobalHNLoss``, ``FSCLoss``) and the
+discriminative LVLM fine-tuning's (``LinearCrossEntropy``, ``ContrastiveNTPLoss``; docs/lvlm.md).
 
 Shapes: ``B`` images, ``G = 1 + K`` captions per image (column 0 the true caption), ``T`` text
 positions, ``P`` patches, ``D`` embedding width. Text inputs may be grouped ``(B, G, ...)`` or flat
@@ -305,3 +306,183 @@ class FSCLoss(nn.Module):
         if self.local_weight == 0:
             return None
         return functional.prepare_local_inputs(image_tokens, text_tokens, text_mask, scale, neg_valid)
+
+
+class LinearCrossEntropy(nn.Module):
+    """Cross-entropy of an LM head's logits ``hidden @ weight.T + bias`` without materialising
+    them (:func:`fsc_losses.functional.linear_cross_entropy`, which documents every argument).
+
+    Args:
+        ignore_index, label_smoothing, z_loss, reduction, shift, backend, chunk_size,
+        check_inputs: as :func:`~fsc_losses.functional.linear_cross_entropy`.
+
+    Shape:
+        forward(hidden ``(..., H)``, weight ``(V, H)``, targets ``(...)`` int, bias ``(V,)`` or
+        None) -> float32 scalar, or ``(...)`` with ``reduction="none"``.
+    """
+
+    def __init__(
+        self,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
+        reduction: str = "mean",
+        shift: bool = False,
+        backend: str = "auto",
+        chunk_size: int | None = None,
+        check_inputs: bool = True,
+    ):
+        super().__init__()
+        checks.check_linear_ce_options(ignore_index, label_smoothing, z_loss, reduction, backend, chunk_size)
+        self.ignore_index = ignore_index
+        self.label_smoothing = float(label_smoothing)
+        self.z_loss = float(z_loss)
+        self.reduction = reduction
+        self.shift = shift
+        self.backend = backend
+        self.chunk_size = chunk_size
+        self.check_inputs = check_inputs
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return functional.linear_cross_entropy(
+            hidden,
+            weight,
+            targets,
+            bias,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            z_loss=self.z_loss,
+            reduction=self.reduction,
+            shift=self.shift,
+            backend=self.backend,
+            chunk_size=self.chunk_size,
+            check_inputs=self.check_inputs,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, "
+            f"z_loss={self.z_loss}, reduction={self.reduction!r}, shift={self.shift}, "
+            f"backend={self.backend!r}, chunk_size={self.chunk_size}"
+        )
+
+
+class ContrastiveNTPLoss(nn.Module):
+    """Discriminative fine-tuning of an LVLM (VladVA, Ouali et al., CVPR 2025):
+    ``L = contrastive + ntp_weight * NTP``.
+
+    The contrastive term is ``FSCLoss``'s CLIP term (:func:`fsc_losses.functional.contrastive_loss`,
+    gathered across processes) on the last-token embeddings of the images and of their short
+    captions. The NTP term is next-token prediction on the long captions, from the LM head's input
+    hidden states and weight, without materialising the logits
+    (:func:`fsc_losses.functional.ntp_loss`: ``shift=True``, mean over the counted positions of all
+    processes).
+
+    Args:
+        ntp_weight: weight of the NTP term (our default 1.0; the paper does not publish its own).
+        contrastive: kind of contrastive term, one of ``fsc_losses.checks.CONTRASTIVE``.
+        normalize: L2-normalise the embeddings first (LVLM hidden states are not normalised).
+            Embeddings enter the contrastive term in float32 either way.
+        ignore_index, label_smoothing: of the NTP term, as ``F.cross_entropy``.
+        local_loss, gather_with_grad, rank, world_size: open_clip's distributed options for the
+            contrastive term; ``world_size`` also makes the NTP mean global.
+        backend, chunk_size: of the NTP term's linear cross-entropy (``"auto"``, ``"chunked"``,
+            ``"reference"``).
+        check_inputs: the NTP term's value check (labels in range: one host synchronisation).
+
+    Shape:
+        forward(image_embeddings ``(B, E)``, text_embeddings ``(B, E)``, logit_scale scalar
+        (already exponentiated), hidden_states ``(B', L, H)``, lm_head_weight ``(V, H)``, labels
+        ``(B', L)``, logit_bias scalar, lm_head_bias ``(V,)``) -> scalar, or with
+        ``output_dict=True`` a dict with ``contrastive_loss`` and (when ``hidden_states`` is
+        given) ``ntp_loss``, weighted.
+    """
+
+    def __init__(
+        self,
+        ntp_weight: float = 1.0,
+        contrastive: str = "softmax",
+        normalize: bool = True,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        local_loss: bool = False,
+        gather_with_grad: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        backend: str = "auto",
+        chunk_size: int | None = None,
+        check_inputs: bool = True,
+    ):
+        super().__init__()
+        checks.check_contrastive(contrastive)
+        checks.check_linear_ce_options(ignore_index, label_smoothing, 0.0, "mean", backend, chunk_size)
+        checks.check_distributed(rank, world_size)
+        self.ntp_weight = float(ntp_weight)
+        self.contrastive = contrastive
+        self.normalize = normalize
+        self.ignore_index = ignore_index
+        self.label_smoothing = float(label_smoothing)
+        self.local_loss = local_loss
+        self.gather_with_grad = gather_with_grad
+        self.rank = rank
+        self.world_size = world_size
+        self.backend = backend
+        self.chunk_size = chunk_size
+        self.check_inputs = check_inputs
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        text_embeddings: torch.Tensor,
+        logit_scale: torch.Tensor | float,
+        hidden_states: torch.Tensor | None = None,
+        lm_head_weight: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        logit_bias: torch.Tensor | float | None = None,
+        lm_head_bias: torch.Tensor | None = None,
+        output_dict: bool = False,
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        images, texts = functional.prepare_embeddings(image_embeddings, text_embeddings, self.normalize)
+        losses = {
+            "contrastive_loss": functional.contrastive_loss(
+                images,
+                texts,
+                logit_scale,
+                logit_bias,
+                contrastive=self.contrastive,
+                local_loss=self.local_loss,
+                gather_with_grad=self.gather_with_grad,
+                rank=self.rank,
+                world_size=self.world_size,
+            )
+        }
+        ntp_inputs = {"hidden_states": hidden_states, "lm_head_weight": lm_head_weight, "labels": labels}
+        missing = [name for name, value in ntp_inputs.items() if value is None]
+        if len(missing) < len(ntp_inputs):
+            if missing:
+                raise ValueError(f"the NTP term needs all of {list(ntp_inputs)}; missing {missing}")
+            losses["ntp_loss"] = self.ntp_weight * functional.ntp_loss(
+                hidden_states,
+                lm_head_weight,
+                labels,
+                lm_head_bias,
+                ignore_index=self.ignore_index,
+                label_smoothing=self.label_smoothing,
+                world_size=self.world_size,
+                backend=self.backend,
+                chunk_size=self.chunk_size,
+                check_inputs=self.check_inputs,
+            )
+        return losses if output_dict else sum(losses.values())
+
+    def extra_repr(self) -> str:
+        return (
+            f"ntp_weight={self.ntp_weight}, contrastive={self.contrastive!r}, normalize={self.normalize}, "
+            f"world_size={self.world_size}, backend={self.backend!r}"
+        )

@@ -1,4 +1,5 @@
-"""Pure-PyTorch reference of every FSC-CLIP loss (docs/losses.md, SPEC sections 2-4).
+"""Pure-PyTorch reference of every loss of the package (FSC-CLIP: docs/losses.md, SPEC sections 2-4;
+the LVLM losses: docs/lvlm.md).
 
 This is the only place the math is written in PyTorch. It runs on any device and dtype, is
 differentiable end to end, and is what the Triton kernels are tested and benchmarked against.
@@ -234,3 +235,42 @@ def sigmoid_loss(
     own = torch.arange(text_features.shape[0], device=logits.device) == (rows + label_offset).unsqueeze(1)
     signs = torch.where(own, 1.0, -1.0).to(logits.dtype)
     return -F.logsigmoid(signs * logits).sum() / image_features.shape[0]
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+) -> torch.Tensor:
+    """Per-position cross-entropy of the logits ``hidden @ weight.T + bias``, materialised.
+
+    The logits come out of the matmul in the inputs' dtype (fp32 accumulation inside it), as a
+    model's own LM head computes them, and everything after is float32 (float64 for float64
+    inputs).
+
+    Args:
+        hidden: ``(N, H)``.
+        weight: ``(V, H)``.
+        targets: ``(N,)`` int64 class indices or ``ignore_index``.
+        bias: ``(V,)`` or None.
+        label_smoothing: ``F.cross_entropy``'s: that mass spread uniformly over the ``V`` classes.
+        z_loss: coefficient of ``logsumexp(logits)**2`` added to each counted position.
+
+    Returns:
+        ``(N,)`` float32 (float64) losses, 0 at ignored positions.
+    """
+    accumulate = torch.promote_types(hidden.dtype, torch.float32)
+    logits = (hidden @ weight.T).to(accumulate)
+    if bias is not None:
+        logits = logits + bias.to(accumulate)
+    losses = F.cross_entropy(
+        logits, targets, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction="none"
+    )
+    if z_loss:
+        counted = targets != ignore_index
+        losses = losses + z_loss * torch.where(counted, torch.logsumexp(logits, dim=-1) ** 2, 0.0)
+    return losses

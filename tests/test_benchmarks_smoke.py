@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import bench_local_hn
+from benchmarks import bench_linear_ce, bench_local_hn, common
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ["fwd", "bwd", "fwd+bwd"]
@@ -64,6 +64,23 @@ TRAIN_STEP_COLUMNS = META_COLUMNS + [
     "peak_extra_mib",
     "overhead_ms",
     "overhead_pct",
+]
+
+
+LINEAR_CE_COLUMNS = META_COLUMNS + [
+    "shape",
+    "N",
+    "H",
+    "V",
+    "dtype",
+    "provider",
+    "reps",
+    "median_ms",
+    "p20_ms",
+    "p80_ms",
+    "peak_extra_mib",
+    "outputs_mib",
+    "logits_mib",
 ]
 
 
@@ -239,3 +256,68 @@ def test_kernel_cost_model_meets_the_bf16_target():
             )
             assert bound <= 2 * 1e6 * floor / gpu.bandwidth, (gpu.name, shape.name)
     assert "| ViT-L/14-336 | bf16 |" in kernel_cost.report(bench_local_hn.COUNTED)
+
+
+def test_linear_ce_smoke(tmp_path):
+    results = tmp_path / "linear_ce.csv"
+    out = run_smoke("bench_linear_ce.py", results)
+
+    expected = ["chunked", "reference"]
+    if "compiled skipped at smoke: torch.compile has no working C++ compiler" not in out:
+        expected.append("compiled")
+    header, rows = read_csv(results)
+    assert header == LINEAR_CE_COLUMNS
+    assert [r["provider"] for r in rows] == expected
+    assert (
+        "cce skipped at smoke: cce needs a GPU" in out and "liger skipped at smoke: liger needs a GPU" in out
+    )
+    n, h, v = (
+        bench_linear_ce.SMOKE_SHAPE.positions,
+        bench_linear_ce.SMOKE_SHAPE.hidden,
+        bench_linear_ce.SMOKE_SHAPE.vocab,
+    )
+    peaks = {}
+    for row in rows:
+        assert row["device"].startswith("CPU") and row["dtype"] == "fp32" and row["reps"] == "2"
+        assert (int(row["N"]), int(row["H"]), int(row["V"])) == (n, h, v)
+        assert 0 < float(row["p20_ms"]) <= float(row["median_ms"]) <= float(row["p80_ms"])
+        assert float(row["outputs_mib"]) == pytest.approx((n * h + v * h) * 4 / 2**20, abs=0.05)
+        assert float(row["logits_mib"]) == pytest.approx(n * v * 4 / 2**20, abs=0.05)
+        peaks[row["provider"]] = float(row["peak_extra_mib"])
+        # measured on the CPU too, and at least the gradients it returns
+        assert peaks[row["provider"]] >= float(row["outputs_mib"]) - 0.05
+        assert any(line.split()[:3] == ["smoke", "fp32", row["provider"]] for line in out.splitlines())
+    # the reference holds the logits, their log-softmax and its gradient; chunked a few blocks
+    assert peaks["reference"] > 2 * n * v * 4 / 2**20 > peaks["chunked"]
+    assert "Targets" not in out  # smoke numbers are not compared with the targets
+    assert f"{len(rows)} rows appended to {results}" in out
+
+
+def test_cpu_peak_extra_mib_follows_allocations_and_frees():
+    def make_call(i):
+        def call():
+            scratch = torch.empty(2**20)  # 4 MiB, freed before the result is made
+            scratch.fill_(1)
+            del scratch
+            first = torch.ones(2**20)  # 4 MiB
+            second = torch.ones(2**21)  # 8 MiB
+            return first + 1, second  # + 4 MiB; ``first`` dies on return
+
+        return call
+
+    assert common.cpu_peak_extra_mib(make_call) == pytest.approx(16, abs=0.01)
+
+
+def test_linear_ce_targets_from_rows():
+    rows = [
+        {"shape": "s", "provider": "reference", "median_ms": 10.0, "peak_extra_mib": 100.0},
+        {"shape": "s", "provider": "chunked", "median_ms": 14.0, "peak_extra_mib": 15.0},
+        {"shape": "t", "provider": "reference", "median_ms": 10.0, "peak_extra_mib": 100.0},
+        {"shape": "t", "provider": "chunked", "median_ms": 16.0, "peak_extra_mib": 10.0},
+        {"shape": "u", "provider": "chunked", "median_ms": 1.0, "peak_extra_mib": 1.0},  # no baseline
+    ]
+    checks = bench_linear_ce.target_checks(rows, "cpu")
+    assert [(c["shape"], c["met"]) for c in checks] == [("s", True), ("t", False)]
+    assert checks[1]["time_ratio"] == pytest.approx(1.6) and checks[0]["peak_ratio"] == pytest.approx(0.15)
+    gpu_rows = [dict(r, provider="cce" if r["provider"] == "reference" else r["provider"]) for r in rows]
+    assert [c["vs"] for c in bench_linear_ce.target_checks(gpu_rows, "cuda")] == ["cce", "cce"]

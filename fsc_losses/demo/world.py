@@ -238,3 +238,42 @@ def _place_pair(rng, relation: str, radii: list[float], image_size: int) -> list
     if relation in ("left of", "right of"):
         return [(along[0], across[0]), (along[1], across[1])]
     return [(across[0], along[0]), (across[1], along[1])]
+
+
+_COLUMNS = ("left", "centre", "right")
+_ROWS = ("top", "middle", "bottom")
+
+
+def _region(obj: WorldObject, image_size: int) -> str:
+    """Where ``obj``'s centre lies on a 3 x 3 grid of the image, e.g. ``"the top left"``."""
+    column = _COLUMNS[min(int(3 * obj.x / image_size), 2)]
+    row = _ROWS[min(int(3 * obj.y / image_size), 2)]
+    if (row, column) == ("middle", "centre"):
+        return "the centre"
+    return f"the {row} {column}"
+
+
+def long_caption(scene: Scene, image_size: int = 32) -> str:
+    """A detailed description of ``scene``: every object's size (its size word and its extent in
+    pixels), colour, shape and position on a 3 x 3 grid, then the relation between two objects::
+
+        Two objects. A small red square, about 7 pixels across, in the top left of the image.
+        A large blue circle, about 12 pixels across, in the middle right of the image. The small
+        red square is left of the large blue circle.
+
+    ``image_size`` is the side the scene was laid out for (``sample_scenes``'s). Deterministic:
+    one wording per scene, objects in the order the short caption names them.
+    """
+    sentences = ["Two objects." if len(scene.objects) == 2 else "One object."]
+    for obj in scene.objects:
+        sentences.append(
+            f"A {obj.size} {obj.colour} {obj.shape}, about {round(2 * obj.radius)} pixels across, "
+            f"in {_region(obj, image_size)} of the image."
+        )
+    if scene.relation is not None:
+        first, second = scene.objects
+        sentences.append(
+            f"The {first.size} {first.colour} {first.shape} is {scene.relation} "
+            f"the {second.size} {second.colour} {second.shape}."
+        )
+    return " ".join(sentences)

@@ -1,0 +1,116 @@
+"""Glue for discriminative fine-tuning of Hugging Face LVLMs (docs/lvlm.md): soft prompts, and the
+hidden states the embeddings and the NTP term are read from.
+
+Works with any transformers model whose base model accepts ``inputs_embeds`` (LLaVA, Qwen2-VL,
+plain causal LMs); it imports only torch, so ``import fsc_losses.integrations.lvlm`` does not need
+transformers. LoRA comes from peft, applied to the model before these functions see it.
+
+Why not peft's prompt tuning for the soft prompts: peft prepends its virtual tokens to the whole
+sequence, where VladVA places them inside the prompt next to the instruction, and peft refuses to
+combine a prompt-tuning adapter with a LoRA adapter on one model (``PeftModel`` and
+``PeftMixedModel`` both reject it, peft 0.21). :class:`SoftPrompt` writes its vectors wherever the
+prompt holds a placeholder token, so the prompt template decides the position, the sequence length,
+attention mask and labels are unchanged, and it stacks with any peft adapter.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import checks
+
+
+class SoftPrompt(nn.Module):
+    """``num_tokens`` learned input embeddings, written into a sequence wherever its ``input_ids``
+    hold ``placeholder_id`` (the first placeholder of a row gets vector 0, the next vector 1, ...).
+
+    Put ``num_tokens`` placeholders in the prompt where the soft prompt belongs (for example just
+    before the instruction); rows without placeholders are left unchanged. The placeholder should
+    be a token the text never contains, e.g. a special token added to the tokenizer (its own
+    embedding is never read).
+
+    Args:
+        num_tokens: number of learned vectors.
+        hidden_size: the language model's embedding width.
+        placeholder_id: the token id marking their positions.
+        init: ``(num_tokens, hidden_size)`` initial vectors (e.g. the embeddings of a few words of
+            the instruction); default normal with standard deviation ``std``.
+        check_inputs: check that every row holds 0 or ``num_tokens`` placeholders (one host
+            synchronisation per call; skipped under ``torch.compile``).
+    """
+
+    def __init__(
+        self,
+        num_tokens: int,
+        hidden_size: int,
+        placeholder_id: int,
+        init: torch.Tensor | None = None,
+        std: float = 0.02,
+        check_inputs: bool = True,
+    ):
+        super().__init__()
+        if num_tokens < 1 or hidden_size < 1:
+            raise ValueError(f"need num_tokens >= 1 and hidden_size >= 1, got {num_tokens} and {hidden_size}")
+        if init is None:
+            init = torch.randn(num_tokens, hidden_size) * std
+        elif tuple(init.shape) != (num_tokens, hidden_size):
+            raise ValueError(f"init must have shape ({num_tokens}, {hidden_size}), got {tuple(init.shape)}")
+        self.embeddings = nn.Parameter(init.detach().clone())
+        self.placeholder_id = placeholder_id
+        self.check_inputs = check_inputs
+
+    def forward(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """``input_ids (B, L)``, ``inputs_embeds (B, L, H)`` -> ``(B, L, H)`` with the learned
+        vectors at the placeholders (in ``inputs_embeds``' dtype)."""
+        checks.require_rank("input_ids", input_ids, (2,), "(B, L)")
+        checks.require_rank("inputs_embeds", inputs_embeds, (3,), "(B, L, H)")
+        if inputs_embeds.shape[:2] != input_ids.shape or inputs_embeds.shape[2] != self.embeddings.shape[1]:
+            raise ValueError(
+                f"inputs_embeds must have shape (B, L, H) = ({input_ids.shape[0]}, {input_ids.shape[1]}, "
+                f"{self.embeddings.shape[1]}), got {tuple(inputs_embeds.shape)}"
+            )
+        placeholders = input_ids == self.placeholder_id
+        if checks.value_checks_enabled(self.check_inputs):
+            counts = placeholders.sum(dim=1)
+            wrong = (counts != 0) & (counts != len(self.embeddings))
+            if wrong.any():
+                row = int(wrong.nonzero()[0, 0])
+                raise ValueError(
+                    f"input_ids[{row}] holds {int(counts[row])} soft-prompt placeholders "
+                    f"(id {self.placeholder_id}); expected 0 or num_tokens = {len(self.embeddings)}"
+                )
+        ordinal = (placeholders.cumsum(dim=1) - 1).clamp(0, len(self.embeddings) - 1)
+        vectors = self.embeddings.to(inputs_embeds.dtype)[ordinal]
+        return torch.where(placeholders.unsqueeze(-1), vectors, inputs_embeds)
+
+    def extra_repr(self) -> str:
+        num_tokens, hidden_size = self.embeddings.shape
+        return f"num_tokens={num_tokens}, hidden_size={hidden_size}, placeholder_id={self.placeholder_id}"
+
+
+def hidden_states(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    pixel_values: torch.Tensor | None = None,
+    soft_prompt: SoftPrompt | None = None,
+) -> torch.Tensor:
+    """The last layer's hidden states ``(B, L, H)`` of a transformers causal LM or LVLM, after its
+    final norm: what its LM head reads (for the NTP term) and what the embeddings are taken from
+    (:func:`fsc_losses.last_token_embedding`). The LM head itself is not run.
+
+    Args:
+        model: a transformers ``*ForCausalLM`` / ``*ForConditionalGeneration`` (with peft's LoRA
+            layers injected, e.g. ``peft_model.get_base_model()``).
+        input_ids, attention_mask: ``(B, L)``; image placeholders as the model's processor lays
+            them out.
+        pixel_values: the images, or None for text-only sequences.
+        soft_prompt: written into the input embeddings first.
+    """
+    inputs_embeds = model.get_input_embeddings()(input_ids)
+    if soft_prompt is not None:
+        inputs_embeds = soft_prompt(input_ids, inputs_embeds)
+    images = {} if pixel_values is None else {"pixel_values": pixel_values}
+    out = model.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **images)
+    return out.last_hidden_state

@@ -1,0 +1,491 @@
+"""linear_cross_entropy / LinearCrossEntropy: both backends against the logits materialised in
+float64 and F.cross_entropy, for every option and their combinations; odd sizes, strides, dtypes,
+bad inputs, torch.compile, and the chunked backend's memory bound."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from fsc_losses import LinearCrossEntropy, chunked, linear_cross_entropy
+
+IGNORE = -100
+BACKENDS = ["chunked", "reference"]
+
+
+def make_inputs(batch=(3, 7), hidden_size=8, vocab=37, dtype=torch.float64, bias=False, seed=0, ignored=0.3):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(*batch, hidden_size, generator=g, dtype=torch.float64).to(dtype)
+    weight = (torch.randn(vocab, hidden_size, generator=g, dtype=torch.float64) / hidden_size**0.25).to(dtype)
+    b = torch.randn(vocab, generator=g, dtype=torch.float64).to(dtype) if bias else None
+    targets = torch.randint(0, vocab, batch, generator=g)
+    targets[torch.rand(batch, generator=g) < ignored] = IGNORE
+    return hidden, weight, targets, b
+
+
+def expected_loss(
+    hidden, weight, targets, bias, *, label_smoothing=0.0, z_loss=0.0, reduction="mean", shift=False
+):
+    """Materialised float64 logits and F.cross_entropy; ``shift`` by slicing."""
+    if shift:
+        hidden, targets = hidden[..., :-1, :], targets[..., 1:]
+    logits = hidden.double() @ weight.double().T
+    if bias is not None:
+        logits = logits + bias.double()
+    flat_logits, flat_targets = logits.reshape(-1, weight.shape[0]), targets.reshape(-1)
+    losses = F.cross_entropy(
+        flat_logits, flat_targets, ignore_index=IGNORE, label_smoothing=label_smoothing, reduction="none"
+    )
+    counted = flat_targets != IGNORE
+    losses = losses + z_loss * torch.where(counted, flat_logits.logsumexp(-1) ** 2, 0.0)
+    if reduction == "none":
+        return losses.view(targets.shape)
+    if reduction == "sum":
+        return losses.sum()
+    return losses.sum() / counted.sum().clamp(min=1)
+
+
+def leaves(hidden, weight, bias):
+    return [t.detach().clone().requires_grad_() if t is not None else None for t in (hidden, weight, bias)]
+
+
+def loss_and_grads(fn, hidden, weight, targets, bias, upstream_seed=1, **options):
+    """The loss and the gradients of hidden, weight (and bias) for a random upstream gradient."""
+    hidden, weight, bias = leaves(hidden, weight, bias)
+    loss = fn(hidden, weight, targets, bias, **options)
+    upstream = torch.randn(
+        loss.shape, generator=torch.Generator().manual_seed(upstream_seed), dtype=loss.dtype
+    )
+    inputs = [t for t in (hidden, weight, bias) if t is not None]
+    return loss.detach(), torch.autograd.grad(loss, inputs, upstream)
+
+
+def call_expected(hidden, weight, targets, bias, **options):
+    options.pop("backend", None)
+    options.pop("chunk_size", None)
+    return expected_loss(hidden, weight, targets, bias, **options)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "label_smoothing, z_loss, reduction, with_bias, shift",
+    list(itertools.product([0.0, 0.1], [0.0, 1e-2], ["mean", "sum", "none"], [False, True], [False, True])),
+)
+def test_every_option_combination_matches_materialised_logits(
+    backend, label_smoothing, z_loss, reduction, with_bias, shift
+):
+    hidden, weight, targets, bias = make_inputs(bias=with_bias)
+    options = dict(label_smoothing=label_smoothing, z_loss=z_loss, reduction=reduction, shift=shift)
+    got, got_grads = loss_and_grads(
+        linear_cross_entropy, hidden, weight, targets, bias, backend=backend, chunk_size=10, **options
+    )
+    if reduction == "none" and shift:
+        # the last position predicts nothing: its loss is 0 and its upstream gradient is unused
+        assert torch.equal(got[..., -1], torch.zeros_like(got[..., -1]))
+        want, want_grads = loss_and_grads(
+            lambda *a, **k: torch.cat([call_expected(*a, **k), torch.zeros(3, 1, dtype=torch.float64)], -1),
+            hidden,
+            weight,
+            targets,
+            bias,
+            **options,
+        )
+    else:
+        want, want_grads = loss_and_grads(call_expected, hidden, weight, targets, bias, **options)
+    assert got.dtype == torch.float64 and got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert len(got_grads) == len(want_grads) == (3 if with_bias else 2)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ignored_positions_get_zero_loss_and_gradient(backend):
+    hidden, weight, targets, bias = make_inputs(batch=(40,), ignored=0.5, bias=True)
+    hidden, weight, bias = leaves(hidden, weight, bias)
+    losses = linear_cross_entropy(
+        hidden, weight, targets, bias, reduction="none", backend=backend, chunk_size=7, label_smoothing=0.2
+    )
+    ignored = targets == IGNORE
+    assert ignored.any() and (~ignored).any()
+    assert torch.equal(losses[ignored], torch.zeros(int(ignored.sum()), dtype=torch.float64))
+    upstream = torch.randn(40, dtype=torch.float64)
+    upstream[ignored] = float("nan")  # must not leak into any gradient
+    grad_hidden, grad_weight, grad_bias = torch.autograd.grad(losses, (hidden, weight, bias), upstream)
+    assert torch.equal(grad_hidden[ignored], torch.zeros_like(grad_hidden[ignored]))
+    assert (
+        torch.isfinite(grad_hidden).all()
+        and torch.isfinite(grad_weight).all()
+        and torch.isfinite(grad_bias).all()
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("ignore_index", [-1, 3])
+def test_other_ignore_index(backend, ignore_index):
+    """Any int, even a class id, marks the positions to skip, as in F.cross_entropy."""
+    hidden, weight, targets, bias = make_inputs(bias=True, ignored=0)
+    targets[:, ::3] = ignore_index
+    got, got_grads = loss_and_grads(
+        linear_cross_entropy,
+        hidden,
+        weight,
+        targets,
+        bias,
+        backend=backend,
+        ignore_index=ignore_index,
+        shift=True,
+    )
+    hidden, weight, bias = leaves(hidden, weight, bias)
+    logits = hidden[:, :-1] @ weight.T + bias
+    want = F.cross_entropy(logits.flatten(0, 1), targets[:, 1:].flatten(), ignore_index=ignore_index)
+    upstream = torch.randn((), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    want_grads = torch.autograd.grad(want, (hidden, weight, bias), upstream)
+    torch.testing.assert_close(got, want.detach(), rtol=1e-10, atol=1e-12)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_all_targets_ignored_is_an_exact_differentiable_zero(backend, reduction):
+    hidden, weight, targets, bias = make_inputs(bias=True, ignored=1.0)
+    assert (targets == IGNORE).all()
+    hidden, weight, bias = leaves(hidden, weight, bias)
+    loss = linear_cross_entropy(
+        hidden, weight, targets, bias, reduction=reduction, backend=backend, z_loss=0.1
+    )
+    assert loss.requires_grad and loss.item() == 0.0
+    for grad in torch.autograd.grad(loss, (hidden, weight, bias)):
+        assert torch.equal(grad, torch.zeros_like(grad))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "batch, vocab, chunk",
+    [
+        ((1,), 37, 10),
+        ((1,), 5, 128),
+        ((4, 9), 37, 37),
+        ((4, 9), 37, 36),
+        ((4, 9), 37, 1),
+        ((2, 5), 300, None),
+    ],
+)
+def test_odd_sizes(backend, batch, vocab, chunk):
+    hidden, weight, targets, bias = make_inputs(
+        batch=batch, vocab=vocab, bias=True, ignored=0.2 if batch[0] > 1 else 0
+    )
+    got, got_grads = loss_and_grads(
+        linear_cross_entropy,
+        hidden,
+        weight,
+        targets,
+        bias,
+        backend=backend,
+        chunk_size=chunk,
+        label_smoothing=0.1,
+    )
+    want, want_grads = loss_and_grads(call_expected, hidden, weight, targets, bias, label_smoothing=0.1)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", ["transposed", "strided_features", "sliced"])
+def test_non_contiguous_hidden(backend, layout):
+    hidden, weight, targets, _ = make_inputs(batch=(4, 6))
+    if layout == "transposed":  # (L, B, H) storage seen as (B, L, H)
+        hidden = hidden.transpose(0, 1).contiguous().transpose(0, 1)
+    elif layout == "strided_features":
+        hidden = torch.stack([hidden, torch.zeros_like(hidden)], dim=-1).flatten(-2)[..., ::2]
+    else:  # every other sequence of a larger batch
+        hidden = torch.stack([hidden, torch.randn_like(hidden)], dim=1)[:, 0]
+    assert not hidden.is_contiguous()
+    for shift in (False, True):
+        got, got_grads = loss_and_grads(
+            linear_cross_entropy, hidden, weight, targets, None, backend=backend, chunk_size=8, shift=shift
+        )
+        want, want_grads = loss_and_grads(call_expected, hidden, weight, targets, None, shift=shift)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+        for g, w in zip(got_grads, want_grads, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+
+
+def _storages(tree):
+    return {t.untyped_storage().data_ptr() for t in tree_leaves(tree) if isinstance(t, torch.Tensor)}
+
+
+class LargestOutputs(TorchDispatchMode):
+    """Records the number of elements of the largest tensor any aten op builds (views and in-place
+    results, which alias an input, build nothing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        inputs = _storages((args, kwargs))
+        out = func(*args, **kwargs)
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def largest_saved_and_built(backend, shift):
+    n_seq, length, hidden_size, vocab, chunk = 4, 16, 16, 1000, 100
+    hidden, weight, targets, bias = make_inputs(batch=(n_seq, length), hidden_size=hidden_size, vocab=vocab)
+    hidden, weight, _ = leaves(hidden, weight, None)
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with LargestOutputs() as built, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = linear_cross_entropy(hidden, weight, targets, backend=backend, chunk_size=chunk, shift=shift)
+        loss.backward()
+    return max(saved), built.largest, n_seq * length, hidden_size, vocab, chunk
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_chunked_never_builds_the_logits(shift):
+    largest_saved, largest_built, n, hidden_size, vocab, chunk = largest_saved_and_built("chunked", shift)
+    # saved for backward: the inputs and per-position vectors only
+    assert largest_saved == vocab * hidden_size
+    # built: (N, chunk) blocks, the (V, H) and (N, H) gradients; never (N, V), nor a copy of hidden
+    assert largest_built == max(n * chunk, vocab * hidden_size, n * hidden_size) < n * vocab
+
+
+def test_the_probe_sees_the_reference_logits():
+    largest_saved, largest_built, n, _, vocab, _ = largest_saved_and_built("reference", False)
+    assert largest_saved >= n * vocab and largest_built >= n * vocab
+
+
+def test_shift_does_not_copy_hidden():
+    """With shift=True the targets move, not hidden: no op builds a tensor of hidden's size in
+    the forward (the chunk is smaller than H, so a block is smaller too)."""
+    hidden, weight, targets, _ = make_inputs(batch=(4, 16), hidden_size=64, vocab=50)
+    with LargestOutputs() as built:
+        linear_cross_entropy(hidden, weight, targets, shift=True, backend="chunked", chunk_size=8)
+    assert built.largest < hidden.numel()
+
+
+def test_chunked_is_deterministic():
+    hidden, weight, targets, bias = make_inputs(batch=(6, 11), vocab=301, dtype=torch.float32, bias=True)
+    runs = [
+        loss_and_grads(
+            linear_cross_entropy, hidden, weight, targets, bias, chunk_size=64, label_smoothing=0.1
+        )
+        for _ in range(2)
+    ]
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1], strict=True))
+
+
+# Stated tolerances for 16-bit inputs, against the float64 loss of the same (rounded) inputs:
+# the logits are rounded once to the input dtype, as the model's own LM head would round them.
+LOW_PRECISION = {torch.bfloat16: dict(loss=2e-2, grad=2e-2), torch.float16: dict(loss=3e-3, grad=3e-3)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dtypes(dtype, backend):
+    hidden, weight, targets, bias = make_inputs(
+        batch=(8, 16), hidden_size=32, vocab=500, dtype=dtype, bias=True
+    )
+    options = dict(label_smoothing=0.1, z_loss=1e-3)
+    got, got_grads = loss_and_grads(
+        linear_cross_entropy, hidden, weight, targets, bias, backend=backend, chunk_size=96, **options
+    )
+    want, want_grads = loss_and_grads(call_expected, hidden, weight, targets, bias, **options)
+    assert got.dtype == torch.float32
+    assert [g.dtype for g in got_grads] == [dtype] * 3
+    tol = LOW_PRECISION.get(dtype, dict(loss=1e-5, grad=1e-5))
+    torch.testing.assert_close(got.double(), want, rtol=tol["loss"], atol=tol["loss"])
+    for g, w in zip(got_grads, want_grads, strict=True):
+        w = w.double()
+        torch.testing.assert_close(g.double(), w, rtol=0, atol=tol["grad"] * w.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16_bit_chunked_matches_reference_roundings(dtype):
+    """Both backends round the logits the same way; only the order of float32 sums differs."""
+    hidden, weight, targets, bias = make_inputs(
+        batch=(8, 16), hidden_size=32, vocab=500, dtype=dtype, bias=True
+    )
+    chunked_out = loss_and_grads(linear_cross_entropy, hidden, weight, targets, bias, chunk_size=96)
+    reference_out = loss_and_grads(linear_cross_entropy, hidden, weight, targets, bias, backend="reference")
+    torch.testing.assert_close(chunked_out[0], reference_out[0], rtol=1e-5, atol=1e-5)
+    for g, w in zip(chunked_out[1], reference_out[1], strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-2, atol=1e-2 * w.abs().max().item())
+
+
+def test_autocast_casts_inputs_like_the_lm_head():
+    hidden, weight, targets, _ = make_inputs(batch=(4, 8), hidden_size=16, vocab=100, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, got_grads = loss_and_grads(linear_cross_entropy, hidden, weight, targets, None, chunk_size=30)
+    want, want_grads = loss_and_grads(
+        linear_cross_entropy, hidden.bfloat16(), weight.bfloat16(), targets, None, chunk_size=30
+    )
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert [g.dtype for g in got_grads] == [torch.float32, torch.float32]
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w.float(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(compiler):
+    """fullgraph=True: no graph break, so no host synchronisation in the traced path (the value
+    check is skipped under compilation)."""
+    torch._dynamo.reset()
+    hidden, weight, targets, bias = make_inputs(
+        batch=(4, 9), hidden_size=16, vocab=200, dtype=torch.float32, bias=True
+    )
+    options = dict(label_smoothing=0.1, z_loss=1e-3, shift=True, chunk_size=64)
+
+    def loss_fn(hidden, weight, targets, bias):
+        return linear_cross_entropy(hidden, weight, targets, bias, **options)
+
+    compiled = torch.compile(loss_fn, fullgraph=True, backend=compiler)
+    got, got_grads = loss_and_grads(lambda *a: compiled(*a), hidden, weight, targets, bias)
+    want, want_grads = loss_and_grads(loss_fn, hidden, weight, targets, bias)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_unchecked_out_of_range_target_is_nan_in_chunked():
+    hidden, weight, targets, _ = make_inputs(batch=(6,), ignored=0)
+    targets[2] = weight.shape[0]
+    losses = linear_cross_entropy(hidden, weight, targets, reduction="none", check_inputs=False)
+    assert torch.isnan(losses[2]) and torch.isfinite(losses[torch.arange(6) != 2]).all()
+
+
+def test_module_matches_function_and_keeps_options():
+    hidden, weight, targets, bias = make_inputs(bias=True)
+    module = LinearCrossEntropy(label_smoothing=0.1, z_loss=1e-3, reduction="sum", shift=True, chunk_size=5)
+    want = linear_cross_entropy(
+        hidden,
+        weight,
+        targets,
+        bias,
+        label_smoothing=0.1,
+        z_loss=1e-3,
+        reduction="sum",
+        shift=True,
+        chunk_size=5,
+    )
+    assert torch.equal(module(hidden, weight, targets, bias), want)
+    assert "reduction='sum'" in repr(module) and "shift=True" in repr(module)
+
+
+def test_default_chunk_size_comes_from_the_budget():
+    # small problems: 1/16 of the vocabulary, at least MIN_CHUNK, at most V
+    assert chunked.default_chunk_size(2048, 32000) == 2000
+    assert chunked.default_chunk_size(10, 1000) == chunked.MIN_CHUNK
+    assert chunked.default_chunk_size(10, 50) == 50
+    # large ones: the float32 block fits the budget
+    n, vocab = 8192, 256000
+    chunk = chunked.default_chunk_size(n, vocab)
+    assert 4 * n * chunk <= chunked.BLOCK_BUDGET_BYTES < 4 * n * (chunk + 1)
+    assert chunked.default_chunk_size(10**7, vocab) == chunked.MIN_CHUNK
+
+
+BAD_INPUTS = [
+    ("hidden_size", dict(weight=torch.zeros(37, 9)), ValueError, r"weight has H = 9"),
+    (
+        "targets_shape",
+        dict(targets=torch.zeros(3, 6, dtype=torch.long)),
+        ValueError,
+        r"targets must have hidden's shape",
+    ),
+    ("bias_shape", dict(bias=torch.zeros(36)), ValueError, r"bias has V = 36"),
+    ("bias_rank", dict(bias=torch.zeros(37, 1)), ValueError, r"bias must have shape \(V,\)"),
+    ("weight_rank", dict(weight=torch.zeros(37, 8, 1)), ValueError, r"weight must have shape \(V, H\)"),
+    ("float_targets", dict(targets=torch.zeros(3, 7)), TypeError, r"targets must be an integer tensor"),
+    (
+        "bool_targets",
+        dict(targets=torch.zeros(3, 7, dtype=torch.bool)),
+        TypeError,
+        r"targets must be an integer",
+    ),
+    (
+        "int_hidden",
+        dict(hidden=torch.zeros(3, 7, 8, dtype=torch.long)),
+        TypeError,
+        r"hidden must be a floating",
+    ),
+    ("weight_device", dict(weight=torch.zeros(37, 8, device="meta")), ValueError, r"weight on meta"),
+    ("bias_device", dict(bias=torch.zeros(37, device="meta")), ValueError, r"bias on meta"),
+    ("dtype", dict(weight=torch.zeros(37, 8, dtype=torch.float32)), TypeError, r"must share a dtype"),
+    (
+        "empty_batch",
+        dict(hidden=torch.zeros(0, 7, 8), targets=torch.zeros(0, 7, dtype=torch.long)),
+        ValueError,
+        "empty",
+    ),
+    ("empty_vocab", dict(weight=torch.zeros(0, 8), bias=None), ValueError, r"vocabulary is empty"),
+    ("not_a_tensor", dict(targets=[1, 2, 3]), TypeError, r"targets must be a torch.Tensor"),
+    (
+        "target_too_large",
+        dict(targets=torch.full((3, 7), 37)),
+        ValueError,
+        r"targets\[0, 0\] = 37 is not a class",
+    ),
+    ("target_negative", dict(targets=torch.full((3, 7), -1)), ValueError, r"targets\[0, 0\] = -1"),
+    ("reduction", dict(reduction="avg"), ValueError, r"reduction must be one of"),
+    (
+        "backend",
+        dict(backend="triton"),
+        ValueError,
+        r"backend must be one of \('auto', 'chunked', 'reference'\)",
+    ),
+    ("label_smoothing", dict(label_smoothing=1.5), ValueError, r"label_smoothing must be in \[0, 1\]"),
+    ("z_loss", dict(z_loss=-1.0), ValueError, r"z_loss must be"),
+    ("chunk_size", dict(chunk_size=0), ValueError, r"chunk_size must be a positive int"),
+    ("ignore_index", dict(ignore_index=1.5), TypeError, r"ignore_index must be an int"),
+    (
+        "shift_rank",
+        dict(
+            hidden=torch.zeros(7, dtype=torch.float64), targets=torch.zeros((), dtype=torch.long), shift=True
+        ),
+        ValueError,
+        r"hidden must have shape \(\.\.\., L, H\)",
+    ),
+]
+
+
+@pytest.mark.parametrize("name, change, error, message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_inputs_name_the_argument(name, change, error, message):
+    hidden, weight, targets, bias = make_inputs(bias=True)
+    args = dict(hidden=hidden, weight=weight, targets=targets, bias=bias)
+    options = {k: v for k, v in change.items() if k not in args}
+    args.update({k: v for k, v in change.items() if k in args})
+    with pytest.raises(error, match=message):
+        linear_cross_entropy(**args, **options)
+
+
+def test_out_of_range_check_can_be_skipped():
+    hidden, weight, targets, _ = make_inputs()
+    targets[1, 2] = 1000
+    linear_cross_entropy(hidden, weight, targets, check_inputs=False)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(reduction="avg"), "reduction"),
+        (dict(backend="x"), "backend"),
+        (dict(chunk_size=-3), "chunk_size"),
+    ],
+)
+def test_module_checks_options_at_construction(options, message):
+    with pytest.raises(ValueError, match=message):
+        LinearCrossEntropy(**options)
