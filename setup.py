@@ -8,8 +8,8 @@ VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "fsc_losses" / "__init_
 
 TEST = ["pytest>=7"]
 OPEN_CLIP = ["open_clip_torch>=3.3"]
-# transformers: the CLIP/SigLIP integration (tested with 4.49 and 5.23); peft: LoRA and prompt
-# tuning for the LVLM losses (tested 0.21 with both).
+# transformers: the CLIP/SigLIP integration (tested with 4.49 and 5.23) and the LVLM glue (5.x only;
+# integrations.lvlm.hidden_states says so on 4.x); peft: LoRA for the LVLM losses (0.21).
 TRANSFORMERS = ["transformers>=4.49", "peft>=0.21"]
 
 setup(

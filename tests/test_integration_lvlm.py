@@ -3,6 +3,7 @@ randomly initialised transformers models."""
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,10 @@ IMAGE_TOKEN = 99
 
 @pytest.fixture(scope="module")
 def transformers():
-    return pytest.importorskip("transformers")
+    module = pytest.importorskip("transformers")
+    if int(module.__version__.split(".")[0]) < 5:
+        pytest.skip(f"hidden_states needs transformers >= 5, found {module.__version__}")
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +128,14 @@ def test_hidden_states_are_what_the_lm_head_reads(transformers):
         got = hidden_states(model, ids, mask, pixels)
         out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
     torch.testing.assert_close(model.lm_head(got), out.logits)
+
+
+def test_hidden_states_refuses_transformers_4(transformers, monkeypatch):
+    model = tiny_llava(transformers)
+    # Building a model can replace transformers' lazy module in sys.modules: patch the one there.
+    monkeypatch.setattr(sys.modules["transformers"], "__version__", "4.49.0")
+    with pytest.raises(RuntimeError, match="transformers >= 5, found 4.49.0"):
+        hidden_states(model, torch.ones(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.long))
 
 
 def test_hidden_states_with_a_soft_prompt_and_lora(transformers, peft):

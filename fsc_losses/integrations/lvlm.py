@@ -107,7 +107,18 @@ def hidden_states(
             them out.
         pixel_values: the images, or None for text-only sequences.
         soft_prompt: written into the input embeddings first.
+
+    Needs transformers >= 5: in 4.x an LVLM such as LLaVA neither exposes its language model as
+    ``base_model`` nor takes ``inputs_embeds`` together with ``pixel_values``.
     """
+    import transformers  # the model's own library; this module imports only torch at import time
+
+    if int(transformers.__version__.split(".")[0]) < 5:
+        raise RuntimeError(
+            f"hidden_states needs transformers >= 5, found {transformers.__version__}: in 4.x an LVLM "
+            "such as LLaVA neither exposes its language model as base_model nor takes inputs_embeds "
+            "with pixel_values"
+        )
     inputs_embeds = model.get_input_embeddings()(input_ids)
     if soft_prompt is not None:
         inputs_embeds = soft_prompt(input_ids, inputs_embeds)

@@ -33,6 +33,9 @@ _MAX_GROUPS = 16
 _MAX_POSITIONS = 256
 _MAX_PATCHES = 4096
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Triton 3.6's interpreter cannot loop to a bound read from memory or derived from the program id
+# (compiled kernels can); 3.8's can.
+_INTERPRETER_TOO_OLD = tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 8)
 _ROW_STATS = 4  # per row: <Z,X>, |Z|^2 and |X|^2 of the normalised pooled token Z, and sum(U)
 
 
@@ -64,14 +67,13 @@ def _counted(
 
 @triton.jit
 def _block_rows(rows_ptr, b, first, n_rows, S, T, x_ptr, sxb, sxg, sxt, BR: tl.constexpr):
-    """Rows ``first .. first+BR`` of image ``b``: their slots, which exist, caption index and
-    pointer to the row's text token."""
+    """Rows ``first .. first+BR`` of image ``b``: their slots, which exist, their positions
+    ``q = g*T + t`` and pointers to their text tokens."""
     slot = first + tl.arange(0, BR)
     row_ok = slot < n_rows
     q = tl.load(rows_ptr + b.to(tl.int64) * S + slot, mask=row_ok, other=0)
-    g_row = q // T
-    x_rows = x_ptr + b.to(tl.int64) * sxb + g_row.to(tl.int64) * sxg + (q % T).to(tl.int64) * sxt
-    return slot, row_ok, g_row, x_rows
+    x_rows = x_ptr + b.to(tl.int64) * sxb + (q // T).to(tl.int64) * sxg + (q % T).to(tl.int64) * sxt
+    return slot, row_ok, q, x_rows
 
 
 @triton.jit
@@ -191,7 +193,8 @@ def _rows_fwd_kernel(
     tl.store(nrows_ptr + b, n_rows, mask=rb == 0)
     tl.debug_barrier()  # the row ids just stored are read back by other threads
 
-    slot, row_ok, g_row, x_rows = _block_rows(rows_ptr, b, first, n_rows, S, T, x_ptr, sxb, sxg, sxt, BR)
+    slot, row_ok, q, x_rows = _block_rows(rows_ptr, b, first, n_rows, S, T, x_ptr, sxb, sxg, sxt, BR)
+    g_row = q // T
     busy = first < n_rows  # blocks past the image's rows skip every loop
     n_tiles = tl.where(busy, tl.cdiv(P, BP), 0)
     d_end = tl.where(busy, D, 0)
@@ -426,35 +429,48 @@ def _contrast_fwd_kernel(
 
 
 @triton.jit
-def _row_grads(
+def _bwd_rows(
+    rows_ptr,
+    x_ptr,
+    dx_ptr,
     stats_ptr,
     lse_ptr,
     up_ptr,
     dlse_ptr,
     b,
-    slot,
-    row_ok,
-    g_row,
+    first,
+    n_rows,
     G,
+    T,
+    D,
     S,
     n_slots,
     scale,
+    sxb,
+    sxg,
+    sxt,
     sub,
     sug,
     HAS_DLSE: tl.constexpr,
+    BR: tl.constexpr,
 ):
-    """Per row of a block, what its gradients need: ``da = dl * exp(a - l)`` (the gradient of
-    ``a``), ``cos``, ``coef = da * scale / (max(|Z|,eps) max(|X|,eps))``, the projections
-    ``z_proj = [|Z| > eps] <Z,X>/|Z|^2`` and ``x_proj = [|X| > eps] <Z,X>/|X|^2``, and ``1/sum(U)``.
+    """Rows ``first .. first+BR`` of image ``b`` and what their gradients need: slots, which
+    exist, pointers to their text tokens and to their rows of ``dX``; ``da = dl * exp(a - l)`` (the
+    gradient of ``a``), ``cos``, ``coef = da * scale / (max(|Z|,eps) max(|X|,eps))``, the
+    projections ``z_proj = [|Z| > eps] <Z,X>/|Z|^2`` and ``x_proj = [|X| > eps] <Z,X>/|X|^2``, and
+    ``1/sum(U)``.
 
     F.normalize's clamp_min passes no gradient at or below eps, hence the indicators."""
+    slot, row_ok, q, x_rows = _block_rows(rows_ptr, b, first, n_rows, S, T, x_ptr, sxb, sxg, sxt, BR)
     b64 = b.to(tl.int64)
+    dx_rows = dx_ptr + (b64 * G * T + q) * D
     at = b64 * S + slot
     zx = tl.load(stats_ptr + at, mask=row_ok, other=0.0)
     zz = tl.load(stats_ptr + n_slots + at, mask=row_ok, other=0.0)
     xx = tl.load(stats_ptr + 2 * n_slots + at, mask=row_ok, other=0.0)
     u_sum = tl.load(stats_ptr + 3 * n_slots + at, mask=row_ok, other=1.0)
     cos = _cosine(zx, zz, xx)
+    g_row = q // T
     cap = b64 * G + g_row
     dl = tl.load(up_ptr + b64 * sub + g_row * sug, mask=row_ok, other=0.0).to(tl.float32)
     if HAS_DLSE:
@@ -467,7 +483,7 @@ def _row_grads(
     z_proj = tl.where(nz > _NORM_EPS, zx / tl.where(zz > 0.0, zz, 1.0), 0.0)
     x_proj = tl.where(nx > _NORM_EPS, zx / tl.where(xx > 0.0, xx, 1.0), 0.0)
     inv_sum = 1.0 / tl.where(row_ok, u_sum, 1.0)
-    return da, cos, coef, z_proj, x_proj, inv_sum
+    return slot, row_ok, x_rows, dx_rows, da, cos, coef, z_proj, x_proj, inv_sum
 
 
 @triton.jit
@@ -553,39 +569,19 @@ def _tokens_bwd_kernel(
     v_img = v_ptr + b64 * svb
     dscale = 0.0
     for first in range(0, n_rows, BR):
-        slot, row_ok, g_row, x_rows = _block_rows(rows_ptr, b, first, n_rows, S, T, x_ptr, sxb, sxg, sxt, BR)
-        da, cos, coef, z_proj, x_proj, inv_sum = _row_grads(
-            stats_ptr,
-            lse_ptr,
-            up_ptr,
-            dlse_ptr,
-            b,
-            slot,
-            row_ok,
-            g_row,
-            G,
-            S,
-            n_slots,
-            scale,
-            sub,
-            sug,
-            HAS_DLSE,
-        )
+        slot, row_ok, x_rows, dx_rows, da, cos, coef, z_proj, x_proj, inv_sum = _bwd_rows(
+            rows_ptr, x_ptr, dx_ptr, stats_ptr, lse_ptr, up_ptr, dlse_ptr, b, first, n_rows, G, T, D, S,
+            n_slots, scale, sxb, sxg, sxt, sub, sug, HAS_DLSE, BR,
+        )  # fmt: skip
         dscale += tl.sum(da * cos, axis=0)
         z = _pooled_block(
             w_ptr, v_img, b, slot, row_ok, n_tiles, S, P, svp, svd, offs_d, d_ok, BP, BR, BD, DOT_PRECISION
         )
         z = z * inv_sum[:, None]
-        x = tl.load(
-            x_rows[:, None] + offs_d[None, :] * sxd, mask=row_ok[:, None] & d_ok[None, :], other=0.0
-        ).to(tl.float32)
+        tile_ok = row_ok[:, None] & d_ok[None, :]
+        x = tl.load(x_rows[:, None] + offs_d[None, :] * sxd, mask=tile_ok, other=0.0).to(tl.float32)
         dx = coef[:, None] * (z - x_proj[:, None] * x)
-        q = tl.load(rows_ptr + b64 * S + slot, mask=row_ok, other=0)
-        tl.store(
-            dx_ptr + (b64 * G * T + q)[:, None] * D + offs_d[None, :],
-            dx.to(dx_ptr.dtype.element_ty),
-            mask=row_ok[:, None] & d_ok[None, :],
-        )
+        tl.store(dx_rows[:, None] + offs_d[None, :], dx.to(dx_ptr.dtype.element_ty), mask=tile_ok)
     tl.debug_barrier()  # B reads back the dX that other threads of this program stored
 
     for j in range(0, n_tiles):
@@ -593,45 +589,23 @@ def _tokens_bwd_kernel(
         p_ok = offs_p < P
         dv = tl.zeros((BP, BD), dtype=tl.float32)
         for first in range(0, n_rows, BR):
-            slot, row_ok, g_row, x_rows = _block_rows(
-                rows_ptr, b, first, n_rows, S, T, x_ptr, sxb, sxg, sxt, BR
-            )
-            da, cos, coef, z_proj, x_proj, inv_sum = _row_grads(
-                stats_ptr,
-                lse_ptr,
-                up_ptr,
-                dlse_ptr,
-                b,
-                slot,
-                row_ok,
-                g_row,
-                G,
-                S,
-                n_slots,
-                scale,
-                sub,
-                sug,
-                HAS_DLSE,
-            )
+            slot, row_ok, x_rows, dx_rows, da, cos, coef, z_proj, x_proj, inv_sum = _bwd_rows(
+                rows_ptr, x_ptr, dx_ptr, stats_ptr, lse_ptr, up_ptr, dlse_ptr, b, first, n_rows, G, T, D, S,
+                n_slots, scale, sxb, sxg, sxt, sub, sug, HAS_DLSE, BR,
+            )  # fmt: skip
             tile_ok = row_ok[:, None] & d_ok[None, :]
             x = tl.load(x_rows[:, None] + offs_d[None, :] * sxd, mask=tile_ok, other=0.0).to(tl.float32)
-            q = tl.load(rows_ptr + b64 * S + slot, mask=row_ok, other=0)
-            dx = tl.load(dx_ptr + (b64 * G * T + q)[:, None] * D + offs_d[None, :], mask=tile_ok, other=0.0)
+            dx = tl.load(dx_rows[:, None] + offs_d[None, :], mask=tile_ok, other=0.0).to(tl.float32)
             # dZ / sum(U): W = U / sum(U) is folded into the rows of dZ.
-            dz = ((coef * (1.0 - z_proj * x_proj) * inv_sum)[:, None] * x) - (z_proj * inv_sum)[
-                :, None
-            ] * dx.to(tl.float32)
+            x_part = coef * (1.0 - z_proj * x_proj) * inv_sum
+            dz = x_part[:, None] * x - (z_proj * inv_sum)[:, None] * dx
             u = tl.load(
                 w_ptr + (b64 * S + slot)[:, None] * P + offs_p[None, :],
                 mask=row_ok[:, None] & p_ok[None, :],
                 other=0.0,
             )
-            dv = tl.dot(
-                tl.trans(u.to(x_ptr.dtype.element_ty)),
-                dz.to(x_ptr.dtype.element_ty),
-                dv,
-                input_precision=DOT_PRECISION,
-            )
+            dtype = x_ptr.dtype.element_ty
+            dv = tl.dot(tl.trans(u.to(dtype)), dz.to(dtype), dv, input_precision=DOT_PRECISION)
         tl.store(
             dv_ptr + b64 * P * D + offs_p[:, None] * D + offs_d[None, :],
             dv.to(dv_ptr.dtype.element_ty),
@@ -1136,6 +1110,10 @@ def unsupported_reason(image_tokens: torch.Tensor, text_tokens: torch.Tensor) ->
     device = image_tokens.device
     if device.type != "cuda" and not (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
         return f"tensors on {device} (need CUDA, or the CPU with TRITON_INTERPRET=1)"
+    if device.type == "cpu" and _INTERPRETER_TOO_OLD:
+        return (
+            f"Triton {triton.__version__}'s CPU interpreter (loop bounds that depend on the program need 3.8)"
+        )
     return shape_reason(image_tokens, text_tokens, device_spec(device))
 
 
