@@ -661,6 +661,9 @@ def test_unsupported_reason(monkeypatch):
     assert "empty" in local_hn.unsupported_reason(torch.zeros(0, 7, 8), torch.zeros(0, 3, 5, 8))
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert "cpu" in local_hn.unsupported_reason(image, text)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(local_hn, "_INTERPRETER_TOO_OLD", True)
+    assert "interpreter" in local_hn.unsupported_reason(image, text)
 
 
 def test_a_device_too_small_for_every_tile_is_named_with_shape_and_limit(monkeypatch):
