@@ -141,11 +141,11 @@ def main(argv=None) -> int:
         tag = f"seed {config.seed}"
         bench = experiment.make_benchmark(config, tokenizer)
         finetune_set = experiment.make_finetune_set(config, tokenizer)
-        bar.set_description(f"{tag}: pre-training (CLIP loss)")
+        bar.set_description(f"{tag}: pre-training (CLIP loss)", refresh=False)
         pretrained = experiment.pretrain(config, tokenizer, device, step_reporter(1.0))
         results = {experiment.PRETRAINED: experiment.evaluate(pretrained, bench, device)}
         for method in experiment.METHODS:
-            bar.set_description(f"{tag}: fine-tuning {method.label}")
+            bar.set_description(f"{tag}: fine-tuning {method.label}", refresh=False)
             model = experiment.finetune(
                 pretrained, method, finetune_set, config, tokenizer, device, step_reporter(cost[method.name])
             )
