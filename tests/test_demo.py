@@ -241,6 +241,21 @@ def test_benchmark_counts_every_test_and_only_valid_negatives():
     assert names.index("shuffle") in shuffle.tolist()
 
 
+def test_finetune_negatives_never_name_a_held_out_pair():
+    config = experiment.DemoConfig.quick(finetune_scenes=600)
+    finetune_set = experiment.make_finetune_set(config, experiment.Tokenizer())
+    captions = [s.caption for s in finetune_set.data.scenes]
+    negatives, valid = make_hard_negatives(captions, seed=config.seed)
+    n = len(captions)
+    dropped = 0
+    for k in range(valid.shape[1]):
+        for b in range(n):
+            names_pair = any(f" {c} {s}" in f" {negatives[k * n + b]}" for c, s in world.HELD_OUT)
+            assert bool(finetune_set.neg_valid[b, k]) == (bool(valid[b, k]) and not names_pair)
+            dropped += bool(valid[b, k]) and names_pair
+    assert dropped > 0.05 * n  # swaps make them often
+
+
 def test_tokenizer_renumbers_bpe_ids_one_to_one():
     from open_clip.tokenizer import SimpleTokenizer
 

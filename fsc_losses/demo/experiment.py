@@ -243,8 +243,20 @@ def make_finetune_set(config: DemoConfig, tokenizer: Tokenizer) -> FinetuneSet:
     # negatives of NegCLIP and FSC-CLIP.
     scenes = world.sample_scenes(config.finetune_scenes, "train", config.seed + 1, config.image_size)
     data = captioned(scenes, config.image_size, tokenizer)
-    negatives, valid, _ = negatives_for([s.caption for s in scenes], config.seed, tokenizer)
-    return FinetuneSet(data, negatives, valid)
+    negatives, valid, texts = negatives_for([s.caption for s in scenes], config.seed, tokenizer)
+    # A swap often pairs a colour with a shape that the training split never pairs it with
+    # ("a red square ... a blue circle" -> "a red circle ..."). Trained on such negatives, a model
+    # learns that any held-out pair makes a caption false, from the text alone: it then rejects the
+    # true captions of the "unseen" scenes and accepts their negatives. Those negatives are left
+    # out, so held-out pairs never occur in any training text.
+    held_out = torch.tensor([names_held_out_pair(t) for t in texts]).view(len(HN_KINDS), len(scenes)).T
+    return FinetuneSet(data, negatives, valid & ~held_out)
+
+
+def names_held_out_pair(text: str) -> bool:
+    """Whether ``text`` has a colour word right before a shape word that :data:`world.HELD_OUT` pairs."""
+    words = text.split()
+    return any(pair in world.HELD_OUT for pair in zip(words[:-1], words[1:], strict=True))
 
 
 def make_benchmark(config: DemoConfig, tokenizer: Tokenizer) -> Benchmark:
