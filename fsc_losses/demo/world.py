@@ -35,6 +35,8 @@ __all__ = [
     "VOCABULARY",
     "Scene",
     "WorldObject",
+    "meaning",
+    "parse_caption",
     "render",
     "sample_scenes",
     "shape_mask",
@@ -73,6 +75,16 @@ VOCABULARY: frozenset[str] = frozenset(
     | {w for words, _ in SIZES.values() for phrase in words for w in phrase.split()}
     | {w for phrases in RELATIONS.values() for phrase in phrases for w in phrase.split()}
 )
+
+_SIZE_OF_WORD = {word: size for size, (words, _) in SIZES.items() for word in words}
+_RELATION_OF_PHRASE = {phrase: rel for rel, phrases in RELATIONS.items() for phrase in phrases}
+# relation -> (the relation it is said with in canonical form, whether the objects swap places).
+_CANONICAL = {
+    "left of": ("left of", False),
+    "right of": ("left of", True),
+    "above": ("above", False),
+    "below": ("above", True),
+}
 
 _ALL_PAIRS = tuple(itertools.product(COLOURS, SHAPES))
 _SEEN_PAIRS = tuple(p for p in _ALL_PAIRS if p not in HELD_OUT)
@@ -172,6 +184,50 @@ def sample_scenes(
         raise ValueError(f"num_objects must be 1, 2 or None, got {num_objects!r}")
     rng = np.random.default_rng([seed, _SPLIT_SALT[split], num_objects or 0])
     return [_sample_scene(rng, split, image_size, num_objects) for _ in range(n)]
+
+
+Attributes = tuple[str, str, str]  # (size, colour, shape): a key of SIZES, of COLOURS, a shape
+
+
+def parse_caption(text: str) -> tuple[tuple[Attributes, ...], str | None] | None:
+    """What a sentence of the world's grammar says, or ``None`` if it is not one.
+
+    Returns the named objects' ``(size, colour, shape)`` in caption order (sizes as keys of
+    :data:`SIZES`, whatever word names them) and the relation (a key of :data:`RELATIONS`), or
+    ``None`` for one object. Any text a caption, a swap or a replace of a caption can be parses;
+    a shuffled caption usually does not.
+    """
+    words = text.split()
+    objects, relation = [], None
+    while True:
+        if len(words) < 4 or words[0] != "a" or words[1] not in _SIZE_OF_WORD:
+            return None
+        if words[2] not in COLOURS or words[3] not in SHAPES:
+            return None
+        objects.append((_SIZE_OF_WORD[words[1]], words[2], words[3]))
+        words = words[4:]
+        if not words:
+            return tuple(objects), relation
+        if relation is not None:
+            return None
+        for length in (4, 3, 2, 1):  # the longest phrase first: "to the left of" before "left of"
+            phrase = " ".join(words[:length])
+            if phrase in _RELATION_OF_PHRASE:
+                relation = _RELATION_OF_PHRASE[phrase]
+                words = words[length:]
+                break
+        else:
+            return None
+
+
+def meaning(objects: tuple[Attributes, ...], relation: str | None) -> tuple:
+    """A form of what :func:`parse_caption` returns that two captions share exactly when they
+    describe the same scenes: "X right of Y" becomes "Y left of X", "X below Y" "Y above X"."""
+    if relation is None:
+        return objects
+    canonical, flip = _CANONICAL[relation]
+    first, second = objects
+    return (second, canonical, first) if flip else (first, canonical, second)
 
 
 def _pick(rng: np.random.Generator, options):
