@@ -7,7 +7,8 @@ HERE = Path(__file__).parent
 VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "fsc_losses" / "__init__.py").read_text(), re.M)[1]
 
 TEST = ["pytest>=7"]
-OPEN_CLIP = ["open_clip_torch>=3.3"]
+# tqdm: the demo's progress bar (open_clip needs it too).
+OPEN_CLIP = ["open_clip_torch>=3.3", "tqdm>=4.60"]
 # transformers: the CLIP/SigLIP integration (tested with 4.49 and 5.23) and the LVLM glue (5.x only;
 # integrations.lvlm.hidden_states says so on 4.x); peft: LoRA for the LVLM losses (0.21).
 TRANSFORMERS = ["transformers>=4.49", "peft>=0.21"]
