@@ -670,13 +670,10 @@ def test_a_device_too_small_for_every_tile_is_named_with_shape_and_limit(monkeyp
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     image, text = torch.zeros(2, 7, 8, dtype=torch.float16), torch.zeros(2, 3, 5, 8, dtype=torch.float16)
     need = min(local_hn.shared_bytes(t, torch.float16, 3, 5) for t in local_hn._candidates(torch.float16, 7))
-    monkeypatch.setattr(local_hn, "device_spec", lambda device: local_hn.DeviceSpec(need, 86))
+    monkeypatch.setattr(local_hn, "device_spec", lambda device: local_hn.DeviceSpec(need))
     assert local_hn.fit_reason(image, text) is None
-    assert (
-        local_hn.plan(image, text, local_hn.DeviceSpec(need, 86))
-        == local_hn._candidates(torch.float16, 7)[-1]
-    )
-    monkeypatch.setattr(local_hn, "device_spec", lambda device: local_hn.DeviceSpec(need - 1, 86))
+    assert local_hn.plan(image, text, local_hn.DeviceSpec(need)) == local_hn._candidates(torch.float16, 7)[-1]
+    monkeypatch.setattr(local_hn, "device_spec", lambda device: local_hn.DeviceSpec(need - 1))
     reason = local_hn.unsupported_reason(image, text)
     assert reason == local_hn.fit_reason(image, text)
     assert "(2, 3, 5, 7, 8)" in reason and f"need {need} bytes" in reason and f"allows {need - 1}" in reason
@@ -687,9 +684,9 @@ def test_plan_prefers_the_largest_tiles_that_fit():
     first, *rest = local_hn._candidates(torch.bfloat16, 196)
     assert first.patches == 32  # 196 patches: 7 tiles of 32 pad less than 4 of 64
     assert local_hn._candidates(torch.bfloat16, 576)[0].patches == 64
-    roomy = local_hn.DeviceSpec(232448, 90)
+    roomy = local_hn.DeviceSpec(232448)
     assert local_hn.plan(image, text, roomy) == first
-    tight = local_hn.DeviceSpec(local_hn.shared_bytes(first, torch.bfloat16, 4, 77) - 1, 86)
+    tight = local_hn.DeviceSpec(local_hn.shared_bytes(first, torch.bfloat16, 4, 77) - 1)
     assert local_hn.plan(image, text, tight) == rest[0]
 
 

@@ -631,14 +631,12 @@ def _sum_kernel(part_ptr, out_ptr, n, BLOCK: tl.constexpr):
 
 class DeviceSpec(NamedTuple):
     """What the plan needs to know of a device: its per-block shared-memory limit (the opt-in
-    maximum, bytes) and its compute capability as ``10 * major + minor`` (0: Triton's CPU
-    interpreter, which has no limit)."""
+    maximum, bytes; Triton's CPU interpreter has none)."""
 
     shared_limit: int
-    arch: int
 
 
-INTERPRETER = DeviceSpec(shared_limit=1 << 30, arch=0)
+INTERPRETER = DeviceSpec(shared_limit=1 << 30)
 
 
 class Tiles(NamedTuple):
@@ -663,7 +661,7 @@ def device_spec(device: torch.device) -> DeviceSpec:
     if device.type != "cuda":
         return INTERPRETER
     props = torch.cuda.get_device_properties(device)
-    return DeviceSpec(props.shared_memory_per_block_optin, 10 * props.major + props.minor)
+    return DeviceSpec(props.shared_memory_per_block_optin)
 
 
 def _patch_tile(num_patches: int) -> int:
