@@ -139,8 +139,9 @@ def select_kernels(backend: str, inputs: LocalInputs) -> ModuleType | None:
     reason = kernels.unsupported_reason(inputs.image_tokens, inputs.text_tokens)
     if reason is None:
         return kernels
-    if backend == "triton" and kernels.fit_reason(inputs.image_tokens, inputs.text_tokens) is not None:
-        # Launching would fail with Triton's out-of-resources error: say why instead.
+    if backend == "triton" and reason == kernels.fit_reason(inputs.image_tokens, inputs.text_tokens):
+        # The only obstacle is the device's shared memory, and launching would fail with Triton's
+        # out-of-resources error: say why instead. Other reasons fall back like under auto.
         raise ValueError(f"backend='triton' cannot run on {inputs.image_tokens.device}: {reason}")
     _warn_once(f"fsc_losses: the Triton kernels do not support {reason}; using the reference")
     return None

@@ -117,7 +117,7 @@ def test_unsupported_inputs_fall_back_with_one_warning(monkeypatch):
 
 
 def test_triton_backend_names_a_device_too_small_instead_of_launching(monkeypatch):
-    monkeypatch.setattr(local_hn, "device_spec", lambda device: local_hn.DeviceSpec(1024, 86))
+    monkeypatch.setattr(local_hn, "device_spec", lambda device: local_hn.DeviceSpec(1024))
     calls = count_calls(monkeypatch, "local_hn_loss")
     local = [make_inputs()[k] for k in ("image_tokens", "text_tokens", "text_mask", "logit_scale")]
     with pytest.raises(ValueError, match=r"backend='triton'.*\(3, 3, 6, 7, 8\).*allows 1024"):
@@ -125,10 +125,21 @@ def test_triton_backend_names_a_device_too_small_instead_of_launching(monkeypatc
     assert not calls
 
 
+def test_triton_backend_falls_back_for_other_reasons_on_a_device_too_small(monkeypatch):
+    # float64 is unsupported whatever the device: that reason, not the shared memory, decides.
+    monkeypatch.setattr(functional, "_warned", set())
+    monkeypatch.setattr(local_hn, "device_spec", lambda device: local_hn.DeviceSpec(1024))
+    inputs = make_inputs(dtype=torch.float64)
+    local = [inputs[k] for k in ("image_tokens", "text_tokens", "text_mask", "logit_scale")]
+    with pytest.warns(UserWarning, match="token dtypes.*using the reference"):
+        value = LocalHNLoss(backend="triton")(*local)
+    torch.testing.assert_close(value, LocalHNLoss(backend="reference")(*local), rtol=0, atol=0)
+
+
 @pytest.mark.gpu
 def test_auto_falls_back_on_a_device_too_small(monkeypatch):
     monkeypatch.setattr(functional, "_warned", set())
-    monkeypatch.setattr(local_hn, "device_spec", lambda device: local_hn.DeviceSpec(1024, 86))
+    monkeypatch.setattr(local_hn, "device_spec", lambda device: local_hn.DeviceSpec(1024))
     calls = count_calls(monkeypatch, "local_hn_loss")
     local = [make_inputs()[k] for k in ("image_tokens", "text_tokens", "text_mask", "logit_scale")]
     with pytest.warns(UserWarning, match="shared memory.*using the reference"):
