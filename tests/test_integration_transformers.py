@@ -31,9 +31,9 @@ IDS = {"clip": {"sot_id": SOT, "eot_id": EOT}, "siglip": SIGLIP_TOKEN_IDS}
 TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
 
 
-def tiny_clip():
+def tiny_clip(vocab=VOCAB, sot=SOT, eot=EOT):
     torch.manual_seed(0)
-    text = dict(TOWER, vocab_size=VOCAB, max_position_embeddings=CONTEXT, bos_token_id=SOT, eos_token_id=EOT)
+    text = dict(TOWER, vocab_size=vocab, max_position_embeddings=CONTEXT, bos_token_id=sot, eos_token_id=eot)
     vision = dict(TOWER, image_size=IMAGE, patch_size=PATCH)
     return CLIPModel(
         CLIPConfig(text_config=dict(text, pad_token_id=0), vision_config=vision, projection_dim=16)
@@ -224,12 +224,21 @@ def test_released_clip_tokenizer_ids_and_mask(tmp_path):
 
 @pytest.mark.parametrize("family", MODELS)
 def test_default_ids_are_the_familys(family):
-    model = MODELS[family]().eval()
     ids, mask = caption_ids(family)
+    if family == "clip":
+        # The released tokenizer's start and end ids, so that the defaults have tokens to find.
+        sot, eot = CLIP_TOKEN_IDS["sot_id"], CLIP_TOKEN_IDS["eot_id"]
+        ids = torch.where(ids == SOT, sot, torch.where(ids == EOT, eot, ids))
+        model = tiny_clip(vocab=eot + 1, sot=sot, eot=eot).eval()
+        defaults, others = CLIP_TOKEN_IDS, SIGLIP_TOKEN_IDS
+    else:
+        model = tiny_siglip().eval()
+        defaults, others = SIGLIP_TOKEN_IDS, CLIP_TOKEN_IDS
     with torch.no_grad():
         out = encode_dense(model, images(), ids, mask)
-    defaults = CLIP_TOKEN_IDS if family == "clip" else SIGLIP_TOKEN_IDS
     assert torch.equal(out["text_mask"], text_token_mask(ids, mask, **defaults))
+    # The other family's ids give another mask here, so the test tells the two apart.
+    assert not torch.equal(out["text_mask"], text_token_mask(ids, mask, **others))
 
 
 @pytest.mark.parametrize("family", MODELS)
