@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from fsc_losses import ContrastiveNTPLoss
-from tests.test_distributed import _free_port
+from tests.test_distributed import _all_reduce_mean, _free_port
 
 WORLD, PAIRS, SEQS, LENGTH, FEATURES, WIDTH, VOCAB = 2, 6, 4, 7, 5, 8, 30
 DTYPE = torch.float64
@@ -83,12 +83,6 @@ def _loss_fn(rank, world_size, local_loss):
     )
 
 
-def _mean_over_ranks(terms):
-    stacked = torch.stack([sum(terms.values()).detach(), *[v.detach() for v in terms.values()]])
-    dist.all_reduce(stacked)
-    return stacked / WORLD
-
-
 def _ddp_worker(rank, port, local_loss, out_dir):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
@@ -100,7 +94,10 @@ def _ddp_worker(rank, port, local_loss, out_dir):
             grads[name] = param.grad.clone()
             dist.all_reduce(grads[name])
             grads[name] /= WORLD
-        torch.save({"grads": grads, "losses": _mean_over_ranks(terms)}, os.path.join(out_dir, f"{rank}.pt"))
+        torch.save(
+            {"grads": grads, "losses": _all_reduce_mean([sum(terms.values()), *terms.values()])},
+            os.path.join(out_dir, f"{rank}.pt"),
+        )
     finally:
         dist.destroy_process_group()
 
@@ -122,7 +119,10 @@ def _fsdp_worker(rank, port, out_dir):
         terms = module(*_rank_batch(_data(), rank))
         sum(terms.values()).backward()  # FSDP averages (reduce-scatters) the gradients
         grads = {name: param.grad.full_tensor() for name, param in module.named_parameters()}
-        torch.save({"grads": grads, "losses": _mean_over_ranks(terms)}, os.path.join(out_dir, f"{rank}.pt"))
+        torch.save(
+            {"grads": grads, "losses": _all_reduce_mean([sum(terms.values()), *terms.values()])},
+            os.path.join(out_dir, f"{rank}.pt"),
+        )
     finally:
         dist.destroy_process_group()
 

@@ -1,15 +1,15 @@
 """fsc_losses.integrations.lvlm (SoftPrompt, hidden_states) and examples/finetune_lvlm.py, on tiny
 randomly initialised transformers models."""
 
-import importlib.util
 import math
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from fsc_losses.integrations.lvlm import SoftPrompt, hidden_states
+
+from .example_data import load_example
 
 PLACEHOLDER = 7
 
@@ -168,7 +168,6 @@ def test_peft_cannot_stack_prompt_tuning_on_lora(transformers, peft):
 
 # ---- the example ----------------------------------------------------------------------------
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "finetune_lvlm.py"
 TINY_RUN = [
     "--batch-size",
     "4",
@@ -185,10 +184,7 @@ TINY_RUN = [
 
 @pytest.fixture(scope="module")
 def example(transformers, peft):
-    spec = importlib.util.spec_from_file_location("finetune_lvlm", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("finetune_lvlm")
 
 
 def test_example_batch_layout(example):

@@ -6,7 +6,6 @@ Every buffer the kernels' host code allocates is filled with NaN first (``poison
 so an element a kernel forgets to write cannot pass.
 """
 
-import glob
 import os
 import zlib
 
@@ -16,7 +15,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from fsc_losses import reference, unpack_negatives
 
-from .conftest import GOLDEN_DIR
+from .test_golden import FILES as GOLDEN_FILES
+from .test_golden import _criterion_params
 
 triton = pytest.importorskip("triton")
 local_hn = pytest.importorskip("fsc_losses.kernels.local_hn")
@@ -466,9 +466,6 @@ def test_running_statistic_changes_between_tiles(monkeypatch, dtype, normalizer,
     )
 
 
-GOLDEN_FILES = sorted(glob.glob(os.path.join(GOLDEN_DIR, "*.pt")))
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("path", GOLDEN_FILES, ids=lambda p: os.path.basename(p)[:-3])
 def test_golden_vectors_through_the_kernels(path, dtype):
@@ -480,13 +477,8 @@ def test_golden_vectors_through_the_kernels(path, dtype):
     masks, B = data["neg_text_masks"], meta["B"]
     text, neg_valid = unpack_negatives(data["text_tokens"], masks, B)
     mask, _ = unpack_negatives(data["attn_mask"], masks, B)
-    gamma = meta["focal_gamma"] if meta["loss_name"] == "focal_loss" else 0.0
-    kwargs = dict(
-        normalizer=meta["normalizer"],
-        sparsify=meta["sparsify"],
-        gamma=gamma,
-        eps=meta["label_smoothing"] or 0.0,
-    )
+    gamma, eps = _criterion_params(meta)
+    kwargs = dict(normalizer=meta["normalizer"], sparsify=meta["sparsify"], gamma=gamma, eps=eps)
     # A case whose missing negatives' text tokens are zeros: make_case's shape, golden values.
     case = dict(
         image_base=data["image_tokens"],

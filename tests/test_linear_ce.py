@@ -63,6 +63,13 @@ def loss_and_grads(fn, hidden, weight, targets, bias, upstream_seed=1, **options
     return loss.detach(), torch.autograd.grad(loss, inputs, upstream)
 
 
+def assert_matches(got, got_grads, want, want_grads):
+    """Loss and gradients equal to float64 rounding."""
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+
+
 def call_expected(hidden, weight, targets, bias, **options):
     options.pop("backend", None)
     options.pop("chunk_size", None)
@@ -96,10 +103,8 @@ def test_every_option_combination_matches_materialised_logits(
     else:
         want, want_grads = loss_and_grads(call_expected, hidden, weight, targets, bias, **options)
     assert got.dtype == torch.float64 and got.shape == want.shape
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     assert len(got_grads) == len(want_grads) == (3 if with_bias else 2)
-    for g, w in zip(got_grads, want_grads, strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+    assert_matches(got, got_grads, want, want_grads)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -144,9 +149,7 @@ def test_other_ignore_index(backend, ignore_index):
     want = F.cross_entropy(logits.flatten(0, 1), targets[:, 1:].flatten(), ignore_index=ignore_index)
     upstream = torch.randn((), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     want_grads = torch.autograd.grad(want, (hidden, weight, bias), upstream)
-    torch.testing.assert_close(got, want.detach(), rtol=1e-10, atol=1e-12)
-    for g, w in zip(got_grads, want_grads, strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+    assert_matches(got, got_grads, want.detach(), want_grads)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -190,9 +193,7 @@ def test_odd_sizes(backend, batch, vocab, chunk):
         label_smoothing=0.1,
     )
     want, want_grads = loss_and_grads(call_expected, hidden, weight, targets, bias, label_smoothing=0.1)
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    for g, w in zip(got_grads, want_grads, strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+    assert_matches(got, got_grads, want, want_grads)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -211,9 +212,7 @@ def test_non_contiguous_hidden(backend, layout):
             linear_cross_entropy, hidden, weight, targets, None, backend=backend, chunk_size=8, shift=shift
         )
         want, want_grads = loss_and_grads(call_expected, hidden, weight, targets, None, shift=shift)
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-        for g, w in zip(got_grads, want_grads, strict=True):
-            torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+        assert_matches(got, got_grads, want, want_grads)
 
 
 def _storages(tree):
