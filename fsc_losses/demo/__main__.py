@@ -116,8 +116,7 @@ def main(argv=None) -> int:
     # Measured on a CPU: a step with hard negatives, which encodes 1 + K captions per image, costs
     # about twice a CLIP-loss step.
     cost = {method.name: 2.0 if method.uses_negatives else 1.0 for method in experiment.METHODS}
-    config = configs[0]
-    per_seed_work = config.pretrain_steps + config.finetune_steps * sum(cost.values())
+    per_seed_work = configs[0].pretrain_steps + configs[0].finetune_steps * sum(cost.values())
     # On a terminal the bar redraws in place; in a log file every redraw adds a line, so rarely.
     bar = tqdm(
         total=per_seed_work * len(seeds),
@@ -176,7 +175,7 @@ def main(argv=None) -> int:
         args.out / "results.json",
         {
             "command": "python -m fsc_losses.demo " + " ".join(sys.argv[1:] if argv is None else argv),
-            "config": {**{k: v for k, v in config.as_dict().items() if k != "seed"}, "quick": args.quick},
+            "config": {**{k: v for k, v in configs[0].as_dict().items() if k != "seed"}, "quick": args.quick},
             "seeds": seeds,
             "device": str(device),
             "torch_threads": threads,

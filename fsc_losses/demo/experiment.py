@@ -221,6 +221,8 @@ class Benchmark(NamedTuple):
     data: Captioned
     negatives: torch.Tensor  # (N, K, T)
     neg_test: torch.Tensor  # (N, K) int: index into TESTS, -1 where the negative does not count
+    unseen: torch.Tensor  # (N,) bool: the scene has a held-out pair
+    meaning: torch.Tensor  # (N,) int: scenes with the same number describe the same scenes
     zero_shot: Captioned
     zero_shot_labels: torch.Tensor  # (M,) index into the prompts
     prompts: torch.Tensor  # (C, T)
@@ -279,6 +281,9 @@ def make_benchmark(config: DemoConfig, tokenizer: Tokenizer) -> Benchmark:
             test = negative_test(scene, texts[k * len(scenes) + b]) if valid[b, k] else None
             if test is not None:
                 neg_test[b, k] = list(TESTS).index(test)
+    unseen = torch.tensor([s.has_unseen_pair for s in scenes])
+    index: dict[tuple, int] = {}
+    meaning = torch.tensor([index.setdefault(_meaning(s), len(index)) for s in scenes])
 
     half = config.zero_shot_scenes // 2
     singles = world.sample_scenes(half, "seen", config.seed, config.image_size, num_objects=1)
@@ -290,9 +295,8 @@ def make_benchmark(config: DemoConfig, tokenizer: Tokenizer) -> Benchmark:
     ]
     labels = torch.tensor([classes.index((o.size, o.colour, o.shape)) for s in singles for o in s.objects])
     prompts = tokenizer([f"a {size} {colour} {shape}" for size, colour, shape in classes])
-    return Benchmark(
-        data, negatives, neg_test, captioned(singles, config.image_size, tokenizer), labels, prompts
-    )
+    zero_shot = captioned(singles, config.image_size, tokenizer)
+    return Benchmark(data, negatives, neg_test, unseen, meaning, zero_shot, labels, prompts)
 
 
 def negative_test(scene: world.Scene, negative: str) -> str | None:
@@ -308,8 +312,8 @@ def negative_test(scene: world.Scene, negative: str) -> str | None:
         same_words = sorted(negative.split()) == sorted(scene.caption.split())
         return "shuffle" if same_words else None
     objects, relation = parsed
-    truth = tuple((o.size, o.colour, o.shape) for o in scene.objects)
-    if world.meaning(objects, relation) == world.meaning(truth, scene.relation):
+    truth = _attributes(scene)
+    if world.meaning(objects, relation) == _meaning(scene):
         return None
     if sorted(objects) == sorted(truth):
         return "relation"
@@ -451,31 +455,32 @@ def evaluate(model: CLIP, bench: Benchmark, device: torch.device) -> dict[str, f
     true_score = (images * texts).sum(-1)
     wins = true_score[:, None] > torch.einsum("nd,nkd->nk", images, negatives)
     results = {test: wins[bench.neg_test == t].float().mean().item() for t, test in enumerate(TESTS)}
-    unseen = torch.tensor([s.has_unseen_pair for s in bench.data.scenes])
-    results["unseen_comp"] = wins[(bench.neg_test >= 0) & unseen[:, None]].float().mean().item()
+    results["unseen_comp"] = wins[(bench.neg_test >= 0) & bench.unseen[:, None]].float().mean().item()
 
     zs_images = _embed_images(model, bench.zero_shot.images, device)
     prompts = _embed_texts(model, bench.prompts, device)
     results["zero_shot"] = ((zs_images @ prompts.T).argmax(1) == bench.zero_shot_labels).float().mean().item()
 
     # Scenes can share a meaning ("a small red ring", "a tiny red ring"); retrieving any is right.
-    index: dict[tuple, int] = {}
-    meaning = torch.tensor([index.setdefault(_meaning(s), len(index)) for s in bench.data.scenes])
+    meaning = bench.meaning
     similarity = images @ texts.T
     results["i2t_r1"] = (meaning[similarity.argmax(1)] == meaning).float().mean().item()
     results["t2i_r1"] = (meaning[similarity.argmax(0)] == meaning).float().mean().item()
     return {name: results[name] for name in METRICS}
 
 
+def _attributes(scene: world.Scene) -> tuple[world.Attributes, ...]:
+    return tuple((o.size, o.colour, o.shape) for o in scene.objects)
+
+
 def _meaning(scene: world.Scene) -> tuple:
-    return world.meaning(tuple((o.size, o.colour, o.shape) for o in scene.objects), scene.relation)
+    return world.meaning(_attributes(scene), scene.relation)
 
 
 def counts(bench: Benchmark) -> dict[str, int]:
     """How many comparisons or queries each metric averages over."""
-    unseen = torch.tensor([s.has_unseen_pair for s in bench.data.scenes])
     n = {test: int((bench.neg_test == t).sum()) for t, test in enumerate(TESTS)}
-    n["unseen_comp"] = int(((bench.neg_test >= 0) & unseen[:, None]).sum())
+    n["unseen_comp"] = int(((bench.neg_test >= 0) & bench.unseen[:, None]).sum())
     n["zero_shot"] = len(bench.zero_shot.scenes)
     n["i2t_r1"] = n["t2i_r1"] = len(bench.data.scenes)
     return n
