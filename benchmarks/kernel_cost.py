@@ -92,9 +92,9 @@ def costs(shape: bench_local_hn.Shape, dtype_name: str, gpu: Gpu) -> tuple[local
     forward = Cost(
         "forward: rows",
         hbm=image + text_rows + weights + small,
-        # V again in pass 3 and per extra block; X per patch tile and twice more; U fixed up, then
-        # read once per D chunk.
-        l2=image * (2 * blocks - 1) + text_rows * (n_tiles + 1) + weights * (1 + D / tiles.width),
+        # V again in pass 3 and per extra block; X per patch tile and once more (pass 3, which
+        # also takes its norms); U fixed up, then read once per D chunk.
+        l2=image * (2 * blocks - 1) + text_rows * n_tiles + weights * (1 + D / tiles.width),
         flops=2 * matmul,
     )
     combine = Cost(

@@ -201,15 +201,6 @@ def _rows_fwd_kernel(
     v_img = v_ptr + b64 * svb
     w_rows = w_ptr + (b64 * S + slot) * P
 
-    xx = tl.zeros((BR,), dtype=tl.float32)
-    for d0 in range(0, d_end, BD):
-        offs_d = d0 + tl.arange(0, BD)
-        x = tl.load(
-            x_rows[:, None] + offs_d[None, :] * sxd, mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0
-        )
-        xf = x.to(tl.float32)
-        xx += tl.sum(xf * xf, axis=1)
-
     # Pass 1: S tile by tile; each tile is stored shifted by its own statistic.
     offs_j = tl.arange(0, NTP)
     tile_stat = tl.zeros((BR, NTP), dtype=tl.float32)
@@ -271,9 +262,10 @@ def _rows_fwd_kernel(
     u_sum = tl.where(row_ok, u_sum, 0.0)
     inv_sum = 1.0 / tl.where(row_ok, u_sum, 1.0)
 
-    # Pass 3: Z = U V / sum(U), D chunk by D chunk.
+    # Pass 3: Z = U V / sum(U), D chunk by D chunk, with the row norms of X from the same loads.
     zx = tl.zeros((BR,), dtype=tl.float32)
     zz = tl.zeros((BR,), dtype=tl.float32)
+    xx = tl.zeros((BR,), dtype=tl.float32)
     for d0 in range(0, d_end, BD):
         offs_d = d0 + tl.arange(0, BD)
         d_ok = offs_d < D
@@ -285,6 +277,7 @@ def _rows_fwd_kernel(
         xf = x.to(tl.float32)
         zx += tl.sum(z * xf, axis=1)
         zz += tl.sum(z * z, axis=1)
+        xx += tl.sum(xf * xf, axis=1)
 
     in_list = slot < S
     tl.store(stats_ptr + b64 * S + slot, zx, mask=in_list)
