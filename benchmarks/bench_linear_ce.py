@@ -120,18 +120,6 @@ def make_call(loss_fn: LossFn, hidden, weight, targets) -> common.MakeCall:
     return lambda i: lambda: torch.autograd.grad(loss_fn(hidden, weight, targets), (hidden, weight))
 
 
-def skip_reason(provider: str, call: Callable[[], object], device: torch.device) -> str | None:
-    """Run one untimed call (it compiles); why the provider must be skipped, or None. Only the
-    environment's fault is a reason to skip; anything else is raised."""
-    try:
-        call()
-    except Exception as err:
-        if provider == "compiled" and device.type == "cpu" and common.compiler_missing(err):
-            return f"torch.compile has no working C++ compiler here ({err})"
-        raise
-    return None
-
-
 def measure(shape, dtype_name, providers, device, plan, seed, notes) -> list[dict[str, object]]:
     dtype = DTYPES[dtype_name]
     hidden, weight, targets = make_inputs(shape, dtype, device, seed)
@@ -140,7 +128,7 @@ def measure(shape, dtype_name, providers, device, plan, seed, notes) -> list[dic
     for provider in providers:
         loss_fn, reason = build_loss(provider, device)
         calls = None if loss_fn is None else make_call(loss_fn, hidden, weight, targets)
-        reason = reason or skip_reason(provider, calls(0), device)
+        reason = reason or common.skip_reason(provider, calls(0), device)
         if reason is not None:
             notes.append(f"{provider} skipped at {shape.name}: {reason}")
             print(f"note: {notes[-1]}", flush=True)

@@ -329,19 +329,6 @@ class Config:
     seed: int
 
 
-def skip_reason(provider: str, loss_fn, sets: Sequence[InputSet], device: torch.device) -> str | None:
-    """Run one untimed step (it compiles, and it fails here if the provider cannot run at all);
-    returns why the provider has to be skipped, or None. Only an environment's fault is a reason
-    to skip: anything else is raised."""
-    try:
-        make_call(loss_fn, sets, "fwd+bwd")(0)()
-    except Exception as err:
-        if provider == "compiled" and device.type == "cpu" and common.compiler_missing(err):
-            return f"torch.compile has no working C++ compiler here ({err})"
-        raise
-    return None
-
-
 def measurement_row(
     shape: Shape,
     dtype_name: str,
@@ -422,7 +409,7 @@ def run(config: Config, notes: list[str]) -> list[dict[str, object]]:
                             note(f"fused skipped for {shape.name} {dtype_name}: {reason}")
                             continue
                     loss_fn = build_loss(provider, normalizer)
-                    reason = skip_reason(provider, loss_fn, sets, device)
+                    reason = common.skip_reason(provider, make_call(loss_fn, sets, "fwd+bwd")(0), device)
                     if reason is not None:
                         note(f"{provider} skipped: {reason}")
                         continue

@@ -35,6 +35,9 @@ MIB = 2**20
 # make_call(i) does the untimed preparation of repetition i and returns what is timed.
 MakeCall = Callable[[int], Callable[[], object]]
 
+# The per-block opt-in shared-memory limit of each architecture (CUDA programming guide).
+SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
+
 
 def git_commit() -> str:
     try:
@@ -218,6 +221,19 @@ def fused_skip_reason(inputs: functional.LocalInputs) -> str | None:
     if kernels is None:
         said = "; ".join(str(w.message) for w in caught)
         return said or "fsc_losses falls back to the reference for these inputs"
+    return None
+
+
+def skip_reason(provider: str, call: Callable[[], object], device: torch.device) -> str | None:
+    """Run one untimed call (it compiles, and it fails here if the provider cannot run at all);
+    returns why the provider has to be skipped, or None. Only the environment's fault is a reason
+    to skip: anything else is raised."""
+    try:
+        call()
+    except Exception as err:
+        if provider == "compiled" and device.type == "cpu" and compiler_missing(err):
+            return f"torch.compile has no working C++ compiler here ({err})"
+        raise
     return None
 
 

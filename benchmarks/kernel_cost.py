@@ -25,7 +25,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import bench_local_hn  # noqa: E402
-from benchmarks.kernel_resources import SHARED_LIMIT  # noqa: E402
+from benchmarks.common import SHARED_LIMIT  # noqa: E402
 from fsc_losses.kernels import local_hn  # noqa: E402
 
 

@@ -44,10 +44,9 @@ from triton.runtime.jit import create_function_from_signature  # noqa: E402
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import SHARED_LIMIT  # noqa: E402
 from fsc_losses.kernels import local_hn  # noqa: E402
 
-# The per-block opt-in shared-memory limit of each architecture (CUDA programming guide).
-SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # (name, (B, G, T, P, D)): ANCHORS.md's shapes with K = 3, and the kernels' limits.
 SHAPES = (
