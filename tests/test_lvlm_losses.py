@@ -87,8 +87,9 @@ def test_last_token_bad_inputs(hidden, mask, error, message):
 
 
 def expected_contrastive(kind, images, texts, scale, bias):
-    """Independent of functional.contrastive_loss: the formulas of open_clip's ClipLoss and
-    SigLipLoss on the normalised float64 embeddings."""
+    """The formulas of open_clip's ClipLoss (through reference.clip_loss, which the golden
+    vectors pin) and SigLipLoss (written out) on the normalised float64 embeddings: what
+    ContrastiveNTPLoss must add to normalising and casting."""
     images, texts = F.normalize(images.double(), dim=-1), F.normalize(texts.double(), dim=-1)
     if kind == "softmax":
         return reference.clip_loss(images, texts, scale.double(), None if bias is None else bias.double())
