@@ -1,6 +1,5 @@
 """Smoke test of examples/train_open_clip.py: a few real steps on a tiny model and a tiny CSV."""
 
-import json
 import math
 
 import pytest
@@ -10,15 +9,7 @@ open_clip = pytest.importorskip("open_clip")
 pytest.importorskip("PIL.Image")
 
 from .example_data import load_example, write_pairs_csv  # noqa: E402
-
-TINY_MODEL = "fsc-test-tiny-vit"
-# A ViT-B-32-shaped config shrunk to run in well under a second per step on a CPU. It keeps the
-# default tokenizer's vocabulary so open_clip.get_tokenizer works on it unchanged.
-TINY_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
+from .open_clip_models import register_tiny_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +19,7 @@ def example():
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    config = tmp_path_factory.mktemp("configs") / f"{TINY_MODEL}.json"
-    config.write_text(json.dumps(TINY_CONFIG))
-    open_clip.add_model_config(config)
-    return TINY_MODEL
+    return register_tiny_config(tmp_path_factory.mktemp("configs"))
 
 
 @pytest.fixture
