@@ -241,23 +241,30 @@ def write_valse(root: Path, seed: int = 0) -> list[str]:
     return [f"valse::{p}" for p in VALSE_PIECES]
 
 
+def _retrieval_captions(rng: random.Random, i: int, colours: list[str], previous: str | None) -> list[str]:
+    """An image's captions: one naming its colour alone (its best), one or two naming a second
+    colour, and for every third image one naming the previous image's colour alone, which ties
+    with that image's best caption for a bag of colours."""
+    captions = [caption(rng, colours[0])] + [caption(rng, *colours) for _ in range(1 + i % 2)]
+    return captions + [caption(rng, previous)] if i % 3 == 2 else captions
+
+
 def write_coco_karpathy(root: Path, seed: int = 0) -> list[str]:
     """``coco_karpathy/coco_karpathy_test.json`` (BLIP's per-split list form): 7 images with 2 or
     3 captions each under ``val2014/``."""
     rng = random.Random(seed)
     folder = Path(root) / "coco_karpathy"
-    data = []
-    for i in range(7):
-        colours = rng.sample(COLOURS, 2)
+    data, previous = [], None
+    # distinct images: identical ones would tie exactly when encoded one by one, but not always in
+    # a batch, where rows can round differently
+    for i, colour in enumerate(rng.sample(COLOURS, 7)):
+        colours = [colour, rng.choice(COLOURS)]
         path = f"val2014/COCO_val2014_{100 + i:012d}.jpg"
         solid(folder / path, colours[0])
         data.append(
-            {
-                "image": path,
-                "caption": [caption(rng, *colours) for _ in range(2 + i % 2)],
-                "image_id": 100 + i,
-            }
+            {"image": path, "caption": _retrieval_captions(rng, i, colours, previous), "image_id": 100 + i}
         )
+        previous = colour
     _write_json(folder / "coco_karpathy_test.json", data)
     return [f"coco_karpathy::{m}" for m in RETRIEVAL_METRICS]
 
@@ -267,12 +274,13 @@ def write_flickr30k(root: Path, seed: int = 0) -> list[str]:
     2 train images in ``flickr30k-images/``."""
     rng = random.Random(seed)
     folder = Path(root) / "flickr30k"
-    images = []
-    for i in range(8):
-        colours = rng.sample(COLOURS, 2)
+    images, previous = [], None
+    for i, colour in enumerate(rng.sample(COLOURS, 8)):  # distinct, as in write_coco_karpathy
+        colours = [colour, rng.choice(COLOURS)]
         name = f"{1000092795 + i}.jpg"
         solid(folder / "flickr30k-images" / name, colours[0])
-        sentences = [{"raw": caption(rng, *colours), "tokens": []} for _ in range(3)]
+        sentences = [{"raw": c, "tokens": []} for c in _retrieval_captions(rng, i, colours, previous)]
+        previous = colour
         images.append(
             {"filename": name, "imgid": i, "split": "test" if i < 6 else "train", "sentences": sentences}
         )

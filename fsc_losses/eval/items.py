@@ -68,15 +68,15 @@ def load_json(path: Path) -> Any:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
 
 
-def load_jsonl(path: Path) -> list[tuple[str, Any]]:
-    """``(line name, record)`` for every non-empty line of a JSON-lines file."""
+def load_jsonl(path: Path) -> list[tuple[int, Any]]:
+    """``(line number, record)`` for every non-empty line of a JSON-lines file."""
     records = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                records.append((f"line {number}", json.loads(line)))
+                records.append((number, json.loads(line)))
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}, line {number}: not valid JSON ({error})") from None
     return records

@@ -17,8 +17,12 @@ from .items import ImageRef, Item, Part, field, load_jsonl
 def read(path: Path, image_dir: Path, subset: str) -> Part:
     items = []
     for line, record in load_jsonl(path):
-        images = tuple(ImageRef(image_dir / f"{field(path, line, record, f'image_{k}')}.png") for k in (0, 1))
-        texts = tuple(field(path, line, record, f"caption_{k}") for k in (0, 1))
-        name = f"{line} (id {record['id']})" if "id" in record else line
+        name = (
+            f"{record['id']} (line {line})"
+            if isinstance(record, dict) and "id" in record
+            else f"on line {line}"
+        )
+        images = tuple(ImageRef(image_dir / f"{field(path, name, record, f'image_{k}')}.png") for k in (0, 1))
+        texts = tuple(field(path, name, record, f"caption_{k}") for k in (0, 1))
         items.append(Item(images, texts, name))
     return Part(items)
