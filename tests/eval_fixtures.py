@@ -303,7 +303,8 @@ def write_zeroshot(root: Path, seed: int = 0) -> list[str]:
     (folder / "colours" / "classnames.txt").write_text(
         "blue\ngreen\nred\n", encoding="utf-8"
     )  # sorted: c_blue...
-    (folder / "colours" / "templates.txt").write_text("a photo of a {}.\n{} paint\n", encoding="utf-8")
+    # the third template names a colour, so the classes' mean prompt embeddings differ in norm
+    (folder / "colours" / "templates.txt").write_text("a photo of a {}.\n{} paint\na {} and white swatch\n")
     return ["zeroshot::colours", "zeroshot::swatches"]
 
 

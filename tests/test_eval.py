@@ -4,6 +4,7 @@ by ``BagOfColours``, whose scores (ties included) are known, against a plain per
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +13,10 @@ from torch import nn
 
 from fsc_losses.eval import BENCHMARKS, evaluate, evaluate_report
 from fsc_losses.eval.aro import EXCLUDED_RELATIONS
+from fsc_losses.eval.items import ImageRef, Item
+from fsc_losses.eval.scoring import item_scores
 
-from .eval_fixtures import RELATIONS, WRITERS, BagOfColours, write_all, write_aro, write_sugarcrepe
+from .eval_fixtures import RELATIONS, WRITERS, BagOfColours, solid, write_all, write_aro, write_sugarcrepe
 from .eval_reference import ARO_EXCLUDED_IN_FIXTURES, Reference, open_image
 
 NAMES = list(WRITERS)
@@ -338,3 +341,93 @@ def test_a_processor_needs_a_transformers_model(root):
         TypeError, match="pass processor= for a transformers model, or tokenizer= and preprocess="
     ):
         evaluate(BagOfColours(), ["winoground"], root, processor=object(), tokenizer=len)
+
+
+def test_ties_count_as_wrong_and_class_embeddings_are_normalised(tmp_path):
+    """Results worked out by hand for ``BagOfColours``:
+
+    * Winoground: example 0 has two identical images and two captions naming the same colours, so
+      every comparison ties; example 1 is plainly right. Text, image and group: 1/2.
+    * Retrieval: two identical red images, each with a red caption, and a blue one: the red
+      captions and images tie, so R@1 is 1/3 both ways.
+    * Zero-shot ``ties``: two classes with the same name tie for their images: top-1 1/3.
+    * Zero-shot ``norms``: with these templates the brown image scores 0.974 for "brown" and
+      0.979 for "red" once each class's mean prompt embedding is normalised (0.962 and 0.944
+      without): top-1 1/2.
+    """
+    wino = tmp_path / "winoground"
+    for name, colour in (
+        ("ex_0_img_0", "red"),
+        ("ex_0_img_1", "red"),
+        ("ex_1_img_0", "red"),
+        ("ex_1_img_1", "blue"),
+    ):
+        solid(wino / "images" / f"{name}.png", colour)
+    examples = [("a red cat on a blue dog", "a blue cat on a red dog"), ("a red cat", "a blue dog")]
+    lines = [
+        json.dumps(
+            {
+                "id": i,
+                "caption_0": c0,
+                "caption_1": c1,
+                "image_0": f"ex_{i}_img_0",
+                "image_1": f"ex_{i}_img_1",
+            }
+        )
+        for i, (c0, c1) in enumerate(examples)
+    ]
+    (wino / "examples.jsonl").write_text("\n".join(lines))
+
+    coco = tmp_path / "coco_karpathy"
+    for name, colour in (("a.jpg", "red"), ("b.jpg", "red"), ("c.jpg", "blue")):
+        solid(coco / name, colour)
+    captions = {"a.jpg": ["a red cat"], "b.jpg": ["a red dog"], "c.jpg": ["a blue car"]}
+    (coco / "coco_karpathy_test.json").write_text(
+        json.dumps([{"image": k, "caption": v} for k, v in captions.items()])
+    )
+
+    zeroshot = tmp_path / "zeroshot"
+    for cls, colour in (("a", "red"), ("b", "red"), ("c", "blue")):
+        solid(zeroshot / "ties" / cls / "0.png", colour)
+    (zeroshot / "ties" / "classnames.txt").write_text("red\nred\nblue\n")
+    for cls in ("brown", "red"):
+        solid(zeroshot / "norms" / cls / "0.png", cls)
+    (zeroshot / "norms" / "templates.txt").write_text("a photo of a {}.\n{} paint\na {} and white swatch\n")
+
+    results = run(tmp_path, ["winoground", "coco_karpathy", "zeroshot"]).results
+    half, third = pytest.approx(1 / 2, abs=1e-12), pytest.approx(1 / 3, abs=1e-12)
+    assert results == {
+        "winoground::text": half,
+        "winoground::image": half,
+        "winoground::group": half,
+        "coco_karpathy::i2t/R@1": third,
+        "coco_karpathy::i2t/R@5": 1.0,
+        "coco_karpathy::i2t/R@10": 1.0,
+        "coco_karpathy::t2i/R@1": third,
+        "coco_karpathy::t2i/R@5": 1.0,
+        "coco_karpathy::t2i/R@10": 1.0,
+        "zeroshot::norms": half,
+        "zeroshot::ties": third,
+    }
+
+
+def test_item_scores_pad_with_minus_infinity():
+    """Items with fewer images or texts than the longest get -inf there, which never wins."""
+
+    class Lookup:  # Features' interface over fixed vectors
+        def images(self, refs):
+            return F.normalize(
+                torch.tensor([[1.0, 0.0], [0.0, 1.0]])[[int(r.path.name) for r in refs]], dim=-1
+            )
+
+        def texts(self, texts):
+            return F.normalize(torch.tensor([[float(t), 1.0] for t in texts]), dim=-1)
+
+    items = [
+        Item((ImageRef(Path("0")),), ("1", "2", "3"), "three captions"),
+        Item((ImageRef(Path("0")), ImageRef(Path("1"))), ("4",), "two images"),
+    ]
+    scores = item_scores(Lookup(), items)
+    assert scores.shape == (2, 2, 3)
+    assert torch.isinf(scores[0, 1]).all() and torch.isinf(scores[1, :, 1:]).all()
+    assert torch.isfinite(scores[0, 0]).all() and torch.isfinite(scores[1, :, 0]).all()
