@@ -308,12 +308,116 @@ def write_zeroshot(root: Path, seed: int = 0) -> list[str]:
     return ["zeroshot::colours", "zeroshot::swatches"]
 
 
+SPEC_SUBSETS = (
+    "absolute_size",
+    "relative_size",
+    "absolute_spatial",
+    "relative_spatial",
+    "existence",
+    "count",
+)
+MMVP_CATEGORIES = (
+    ("Orientation", "Orientation and Direction"),
+    ("Presence", "Presence of Specific Features"),
+    ("State", "State and Condition"),
+    ("Quantity", "Quantity and Count"),
+    ("Spatial", "Positional and Relational Context"),
+    ("Color", "Color and Appearance"),
+    ("Structural_Character", "Structural Characteristics"),
+    ("Text", "Texts"),
+    ("Camera_Perspective", "Viewpoint and Perspective"),
+)
+
+
+def _colour_pairs(rng: random.Random, count: int) -> list[tuple[str, str]]:
+    """``count`` different pairs of different colours (as unordered pairs, so that no two images
+    made of them are mirror images)."""
+    pairs = [(a, b) for i, a in enumerate(COLOURS) for b in COLOURS[i + 1 :]]
+    return [p if rng.random() < 0.5 else p[::-1] for p in rng.sample(pairs, count)]
+
+
+def write_spec(root: Path, seed: int = 0) -> list[str]:
+    """``spec/<subset>/image2text.json`` and ``text2image.json`` for SPEC's six subsets, 3 items
+    each, the image paths relative to the subset's folder."""
+    rng = random.Random(seed)
+    keys = []
+    for subset in SPEC_SUBSETS:
+        folder = Path(root) / "spec" / subset
+        i2t, t2i = [], []
+        for i in range(3):
+            pairs = _colour_pairs(rng, 4)
+            for k, (left, right) in enumerate(pairs):
+                halves(folder / "images" / f"{i}_{k}.jpg", left, right)
+            label = rng.randrange(4)
+            i2t.append(
+                {
+                    "query": f"images/{i}_{label}.jpg",
+                    "keys": [caption(rng, *p) for p in pairs],
+                    "label": label,
+                }
+            )
+            t2i.append(
+                {
+                    "query": caption(rng, *pairs[label]),
+                    "keys": [f"images/{i}_{k}.jpg" for k in range(4)],
+                    "label": label,
+                }
+            )
+        _write_json(folder / "image2text.json", i2t)
+        _write_json(folder / "text2image.json", t2i)
+        keys += [f"spec::{subset}::i2t", f"spec::{subset}::t2i"]
+    return keys
+
+
+def write_imagecode(root: Path, seed: int = 0) -> list[str]:
+    """``imagecode/valid_data.json`` over 4 image sets of 10 images in ``image-sets/``: two
+    Open Images sets (img0 ... img9) and two video sets whose frame numbers sort differently as
+    text (img0, img7, img12, ...)."""
+    rng = random.Random(seed)
+    folder = Path(root) / "imagecode"
+    data = {}
+    for name, numbers in (
+        ("open-images-1815_f91d6f546e63f20d", range(10)),
+        ("open-images-2207_0a8a5d94c0f3f4c8", range(10)),
+        ("MSR-VTT-videoTrainValVideo_video2044-shot1_0", range(0, 50, 5)),
+        ("video-storytelling-videochristmas_56Nm66j-i5Q-shot14_2", (0, 7, 12, 19, 23, 31, 38, 44, 52, 60)),
+    ):
+        pairs = _colour_pairs(rng, 10)
+        for number, (left, right) in zip(numbers, pairs, strict=True):
+            halves(folder / "image-sets" / name / f"img{number}.jpg", left, right)
+        targets = rng.sample(range(10), 2)
+        data[name] = {str(t): f"the {pairs[t][0]} part next to the {pairs[t][1]} one " for t in targets}
+    _write_json(folder / "valid_data.json", data)
+    return ["imagecode::videos", "imagecode::static"]
+
+
+def write_mmvp_vlm(root: Path, seed: int = 0) -> list[str]:
+    """``mmvp_vlm/Questions.csv`` with MMVP-VLM's 9 patterns of 15 pairs, and the 270 images in
+    ``MMVP_VLM_Images/<pattern folder>/<question id>.jpg``."""
+    rng = random.Random(seed)
+    folder = Path(root) / "mmvp_vlm"
+    rows = ["Question ID,Type,Statement"]
+    qid = 1
+    for short, _ in MMVP_CATEGORIES:
+        for _ in range(15):
+            colours = rng.sample(COLOURS, 2)
+            for colour in colours:
+                solid(folder / "MMVP_VLM_Images" / short / f"{qid}.jpg", colour, size=(6, 6))
+                rows.append(f'{qid},{short},"the {colour} {rng.choice(NOUNS)}, seen from the side"')
+                qid += 1
+    (folder / "Questions.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return [f"mmvp_vlm::{long}::{m}" for _, long in MMVP_CATEGORIES for m in ("text", "image", "group")]
+
+
 WRITERS = {
     "sugarcrepe": write_sugarcrepe,
     "aro": write_aro,
     "winoground": write_winoground,
     "whatsup": write_whatsup,
     "valse": write_valse,
+    "spec": write_spec,
+    "imagecode": write_imagecode,
+    "mmvp_vlm": write_mmvp_vlm,
     "coco_karpathy": write_coco_karpathy,
     "flickr30k": write_flickr30k,
     "zeroshot": write_zeroshot,

@@ -9,6 +9,7 @@ ARO's macro rules), so that a test can show its fixtures would catch each mistak
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
 from collections import defaultdict
@@ -162,6 +163,71 @@ class Reference:
                 right.append(self.beats(self.score(image, item["caption"]), self.score(image, item["foil"])))
             out[f"valse::{piece}"] = sum(right) / len(right)
         return out
+
+    def spec(self, folder: Path) -> dict[str, float]:
+        out = {}
+        for subset in sorted(p.name for p in folder.iterdir() if p.is_dir()):
+            i2t = json.loads((folder / subset / "image2text.json").read_text())
+            right = []
+            for item in i2t:
+                image = self.image(folder / subset / item["query"], None)
+                scores = [self.score(image, c) for c in item["keys"]]
+                others = [s for i, s in enumerate(scores) if i != item["label"]]
+                right.append(self.beats(scores[item["label"]], max(others)))
+            out[f"spec::{subset}::i2t"] = sum(right) / len(right)
+            t2i = json.loads((folder / subset / "text2image.json").read_text())
+            right = []
+            for item in t2i:
+                scores = [
+                    self.score(self.image(folder / subset / k, None), item["query"]) for k in item["keys"]
+                ]
+                others = [s for i, s in enumerate(scores) if i != item["label"]]
+                right.append(self.beats(scores[item["label"]], max(others)))
+            out[f"spec::{subset}::t2i"] = sum(right) / len(right)
+        return out
+
+    def imagecode(self, folder: Path) -> dict[str, float]:
+        right = {"videos": [], "static": []}
+        for name, descriptions in json.loads((folder / "valid_data.json").read_text()).items():
+            files = sorted((folder / "image-sets" / name).glob("*.jpg"), key=lambda p: int(p.stem[3:]))
+            images = [self.image(f, None) for f in files]
+            for index, description in descriptions.items():
+                scores = [self.score(image, description.strip()) for image in images]
+                others = [s for i, s in enumerate(scores) if i != int(index)]
+                right["static" if name.startswith("open-images") else "videos"].append(
+                    self.beats(scores[int(index)], max(others))
+                )
+        return {f"imagecode::{k}": sum(v) / len(v) for k, v in right.items()}
+
+    def mmvp_vlm(self, folder: Path) -> dict[str, float]:
+        categories = [
+            "Orientation and Direction",
+            "Presence of Specific Features",
+            "State and Condition",
+            "Quantity and Count",
+            "Positional and Relational Context",
+            "Color and Appearance",
+            "Structural Characteristics",
+            "Texts",
+            "Viewpoint and Perspective",
+        ]
+        with open(folder / "Questions.csv", newline="") as f:
+            rows = list(csv.reader(f))[1:]
+        out = {}
+        for pair in range(len(rows) // 2):
+            (q0, kind, s0), (q1, _, s1) = rows[2 * pair], rows[2 * pair + 1]
+            i0, i1 = (self.image(folder / "MMVP_VLM_Images" / kind / f"{q}.jpg", None) for q in (q0, q1))
+            s = {
+                (i, c): self.score(img, f"a photo of {text}")
+                for i, img in ((0, i0), (1, i1))
+                for c, text in ((0, s0), (1, s1))
+            }
+            text = self.beats(s[0, 0], s[0, 1]) & self.beats(s[1, 1], s[1, 0])
+            image = self.beats(s[0, 0], s[1, 0]) & self.beats(s[1, 1], s[0, 1])
+            category = categories[pair // 15]
+            for metric, right in (("text", text), ("image", image), ("group", text and image)):
+                out.setdefault(f"mmvp_vlm::{category}::{metric}", []).append(right)
+        return {k: sum(v) / len(v) for k, v in out.items()}
 
     def _retrieval(self, name: str, pairs: list[tuple[Path, list[str]]]) -> dict[str, float]:
         images = [self.image(path, None) for path, _ in pairs]

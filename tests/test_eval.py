@@ -254,6 +254,25 @@ def _changed(edit):
         ),
         ("sugarcrepe", "add_obj.json", list, r"add_obj\.json: expected a JSON object, got list"),
         (
+            "spec",
+            "count/text2image.json",
+            _changed(lambda d: d[1].update(label=4)),
+            r"text2image\.json, item 1: 'label' 4 is not an index of its 4 keys",
+        ),
+        (
+            "spec",
+            "existence/image2text.json",
+            _changed(lambda d: d[0].update(keys=["one caption"])),
+            r"image2text\.json, item 0: 'keys' must be 2\+ captions",
+        ),
+        (
+            "imagecode",
+            "valid_data.json",
+            _changed(lambda d: d["open-images-1815_f91d6f546e63f20d"].update({"x": "y"})),
+            r"valid_data\.json, item open-images-1815_f91d6f546e63f20d/x: 'x' is not an index of the set's "
+            r"10 images",
+        ),
+        (
             "coco_karpathy",
             "coco_karpathy_test.json",
             _changed(lambda d: d[5].update(caption=[])),
@@ -431,3 +450,28 @@ def test_item_scores_pad_with_minus_infinity():
     assert scores.shape == (2, 2, 3)
     assert torch.isinf(scores[0, 1]).all() and torch.isinf(scores[1, :, 1:]).all()
     assert torch.isfinite(scores[0, 0]).all() and torch.isfinite(scores[1, :, 0]).all()
+
+
+def test_a_missing_image_set_or_mmvp_row_is_named(root, tmp_path):
+    shutil.copytree(root / "imagecode", tmp_path / "imagecode")
+    shutil.rmtree(tmp_path / "imagecode" / "image-sets" / "MSR-VTT-videoTrainValVideo_video2044-shot1_0")
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"MSR-VTT-videoTrainValVideo_video2044-shot1_0: the image set(.|\n)*"
+        r"imagecode/image-sets/<image set>/img<k>\.jpg",
+    ):
+        run(tmp_path, ["imagecode"])
+    shutil.copytree(root / "mmvp_vlm", tmp_path / "mmvp_vlm")
+    questions = tmp_path / "mmvp_vlm" / "Questions.csv"
+    lines = questions.read_text().splitlines()
+    questions.write_text("\n".join(lines[:-1]))
+    with pytest.raises(
+        ValueError, match=r"Questions\.csv: 269 statements; MMVP-VLM has 15 pairs for each of its 9"
+    ):
+        run(tmp_path, ["mmvp_vlm"])
+    lines[40] = "39,Presence"
+    questions.write_text("\n".join(lines))
+    with pytest.raises(
+        ValueError, match=r"Questions\.csv, item on lines 40-41: expected a row 'question id,type,statement'"
+    ):
+        run(tmp_path, ["mmvp_vlm"])

@@ -165,8 +165,8 @@ def evaluate(
 
 
 def _score(bench, subset: str, prefix: str, part, features: scoring.Features) -> dict[str, float]:
-    if bench.task == "text_choice":
-        correct = scoring.text_choice(features, part.items)
+    if bench.task == "choice":
+        correct = scoring.choice(features, part.items)
         aggregate = bench.aggregate or (lambda subset, items, correct: scoring.mean(correct))
         return {prefix: aggregate(subset, part.items, correct)}
     if bench.task == "pairs":

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from . import aro, retrieval, sugarcrepe, valse, whatsup, winoground, zeroshot
+from . import aro, imagecode, mmvp_vlm, retrieval, spec, sugarcrepe, valse, whatsup, winoground, zeroshot
 from .items import Item, Part
 
-# How an item's scores decide it (see scoring.py): "text_choice" (the first caption must win),
+# How an item's scores decide it (see scoring.py): "choice" (the first caption, or image, must win),
 # "pairs" (Winoground's text, image and group scores), "retrieval", "classification".
-TASKS = ("text_choice", "pairs", "retrieval", "classification")
+TASKS = ("choice", "pairs", "retrieval", "classification")
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Benchmark:
             (``winoground::text``).
         images: subset -> the image folder, relative to the benchmark's folder.
         layout: the expected layout, shown when files are missing.
-        aggregate: ``aggregate(subset, items, correct) -> accuracy`` for a text-choice benchmark
+        aggregate: ``aggregate(subset, items, correct) -> accuracy`` for a choice benchmark
             whose score is not the plain share of right items (ARO's macro average).
         discover: for benchmarks whose subsets are whatever folders are there (zero-shot):
             ``discover(folder) -> {subset: path}``.
@@ -60,7 +60,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     for b in (
         Benchmark(
             "sugarcrepe",
-            "text_choice",
+            "choice",
             sugarcrepe.read,
             {s: (f"{s}.json",) for s in sugarcrepe.SUBSETS},
             _same(sugarcrepe.SUBSETS, "val2017"),
@@ -69,7 +69,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         ),
         Benchmark(
             "aro",
-            "text_choice",
+            "choice",
             aro.read,
             {s: (aro.FILES[s],) for s in aro.SUBSETS},
             _same(aro.SUBSETS, "images"),
@@ -88,7 +88,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         ),
         Benchmark(
             "whatsup",
-            "text_choice",
+            "choice",
             whatsup.read,
             {s: (whatsup.FILES[s],) for s in whatsup.SUBSETS},
             whatsup.IMAGE_DIRS,
@@ -99,12 +99,38 @@ BENCHMARKS: dict[str, Benchmark] = {
         ),
         Benchmark(
             "valse",
-            "text_choice",
+            "choice",
             valse.read,
             {s: (f"{s}.json",) for s in valse.SUBSETS},
             _same(valse.SUBSETS, "images"),
             "valse/{" + ",".join(valse.SUBSETS) + "}.json\n"
             "valse/images/<image_file>  (every piece's images in one folder)",
+        ),
+        Benchmark(
+            "spec",
+            "choice",
+            spec.read,
+            {s: (f,) for s, f in spec.FILES.items()},
+            {s: s.split("::")[0] for s in spec.FILES},
+            "spec/<subset>/image2text.json, spec/<subset>/text2image.json  (subsets: "
+            + ", ".join(spec.SUBSETS)
+            + ")\nspec/<subset>/<the image paths they name>",
+        ),
+        Benchmark(
+            "imagecode",
+            "choice",
+            imagecode.read,
+            _same(imagecode.SUBSETS, ("valid_data.json",)),
+            _same(imagecode.SUBSETS, "image-sets"),
+            "imagecode/valid_data.json\nimagecode/image-sets/<image set>/img<k>.jpg  (10 images a set)",
+        ),
+        Benchmark(
+            "mmvp_vlm",
+            "pairs",
+            mmvp_vlm.read,
+            _same(mmvp_vlm.CATEGORIES, ("Questions.csv",)),
+            _same(mmvp_vlm.CATEGORIES, "MMVP_VLM_Images"),
+            "mmvp_vlm/Questions.csv\nmmvp_vlm/MMVP_VLM_Images/<pattern folder>/<question id>.jpg",
         ),
         Benchmark(
             "coco_karpathy",
@@ -178,7 +204,9 @@ def load(bench: Benchmark, data_root: Path, image_roots: Mapping[str, str | Path
             path = next((folder / n for n in names if (folder / n).is_file()), None)
             if path is not None:
                 found[subset] = path
-    missing = [f"{bench.name}/{names[0]}" for subset, names in bench.files.items() if subset not in found]
+    missing = list(
+        dict.fromkeys(f"{bench.name}/{n[0]}" for subset, n in bench.files.items() if subset not in found)
+    )
     if not found:
         raise FileNotFoundError(
             f"{bench.name}: none of its files in {folder}; expected layout under the "
@@ -186,7 +214,12 @@ def load(bench: Benchmark, data_root: Path, image_roots: Mapping[str, str | Path
         )
     parts = {}
     for subset, path in found.items():
-        part = bench.read(path, _image_dir(bench, folder, subset, path, image_roots or {}), subset)
+        try:
+            part = bench.read(path, _image_dir(bench, folder, subset, path, image_roots or {}), subset)
+        except FileNotFoundError as error:  # a reader that lists image folders (ImageCoDe)
+            raise FileNotFoundError(
+                f"{bench.name}: {error}; expected layout under the data root:\n{_indent(bench.layout)}"
+            ) from error
         if not part.items:
             raise ValueError(f"{path}: no items to score")
         _check_images(bench, path, part)

@@ -34,8 +34,9 @@ class Item:
 
     The right answer sits at position 0:
 
-    * text choice (SugarCrepe, ARO, WhatsUp, VALSE): one image, ``texts[0]`` the true caption and
-      the rest its negatives;
+    * choice by caption (SugarCrepe, ARO, WhatsUp, VALSE): one image, ``texts[0]`` the true
+      caption and the rest its negatives; choice by image: one caption, ``images[0]`` the right
+      image and the rest the wrong ones;
     * pairs (Winoground): ``images[k]`` goes with ``texts[k]``;
     * retrieval: one image and all of its captions;
     * classification: one image, ``label`` its class, no texts (the class prompts are the part's).

@@ -4,7 +4,8 @@
 and keeps their L2-normalised float32 embeddings; the score of an image and a text is their
 cosine similarity. The task functions turn those scores into results:
 
-* ``text_choice``: an item is right when its first caption scores strictly above every other;
+* ``choice``: an item is right when its first candidate scores strictly above every other: its
+  first caption when it has one image, its first image when it has one caption;
 * ``pairs``: Winoground's text, image and group scores, each comparison strict;
 * ``classification``: right when the image's own class scores strictly above every other;
 * ``retrieval``: ``retrieval.recalls``.
@@ -155,10 +156,16 @@ def item_scores(features: Features, items: Sequence[Item]) -> torch.Tensor:
     return scores.masked_fill(padding, -torch.inf)
 
 
-def text_choice(features: Features, items: Sequence[Item]) -> torch.Tensor:
-    """``(n,)`` bool: the first caption scores strictly above all the others."""
-    scores = item_scores(features, items)[:, 0]  # (n, T)
-    return scores[:, 0] > scores[:, 1:].amax(dim=1)
+def choice(features: Features, items: Sequence[Item]) -> torch.Tensor:
+    """``(n,)`` bool: the first candidate scores strictly above all the others, the candidates
+    being an item's captions when it has one image, else its images (it then has one caption)."""
+    scores = item_scores(features, items)  # (n, I, T)
+    # a -inf candidate keeps the maximum defined when an item has no second image or caption
+    floor = torch.full((len(items), 1), -torch.inf, device=scores.device)
+    by_text = scores[:, 0, 0] > torch.cat([scores[:, 0, 1:], floor], dim=1).amax(dim=1)
+    by_image = scores[:, 0, 0] > torch.cat([scores[:, 1:, 0], floor], dim=1).amax(dim=1)
+    one_image = torch.tensor([len(item.images) == 1 for item in items], device=scores.device)
+    return torch.where(one_image, by_text, by_image)
 
 
 def pairs(features: Features, items: Sequence[Item]) -> dict[str, torch.Tensor]:
