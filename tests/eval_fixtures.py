@@ -336,6 +336,43 @@ def _colour_pairs(rng: random.Random, count: int) -> list[tuple[str, str]]:
     return [p if rng.random() < 0.5 else p[::-1] for p in rng.sample(pairs, count)]
 
 
+def write_crepe(root: Path, seed: int = 0) -> list[str]:
+    """CREPE's 27 productivity CSVs (3 types, complexities 4 to 12), 3 rows each, over two-colour
+    images in Visual Genome's two folders, each row's box one half of its image."""
+    rng = random.Random(seed)
+    folder = Path(root) / "crepe"
+    images = {}
+    for i, (left, right) in enumerate(_colour_pairs(rng, 4)):
+        image_id = 2350000 + i
+        halves(folder / ("VG_100K" if i % 2 else "VG_100K_2") / f"{image_id}.jpg", left, right)
+        images[image_id] = (left, right)
+    keys = []
+    for kind in ("atom", "swap", "negate"):
+        for complexity in range(4, 13):
+            lines = ["image_id,x,y,width,height,caption,hard_negs"]
+            for _ in range(3):
+                image_id = rng.choice(sorted(images))
+                side = rng.randrange(2)
+                seen, other = images[image_id][side], images[image_id][1 - side]
+                negatives = [
+                    caption(rng, other),
+                    caption(rng, rng.choice(COLOURS)),
+                    caption(rng, seen, other),
+                ]
+                fields = [str(image_id), str(8 * side), "0", "8", "8", caption(rng, seen), repr(negatives)]
+                lines.append(",".join(f'"{v}"' for v in fields))
+            path = (
+                folder
+                / "prod_hard_negatives"
+                / kind
+                / f"prod_vg_hard_negs_{kind}_complexity_{complexity}.csv"
+            )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            keys.append(f"crepe::{kind}::complexity_{complexity}")
+    return keys
+
+
 def write_spec(root: Path, seed: int = 0) -> list[str]:
     """``spec/<subset>/image2text.json`` and ``text2image.json`` for SPEC's six subsets, 3 items
     each, the image paths relative to the subset's folder."""
@@ -415,6 +452,7 @@ WRITERS = {
     "winoground": write_winoground,
     "whatsup": write_whatsup,
     "valse": write_valse,
+    "crepe": write_crepe,
     "spec": write_spec,
     "imagecode": write_imagecode,
     "mmvp_vlm": write_mmvp_vlm,

@@ -9,6 +9,7 @@ ARO's macro rules), so that a test can show its fixtures would catch each mistak
 
 from __future__ import annotations
 
+import ast
 import csv
 import functools
 import json
@@ -162,6 +163,30 @@ class Reference:
                 image = self.image(folder / "images" / item["image_file"], None)
                 right.append(self.beats(self.score(image, item["caption"]), self.score(image, item["foil"])))
             out[f"valse::{piece}"] = sum(right) / len(right)
+        return out
+
+    def crepe(self, folder: Path) -> dict[str, float]:
+        out = {}
+        for kind in ("atom", "swap", "negate"):
+            for complexity in range(4, 13):
+                path = (
+                    folder
+                    / "prod_hard_negatives"
+                    / kind
+                    / f"prod_vg_hard_negs_{kind}_complexity_{complexity}.csv"
+                )
+                right = []
+                with open(path, newline="") as f:
+                    for row in csv.DictReader(f):
+                        image_path = folder / "VG_100K" / f"{row['image_id']}.jpg"
+                        if not image_path.exists():
+                            image_path = folder / "VG_100K_2" / f"{row['image_id']}.jpg"
+                        x, y, w, h = (float(row[k]) for k in ("x", "y", "width", "height"))
+                        image = self.image(image_path, (x, y, x + w, y + h) if self.crop else None)
+                        negatives = ast.literal_eval(row["hard_negs"])
+                        best_negative = max(self.score(image, n) for n in negatives)
+                        right.append(self.beats(self.score(image, row["caption"]), best_negative))
+                out[f"crepe::{kind}::complexity_{complexity}"] = sum(right) / len(right)
         return out
 
     def spec(self, folder: Path) -> dict[str, float]:

@@ -2,6 +2,7 @@
 by ``BagOfColours``, whose scores (ties included) are known, against a plain per-item loop
 (tests/eval_reference.py)."""
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -75,6 +76,8 @@ def test_the_fixtures_exercise_ties_crops_and_aros_macro_rules(root):
     for switch in ({"crop": False}, {"aro_excluded": set()}, {"aro_min_pair": 1}, {"aro_min_pair": 26}):
         other = bag_reference(**switch).results(root, ["aro"])
         assert other != {k: v for k, v in expected.items() if k.startswith("aro::")}, switch
+    uncropped = bag_reference(crop=False).results(root, ["crepe"])
+    assert uncropped != {k: v for k, v in expected.items() if k.startswith("crepe::")}
     # the macro average is not the share of right items
     micro = run(root, ["aro"]).counts
     assert micro == {"aro::VG_Relation": 14, "aro::VG_Attribute": 75}
@@ -337,8 +340,8 @@ def test_zeroshot_classnames_must_match_the_class_folders(root, tmp_path):
 
 def test_bad_arguments(root):
     model = BagOfColours()
-    with pytest.raises(ValueError, match="unknown benchmark 'crepe'; known: sugarcrepe, aro"):
-        run(root, ["crepe"])
+    with pytest.raises(ValueError, match="unknown benchmark 'eqben'; known: sugarcrepe, aro"):
+        run(root, ["eqben"])
     with pytest.raises(TypeError, match="needs tokenizer= and preprocess="):
         evaluate(model, ["winoground"], root, tokenizer=model.tokenize)
     with pytest.raises(TypeError, match="has no encode_image / encode_text"):
@@ -475,3 +478,27 @@ def test_a_missing_image_set_or_mmvp_row_is_named(root, tmp_path):
         ValueError, match=r"Questions\.csv, item on lines 40-41: expected a row 'question id,type,statement'"
     ):
         run(tmp_path, ["mmvp_vlm"])
+
+
+def test_a_malformed_crepe_row_is_named(root, tmp_path):
+    shutil.copytree(root / "crepe", tmp_path / "crepe")
+    path = tmp_path / "crepe" / "prod_hard_negatives" / "swap" / "prod_vg_hard_negs_swap_complexity_7.csv"
+    rows = list(csv.DictReader(path.open()))
+
+    def write_with(**changes):
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows([rows[0], {**rows[1], **changes}, *rows[2:]])
+
+    write_with(hard_negs="not a list")
+    with pytest.raises(
+        ValueError, match=r"complexity_7\.csv, item on line 3: 'hard_negs' must be a list of captions"
+    ):
+        run(tmp_path, ["crepe"])
+    write_with(width="0")
+    with pytest.raises(ValueError, match=r"complexity_7\.csv, item on line 3: the box has no area"):
+        run(tmp_path, ["crepe"])
+    write_with(x="left")
+    with pytest.raises(ValueError, match=r"complexity_7\.csv, item on line 3: 'x' must be a number"):
+        run(tmp_path, ["crepe"])

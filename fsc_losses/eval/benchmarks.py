@@ -14,7 +14,19 @@ from pathlib import Path
 
 import torch
 
-from . import aro, imagecode, mmvp_vlm, retrieval, spec, sugarcrepe, valse, whatsup, winoground, zeroshot
+from . import (
+    aro,
+    crepe,
+    imagecode,
+    mmvp_vlm,
+    retrieval,
+    spec,
+    sugarcrepe,
+    valse,
+    whatsup,
+    winoground,
+    zeroshot,
+)
 from .items import Item, Part
 
 # How an item's scores decide it (see scoring.py): "choice" (the first caption, or image, must win),
@@ -105,6 +117,15 @@ BENCHMARKS: dict[str, Benchmark] = {
             _same(valse.SUBSETS, "images"),
             "valse/{" + ",".join(valse.SUBSETS) + "}.json\n"
             "valse/images/<image_file>  (every piece's images in one folder)",
+        ),
+        Benchmark(
+            "crepe",
+            "choice",
+            crepe.read,
+            {s: (f,) for s, f in crepe.FILES.items()},
+            _same(crepe.FILES, "."),
+            "crepe/prod_hard_negatives/{atom,swap,negate}/prod_vg_hard_negs_<type>_complexity_<4..12>.csv\n"
+            "crepe/VG_100K/<image_id>.jpg or crepe/VG_100K_2/<image_id>.jpg  (Visual Genome)",
         ),
         Benchmark(
             "spec",
