@@ -126,8 +126,8 @@ def evaluate(
             ``encode_text(tokens)``, or a transformers ``CLIPModel`` / ``SiglipModel``.
             ``DistributedDataParallel`` / ``DataParallel`` wrappers are looked through.
         benchmarks: names from ``BENCHMARKS`` (``"sugarcrepe"``, ``"aro"``, ``"winoground"``,
-            ``"whatsup"``, ``"valse"``, ``"coco_karpathy"``, ``"flickr30k"``, ``"zeroshot"``):
-            the prefixes of the result keys.
+            ``"whatsup"``, ``"valse"``, ``"crepe"``, ``"spec"``, ``"imagecode"``, ``"mmvp_vlm"``,
+            ``"coco_karpathy"``, ``"flickr30k"``, ``"zeroshot"``): the prefixes of the result keys.
         data_root: the folder holding one folder per benchmark.
         tokenizer: ``tokenizer(list of str) -> (N, T)`` token ids, for an ``encode_text`` model.
         preprocess: ``preprocess(PIL image) -> (3, H, W)`` tensor, for an ``encode_image`` model.
