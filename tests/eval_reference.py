@@ -118,7 +118,9 @@ class Reference:
             s = {(i, c): self.score(img, ex[f"caption_{c}"]) for i, img in ((0, i0), (1, i1)) for c in (0, 1)}
             t = self.beats(s[0, 0], s[0, 1]) & self.beats(s[1, 1], s[1, 0])
             im = self.beats(s[0, 0], s[1, 0]) & self.beats(s[1, 1], s[0, 1])
-            text.append(t), image.append(im), group.append(t and im)
+            text.append(t)
+            image.append(im)
+            group.append(t and im)
         return {
             f"winoground::{k}": sum(v) / len(v)
             for k, v in (("text", text), ("image", image), ("group", group))

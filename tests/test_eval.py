@@ -502,3 +502,8 @@ def test_a_malformed_crepe_row_is_named(root, tmp_path):
     write_with(x="left")
     with pytest.raises(ValueError, match=r"complexity_7\.csv, item on line 3: 'x' must be a number"):
         run(tmp_path, ["crepe"])
+
+
+def test_images_load_in_worker_processes(root):
+    names = ["aro", "winoground"]
+    assert run(root, names, num_workers=2, batch_size=8).results == run(root, names).results
