@@ -18,6 +18,8 @@ from fsc_losses.integrations.transformers import (  # noqa: E402
     SIGLIP_TOKEN_IDS,
     DenseEncoder,
     encode_dense,
+    image_embeddings,
+    text_embeddings,
     text_token_mask,
     token_ids,
 )
@@ -83,6 +85,21 @@ def images(batch=2, size=IMAGE, seed=0):
 def pooled(output):
     """``get_*_features``' pooled embedding: a tensor in transformers 4.x, an output object in 5.x."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+@pytest.mark.parametrize("family", MODELS)
+def test_image_and_text_embeddings_are_encode_denses_features(family):
+    """The one-tower functions ``fsc_losses.eval`` scores with give encode_dense's features, before
+    the normalisation."""
+    model = MODELS[family]().eval()
+    ids, mask = caption_ids(family)
+    pixels = images()
+    with torch.no_grad():
+        out = encode_dense(model, pixels, ids, mask, **IDS[family])
+        assert torch.equal(F.normalize(image_embeddings(model, pixels), dim=-1), out["image_features"])
+        assert torch.equal(F.normalize(text_embeddings(model, ids, mask), dim=-1), out["text_features"])
+    with pytest.raises(TypeError, match="supports transformers CLIPModel and SiglipModel"):
+        image_embeddings(torch.nn.Linear(2, 2), pixels)
 
 
 @pytest.mark.parametrize("family", MODELS)

@@ -32,6 +32,8 @@ __all__ = [
     "SIGLIP_TOKEN_IDS",
     "DenseEncoder",
     "encode_dense",
+    "image_embeddings",
+    "text_embeddings",
     "text_token_mask",
     "token_ids",
 ]
@@ -117,16 +119,14 @@ def encode_dense(
     vision = model.vision_model(pixel_values=pixel_values, return_dict=True)
     text = model.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
     if isinstance(model, CLIPModel):
-        image_pooled, image_tokens = _clip_image(model, vision)
-        text_pooled = model.text_projection(text.pooler_output)
+        image_tokens = _clip_image_tokens(model, vision)
         text_tokens = model.text_projection(text.last_hidden_state)
     else:
-        image_pooled, image_tokens = _siglip_image(model, vision)
-        text_pooled = text.pooler_output  # SigLIP's text tower applies its head itself
+        image_tokens = _siglip_image_tokens(model, vision)
         text_tokens = model.text_model.head(text.last_hidden_state)
     out = {
-        "image_features": F.normalize(image_pooled, dim=-1),
-        "text_features": F.normalize(text_pooled, dim=-1),
+        "image_features": F.normalize(_pooled_image(model, vision), dim=-1),
+        "text_features": F.normalize(_pooled_text(model, text), dim=-1),
         "image_tokens": image_tokens,
         "text_tokens": text_tokens,
         "text_mask": text_token_mask(input_ids, attention_mask, sot_id=sot_id, eot_id=eot_id),
@@ -162,6 +162,33 @@ class DenseEncoder(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """``(B, 3, H, W)`` images, ``(N, T)`` token ids and mask to ``encode_dense``'s dict."""
         return encode_dense(self.model, pixel_values, input_ids, attention_mask, **self.token_ids)
+
+
+def image_embeddings(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` preprocessed images to the model's ``(B, D)`` pooled, projected image
+    embeddings, not normalised: ``encode_dense``'s ``image_features`` before the normalisation,
+    from the image tower alone.
+
+    Raises:
+        TypeError, ValueError: as ``encode_dense``, for a model it does not support.
+    """
+    _check_supported(model)
+    return _pooled_image(model, model.vision_model(pixel_values=pixel_values, return_dict=True))
+
+
+def text_embeddings(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(N, T)`` token ids (and the tokenizer's attention mask) to the model's ``(N, D)`` pooled,
+    projected text embeddings, not normalised: ``encode_dense``'s ``text_features`` before the
+    normalisation, from the text tower alone.
+
+    Raises:
+        TypeError, ValueError: as ``encode_dense``, for a model it does not support.
+    """
+    _check_supported(model)
+    text = model.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+    return _pooled_text(model, text)
 
 
 def text_token_mask(
@@ -232,19 +259,34 @@ def _check_supported(model: nn.Module) -> None:
         )
 
 
-def _clip_image(model: CLIPModel, vision) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLIP: ``(B, D)`` pooled embedding and ``(B, P, D)`` patch tokens from one tower pass.
+def _pooled_image(model: CLIPModel | SiglipModel, vision) -> torch.Tensor:
+    """The ``(B, D)`` image embedding from the vision tower's output: CLIP projects the pooled
+    class token, SigLIP's tower pools and projects with its own head."""
+    return (
+        model.visual_projection(vision.pooler_output)
+        if isinstance(model, CLIPModel)
+        else vision.pooler_output
+    )
+
+
+def _pooled_text(model: CLIPModel | SiglipModel, text) -> torch.Tensor:
+    """The ``(N, D)`` text embedding from the text tower's output (SigLIP's tower applies its head
+    itself)."""
+    return model.text_projection(text.pooler_output) if isinstance(model, CLIPModel) else text.pooler_output
+
+
+def _clip_image_tokens(model: CLIPModel, vision) -> torch.Tensor:
+    """CLIP: the ``(B, P, D)`` patch tokens of a tower pass.
 
     The tower layer-norms only the class token (its pooled output); the patches get the same
     ``post_layernorm`` so that they live in the space ``visual_projection`` was trained on.
-    Projected separately so that the pooled embedding is exactly the model's.
+    Projected apart from the pooled embedding so that that one is exactly the model's.
     """
-    patches = model.vision_model.post_layernorm(vision.last_hidden_state[:, 1:])
-    return model.visual_projection(vision.pooler_output), model.visual_projection(patches)
+    return model.visual_projection(model.vision_model.post_layernorm(vision.last_hidden_state[:, 1:]))
 
 
-def _siglip_image(model: SiglipModel, vision) -> tuple[torch.Tensor, torch.Tensor]:
-    """SigLIP: ``(B, D)`` pooled embedding and ``(B, P, D)`` patch tokens from one tower pass.
+def _siglip_image_tokens(model: SiglipModel, vision) -> torch.Tensor:
+    """SigLIP: the ``(B, P, D)`` patch tokens of a tower pass.
 
     The head pools the patches (already through ``post_layernorm``) with a learned attention
     query, then a residual MLP. Run on a one-patch sequence, its attention weight is exactly 1,
@@ -254,4 +296,4 @@ def _siglip_image(model: SiglipModel, vision) -> tuple[torch.Tensor, torch.Tenso
     patches = vision.last_hidden_state  # (B, P, width)
     batch, num_patches, width = patches.shape
     tokens = model.vision_model.head(patches.reshape(batch * num_patches, 1, width))
-    return vision.pooler_output, tokens.view(batch, num_patches, -1)
+    return tokens.view(batch, num_patches, -1)

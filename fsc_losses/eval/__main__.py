@@ -1,0 +1,180 @@
+"""``python -m fsc_losses.eval``: score a CLIP model on benchmarks read from their own files.
+
+python -m fsc_losses.eval --model ViT-B-32 --pretrained openai --data-root data/ \\
+    --benchmarks sugarcrepe aro winoground whatsup valse --out results.json
+python -m fsc_losses.eval --model local-dir:runs/ft --data-root data/ --benchmarks coco_karpathy
+python -m fsc_losses.eval --model ViT-B-32 --pretrained runs/ft/checkpoints/epoch_5.pt ...
+python -m fsc_losses.eval --hf runs/hf_clip --data-root data/ --benchmarks winoground
+
+Prints a table of the results (fractions in [0, 1]) and the files that were not found, and writes
+``{"results", "model", "versions", "counts", "missing", ...}`` to ``--out``. Nothing is downloaded
+for the benchmarks; model weights load as open_clip or transformers load them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+
+def _usable_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):  # honours taskset and container CPU sets; Linux only
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from .benchmarks import BENCHMARKS
+
+    parser = argparse.ArgumentParser(
+        prog="python -m fsc_losses.eval",
+        description="Compositional (SugarCrepe, ARO, Winoground, What'sUp, VALSE) and multi-modal "
+        "(retrieval, zero-shot) evaluation of a CLIP model from the benchmarks' own files.",
+    )
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model", help="open_clip model name (ViT-B-32) or local-dir:FOLDER")
+    model.add_argument("--hf", type=Path, metavar="DIR", help="a transformers CLIPModel / SiglipModel folder")
+    parser.add_argument(
+        "--pretrained", help="open_clip pretrained tag or checkpoint file (with --model NAME)"
+    )
+    parser.add_argument(
+        "--data-root", type=Path, required=True, help="the folder with one folder per benchmark"
+    )
+    parser.add_argument(
+        "--benchmarks",
+        nargs="+",
+        required=True,
+        choices=list(BENCHMARKS),
+        metavar="NAME",
+        help=f"one or more of: {', '.join(BENCHMARKS)}",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="images or texts per forward pass (64)")
+    parser.add_argument(
+        "--device", default=None, help="torch device (default: cuda when available, else cpu)"
+    )
+    parser.add_argument("--out", type=Path, help="write the results and their context to this JSON file")
+    parser.add_argument(
+        "--image-root",
+        action="append",
+        default=[],
+        metavar="NAME[::SUBSET]=DIR",
+        help="an image folder replacing the default layout's, for a benchmark or one subset (repeatable)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, _usable_cpus()),
+        help="image-loading processes (default: CPUs, at most 8)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.pretrained and (args.hf or args.model.startswith("local-dir:")):
+        parser.error(
+            "--pretrained goes with an open_clip model name; local-dir: and --hf folders hold their weights"
+        )
+    args.image_roots = {}
+    for setting in args.image_root:
+        key, sep, folder = setting.partition("=")
+        if not sep or key.split("::")[0] not in BENCHMARKS or not folder:
+            parser.error(
+                f"--image-root takes NAME=DIR or NAME::SUBSET=DIR with a known NAME, got {setting!r}"
+            )
+        args.image_roots[key] = folder
+    return args
+
+
+def load_model(args, device: torch.device) -> tuple[object, dict, dict]:
+    """The model, the keyword arguments ``evaluate`` needs for it, and what to record of it."""
+    if args.hf is not None:
+        from transformers import AutoModel, AutoProcessor
+
+        model = AutoModel.from_pretrained(args.hf).to(device)
+        processor = AutoProcessor.from_pretrained(args.hf)
+        return model, {"processor": processor}, {"hf": str(args.hf), "class": type(model).__name__}
+    import open_clip
+
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        args.model, pretrained=args.pretrained, device=device
+    )
+    helpers = {"tokenizer": open_clip.get_tokenizer(args.model), "preprocess": preprocess}
+    return model, helpers, {"open_clip": args.model, "pretrained": args.pretrained}
+
+
+def versions(hf: bool) -> dict[str, str]:
+    from fsc_losses import __version__
+
+    library = "transformers" if hf else "open_clip_torch"
+    return {
+        "fsc_losses": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        library: metadata.version(library),
+    }
+
+
+def format_table(report) -> str:
+    """One row per result: the key, the value, and the items it was computed on."""
+    rows = [("key", "value", "items")]
+    for key, value in report.results.items():
+        prefix = max((p for p in report.counts if key == p or key.startswith(p + "::")), key=len)
+        rows.append((key, f"{value:.4f}", str(report.counts[prefix])))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [f"{k:<{widths[0]}}  {v:>{widths[1]}}  {n:>{widths[2]}}" for k, v, n in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    for name, files in report.missing.items():
+        lines.append(f"{name}: not found, not scored: {', '.join(files)}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda, but torch sees no CUDA device", file=sys.stderr)
+        return 2
+
+    from . import evaluate_report
+
+    model, helpers, described = load_model(args, device)
+    try:
+        report = evaluate_report(
+            model,
+            args.benchmarks,
+            args.data_root,
+            batch_size=args.batch_size,
+            device=device,
+            image_roots=args.image_roots,
+            progress=not args.no_progress,
+            num_workers=args.workers,
+            **helpers,
+        )
+    except (FileNotFoundError, ValueError) as error:  # missing or malformed benchmark files
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(format_table(report))
+    if args.out is not None:
+        payload = {
+            "results": report.results,
+            "model": described,
+            "versions": versions(args.hf is not None),
+            "counts": report.counts,
+            "missing": report.missing,
+            "benchmarks": args.benchmarks,
+            "data_root": str(args.data_root),
+            "device": str(device),
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""``python -m fsc_losses.eval`` end to end on the fixtures of every benchmark: a tiny random
+open_clip model through ``--model local-dir:``, a tiny transformers CLIP model through ``--hf``,
+each checked against the per-item loop of tests/eval_reference.py; and a tiny SigLIP through the
+Python API."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from .eval_fixtures import WORDS, WRITERS, write_all
+from .eval_reference import Reference, open_image
+
+NAMES = list(WRITERS)
+REPO = Path(__file__).resolve().parents[1]
+TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The models are tiny: a second thread only adds synchronisation, which costs 10-100x on a
+    loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """All fixtures, less one VALSE piece, which the command must report as missing."""
+    root = tmp_path_factory.mktemp("benchmarks")
+    keys = write_all(root)
+    (root / "valse" / "foil-it.json").unlink()
+    return root, [k for k in keys if k != "valse::foil-it"]
+
+
+def run_command(*args, cwd):
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1")  # one thread, as one_thread
+    return subprocess.run(
+        [sys.executable, "-m", "fsc_losses.eval", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def common_args(root, out):
+    return [
+        "--data-root",
+        root,
+        "--benchmarks",
+        *NAMES,
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--batch-size",
+        "8",
+    ]
+
+
+def check_payload(payload, keys, model):
+    assert set(payload) >= {"results", "model", "versions", "counts", "missing"}
+    assert list(payload["results"]) == keys
+    assert all(0.0 <= v <= 1.0 for v in payload["results"].values())
+    assert payload["model"] == model
+    assert {"fsc_losses", "python", "torch"} <= set(payload["versions"])
+    assert payload["missing"] == {"valse": ["valse/foil-it.json"]}
+    assert payload["counts"]["winoground"] == 6 and payload["counts"]["aro::VG_Attribute"] == 75
+
+
+def assert_equal_results(actual, expected):
+    assert set(actual) == set(expected)
+    for key, value in expected.items():
+        assert actual[key] == pytest.approx(value, abs=1e-9), key
+
+
+@pytest.fixture(scope="module")
+def open_clip_run(root, tmp_path_factory):
+    pytest.importorskip("open_clip")
+    from .open_clip_models import save_local_dir
+
+    folder = tmp_path_factory.mktemp("open_clip")
+    name = save_local_dir(folder / "model")
+    done = run_command("--model", name, *common_args(root[0], folder / "results.json"), cwd=folder)
+    assert done.returncode == 0, done.stderr
+    return name, done, json.loads((folder / "results.json").read_text())
+
+
+def test_open_clip_command_writes_every_key(root, open_clip_run):
+    name, done, payload = open_clip_run
+    check_payload(payload, root[1], {"open_clip": name, "pretrained": None})
+    assert "open_clip_torch" in payload["versions"]
+    table = done.stdout
+    for key in root[1]:
+        assert f"\n{key} " in table
+    assert "valse: not found, not scored: valse/foil-it.json" in table
+
+
+def test_open_clip_command_equals_the_per_item_loop(root, open_clip_run):
+    import open_clip
+
+    name, _, payload = open_clip_run
+    model, _, preprocess = open_clip.create_model_and_transforms(name)
+    tokenizer = open_clip.get_tokenizer(name)
+    model.eval()
+
+    @torch.no_grad()
+    def image(path, box):
+        return F.normalize(model.encode_image(preprocess(open_image(path, box))[None])[0].double(), dim=0)
+
+    @torch.no_grad()
+    def text(caption):
+        return F.normalize(model.encode_text(tokenizer([caption]))[0].double(), dim=0)
+
+    assert_equal_results(payload["results"], Reference(image, text).results(root[0], NAMES))
+
+
+def tiny_hf_clip(folder):
+    """A random ``CLIPModel`` with a word-level tokenizer over the fixtures' words, saved with
+    ``save_pretrained`` as a user's fine-tuned model would be."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    from .hf_tokenizers import BOS, EOS, PAD, word_tokenizer
+
+    # CLIP pools at the first end token unless its id is 2 (a legacy rule), hence EOS = 1
+    text = dict(
+        TOWER, vocab_size=64, max_position_embeddings=16, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS
+    )
+    config = transformers.CLIPConfig(
+        text_config=text, vision_config=dict(TOWER, image_size=32, patch_size=8), projection_dim=16
+    )
+    torch.manual_seed(0)
+    model = transformers.CLIPModel(config)
+    image_processor = transformers.CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
+    processor = transformers.CLIPProcessor(
+        image_processor=image_processor, tokenizer=word_tokenizer(WORDS, True, 16)
+    )
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def hf_reference(model, processor, padding):
+    """The reference loop with the model's own ``get_*_features``, one input at a time."""
+
+    def pooled(output):  # a tensor in transformers 4.x, an output object in 5.x
+        return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+    @torch.no_grad()
+    def image(path, box):
+        pixels = processor.image_processor(images=open_image(path, box), return_tensors="pt")["pixel_values"]
+        return F.normalize(pooled(model.get_image_features(pixel_values=pixels))[0].double(), dim=0)
+
+    @torch.no_grad()
+    def text(caption):
+        max_length = model.config.text_config.max_position_embeddings
+        tokens = processor.tokenizer(
+            [caption], padding=padding, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        return F.normalize(pooled(model.get_text_features(**tokens))[0].double(), dim=0)
+
+    return Reference(image, text)
+
+
+def test_hf_command_equals_the_per_item_loop(root, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    folder = tiny_hf_clip(tmp_path / "hf_clip")
+    done = run_command("--hf", folder, *common_args(root[0], tmp_path / "results.json"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    payload = json.loads((tmp_path / "results.json").read_text())
+    check_payload(payload, root[1], {"hf": str(folder), "class": "CLIPModel"})
+    assert "transformers" in payload["versions"]
+
+    model = transformers.AutoModel.from_pretrained(folder).eval()
+    processor = transformers.AutoProcessor.from_pretrained(folder)
+    assert_equal_results(
+        payload["results"], hf_reference(model, processor, padding=True).results(root[0], NAMES)
+    )
+
+
+def test_siglip_through_the_api_pads_captions_to_full_length(root):
+    """SigLIP's captions are padded to the text tower's length, as SigLIP was trained; with
+    another padding its embeddings, and so the results, differ."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    from fsc_losses.eval import evaluate
+
+    from .hf_tokenizers import EOS, word_tokenizer
+
+    text = dict(
+        TOWER,
+        vocab_size=64,
+        max_position_embeddings=16,
+        bos_token_id=None,
+        eos_token_id=EOS,
+        pad_token_id=EOS,
+    )
+    torch.manual_seed(0)
+    model = transformers.SiglipModel(
+        transformers.SiglipConfig(text_config=text, vision_config=dict(TOWER, image_size=32, patch_size=8))
+    ).train()
+    processor = transformers.SiglipProcessor(
+        image_processor=transformers.SiglipImageProcessor(size={"height": 32, "width": 32}),
+        tokenizer=word_tokenizer(WORDS, with_bos=False, max_length=16),
+    )
+    names = ["sugarcrepe", "winoground", "valse"]
+    results = evaluate(model, names, root[0], processor=processor, batch_size=8, progress=False)
+    assert model.training
+    model.eval()
+    assert_equal_results(results, hf_reference(model, processor, "max_length").results(root[0], names))
+    assert hf_reference(model, processor, True).results(root[0], names) != results
+
+
+def test_command_errors(root, tmp_path, capsys):
+    pytest.importorskip("open_clip")
+    from fsc_losses.eval.__main__ import main
+
+    from .open_clip_models import save_local_dir
+
+    name = save_local_dir(tmp_path / "model")
+    shutil.copytree(root[0] / "winoground", tmp_path / "data" / "winoground")
+    args = [
+        "--model",
+        name,
+        "--data-root",
+        str(tmp_path / "data"),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
+    assert main([*args, "--benchmarks", "aro"]) == 1
+    assert (
+        "expected layout under the data root:\n  aro/visual_genome_relation.json" in capsys.readouterr().err
+    )
+    (tmp_path / "data" / "winoground" / "images" / "ex_2_img_1.png").unlink()
+    assert main([*args, "--benchmarks", "winoground"]) == 1
+    assert "ex_2_img_1.png (item 2 (line 3))" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--benchmarks", "winoground", "--pretrained", "openai"])
+    assert "--pretrained goes with an open_clip model name" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--benchmarks", "winoground", "--image-root", "nothing=/x"])
+    assert "--image-root takes NAME=DIR" in capsys.readouterr().err
