@@ -381,7 +381,7 @@ class _LossTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The objective's terms on ``inputs``, run as the (unwrapped) model's forward under the
-        Trainer's mixed precision; returns their sum (and ``{"loss": sum}`` with
+        Trainer's mixed precision; returns their sum in float32 (and ``{"loss": sum}`` with
         ``return_outputs``)."""
         inner = self.accelerator.unwrap_model(model, keep_torch_compile=False)
 
@@ -391,7 +391,7 @@ class _LossTrainer(Trainer):
         # accelerate applies autocast by wrapping the model's forward, which this one replaces
         with self.accelerator.autocast(), _forward_is(inner, forward):
             terms = model(**inputs)
-        loss = sum(terms.values())
+        loss = sum(term.float() for term in terms.values())  # 16-bit terms would round the sum
         if self.is_in_train and model.training:  # a training step (not evaluation, not a direct call)
             self._record(terms)
         return (loss, {"loss": loss}) if return_outputs else loss
