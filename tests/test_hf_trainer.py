@@ -186,9 +186,10 @@ def test_trainer_loss_equals_fscloss_called_directly(family, processor, rows, tm
 
 
 def test_training_logs_each_term_as_trainer_logs_its_loss(rows, tmp_path):
-    """Gradient accumulation over 2 micro-batches, an extra dataset column: the first log holds
-    each term's mean over the step's micro-batches (all computed before the first update), and the
-    terms sum to the logged loss."""
+    """4 steps of 2 micro-batches (gradient accumulation), a log every 2 steps, an extra dataset
+    column: each log holds each term's mean over its 2 steps' 4 micro-batches, each computed with
+    the weights of its step (the initial ones, then those of the checkpoints), and the terms sum to
+    the logged loss."""
     processor = hf_models.processor("clip")
     seen = []
 
@@ -198,21 +199,34 @@ def test_training_logs_each_term_as_trainer_logs_its_loss(rows, tmp_path):
             return seen[-1]
 
     model = hf_models.model("clip")
-    initial = copy.deepcopy(model)
-    args = training_args(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    weights = [copy.deepcopy(model)]  # the weights each step runs with
+    args = training_args(
+        tmp_path,
+        max_steps=4,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        logging_steps=2,
+        save_strategy="steps",
+        save_steps=1,
+    )
     features = [dict(row, unused="dropped by remove_unused_columns") for row in rows]
     make = Recording(processor.tokenizer, processor.image_processor)
     trainer = FSCTrainer(model=model, args=args, train_dataset=features, data_collator=make)
     trainer.train()
+    weights += [transformers.CLIPModel.from_pretrained(tmp_path / f"checkpoint-{step}") for step in (1, 2, 3)]
 
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
-    assert [entry["step"] for entry in logs] == [1, 2]
-    for entry in logs:
-        assert TERMS <= set(entry)
-        assert entry["loss"] == pytest.approx(sum(entry[name] for name in TERMS), rel=1e-5)
-    first = [direct_terms(initial, batch, "clip", make.token_ids) for batch in seen[:2]]
-    for name in TERMS:
-        assert logs[0][name] == pytest.approx(sum(terms[name].item() for terms in first) / 2, rel=1e-5)
+    assert [entry["step"] for entry in logs] == [2, 4]
+    assert len(seen) == 8  # micro-batches
+    for log, steps in zip(logs, ((0, 1), (2, 3)), strict=True):
+        terms = [
+            direct_terms(weights[step], seen[2 * step + i], "clip", make.token_ids)
+            for step in steps
+            for i in (0, 1)
+        ]
+        for name in TERMS:
+            assert log[name] == pytest.approx(sum(t[name].item() for t in terms) / 4, rel=1e-5), name
+        assert log["loss"] == pytest.approx(sum(log[name] for name in TERMS), rel=1e-5)
 
 
 @pytest.mark.slow

@@ -80,7 +80,7 @@ def test_logit_scale_starts_at_one_over_the_temperature_and_is_capped():
     scale = LogitScale(temperature=0.05, max_scale=100.0)
     torch.testing.assert_close(scale(), torch.tensor(20.0))
     scale().backward()
-    torch.testing.assert_close(scale.log_scale.grad, torch.tensor(20.0))  # d exp(s) / ds
+    torch.testing.assert_close(scale.log_scale.grad, torch.tensor([20.0]))  # d exp(s) / ds
     with torch.no_grad():
         scale.log_scale.fill_(math.log(150))
     assert scale().item() == pytest.approx(100.0)

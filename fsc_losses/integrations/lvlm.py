@@ -107,11 +107,12 @@ class LogitScale(nn.Module):
         super().__init__()
         if not (temperature > 0 and max_scale > 0):
             raise ValueError(f"need temperature > 0 and max_scale > 0, got {temperature} and {max_scale}")
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)))
+        # shape (1,), not (): FSDP2's fully_shard refuses scalar parameters
+        self.log_scale = nn.Parameter(torch.full((1,), math.log(1 / temperature)))
         self.max_scale = float(max_scale)
 
     def forward(self) -> torch.Tensor:
-        return self.log_scale.exp().clamp(max=self.max_scale)
+        return self.log_scale.exp().clamp(max=self.max_scale).reshape(())
 
     def extra_repr(self) -> str:
         return f"max_scale={self.max_scale}"
