@@ -273,17 +273,18 @@ def train(args: argparse.Namespace) -> dict:
             world_size=training_args.world_size,
         ),
     )
+    say = print if trainer.is_world_process_zero() else lambda *_: None  # once under torchrun
     trainable, total = model.get_nb_trainable_parameters()
-    print(f"{trainable:,} trainable parameters of {total:,}")
+    say(f"{trainable:,} trainable parameters of {total:,}")
 
     eval_batch = {k: v.to(training_args.device) for k, v in collator(eval_rows).items()}
     before = retrieval(model, eval_batch)
-    print(f"before: {format_scores(before)}")
+    say(f"before: {format_scores(before)}")
     trainer.train()
     after = retrieval(model, eval_batch)
-    print(f"after:  {format_scores(after)}")
+    say(f"after:  {format_scores(after)}")
     trainer.save_model()
-    print(f"adapter saved to {args.output_dir}")
+    say(f"adapter saved to {args.output_dir}")
     return {"before": before, "after": after, "trainer": trainer}
 
 
