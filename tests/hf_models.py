@@ -1,6 +1,7 @@
 """Tiny, randomly initialised transformers CLIP and SigLIP models with word-level tokenizers and
-image processors at 32 px, built from configs (no downloads), and rows of random images with the
-example captions: what the Trainer tests and the example's test train."""
+image processors at 32 px, built from configs (no downloads), rows of random images with the
+example captions, and the TrainingArguments of a short CPU run: what the Trainer tests and the
+example's test train."""
 
 import numpy as np
 import torch
@@ -49,3 +50,19 @@ def rows(n: int = len(CAPTIONS), seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, 40, 48, 3), dtype=np.uint8)
     return [{"image": image, "caption": CAPTIONS[i % len(CAPTIONS)]} for i, image in enumerate(images)]
+
+
+def training_args(out, **overrides) -> transformers.TrainingArguments:
+    """A short, quiet CPU run into ``out``: 2 steps of 4 rows, a log every step, no checkpoints."""
+    defaults = dict(
+        output_dir=str(out),
+        per_device_train_batch_size=4,
+        max_steps=2,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=True,
+    )
+    return transformers.TrainingArguments(**{**defaults, **overrides})

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import TrainingArguments
 
 from fsc_losses.integrations.hf_trainer import ContrastiveNTPTrainer, FSCCollator, FSCTrainer
 
@@ -24,19 +23,14 @@ ROWS = 4
 LVLM_RUN = ["--train-scenes", str(ROWS), "--eval-scenes", "2", "--soft-tokens", "2", "--seed", "1"]
 
 
-def training_args(out: Path, world_size: int) -> TrainingArguments:
-    return TrainingArguments(
-        output_dir=str(out),
+def training_args(out: Path, world_size: int):
+    return hf_models.training_args(
+        out,
         per_device_train_batch_size=ROWS // world_size,  # one step on the whole data either way
         max_steps=1,
         optim="sgd",  # a step proportional to the gradient, comparable across runs (Adam's is not)
         learning_rate=0.1,
         max_grad_norm=0.0,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        use_cpu=True,
         ddp_backend="gloo" if world_size > 1 else None,
     )
 

@@ -13,8 +13,6 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 pytest.importorskip("tokenizers")
 
-from transformers import TrainingArguments  # noqa: E402
-
 from fsc_losses import FSCLoss  # noqa: E402
 from fsc_losses.integrations.hf_trainer import FSCCollator, FSCTrainer  # noqa: E402
 from fsc_losses.integrations.transformers import encode_dense, token_ids  # noqa: E402
@@ -43,21 +41,6 @@ def rows():
 
 def collator(processor, **kwargs):
     return FSCCollator(processor.tokenizer, processor.image_processor, **kwargs)
-
-
-def training_args(out, **kwargs):
-    defaults = dict(
-        output_dir=str(out),
-        per_device_train_batch_size=4,
-        max_steps=2,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        use_cpu=True,
-    )
-    return TrainingArguments(**{**defaults, **kwargs})
 
 
 def direct_terms(model, batch, family, ids):
@@ -171,7 +154,7 @@ def test_collator_errors_name_the_column_and_row(
 def test_trainer_loss_equals_fscloss_called_directly(family, processor, rows, tmp_path, bf16):
     model = hf_models.model(family)
     make = collator(processor)
-    trainer = FSCTrainer(model=model, args=training_args(tmp_path, bf16=bf16), data_collator=make)
+    trainer = FSCTrainer(model=model, args=hf_models.training_args(tmp_path, bf16=bf16), data_collator=make)
     assert trainer.loss_fn.contrastive == CONTRASTIVE[family]
     batch = make(rows[:4])
     loss, outputs = trainer.compute_loss(model, batch, return_outputs=True)
@@ -200,7 +183,7 @@ def test_training_logs_each_term_as_trainer_logs_its_loss(rows, tmp_path):
 
     model = hf_models.model("clip")
     weights = [copy.deepcopy(model)]  # the weights each step runs with
-    args = training_args(
+    args = hf_models.training_args(
         tmp_path,
         max_steps=4,
         per_device_train_batch_size=2,
@@ -236,7 +219,7 @@ def test_checkpoint_reloads_with_from_pretrained(family, processor, rows, tmp_pa
     model = hf_models.model(family)
     with torch.no_grad():
         model.logit_scale.fill_(math.log(150))
-    args = training_args(
+    args = hf_models.training_args(
         tmp_path, bf16=True, activation_checkpointing=True, save_strategy="steps", save_steps=2
     )
     trainer = FSCTrainer(
@@ -264,7 +247,7 @@ def test_activation_checkpointing_gives_the_same_step(rows, tmp_path):
     trained = []
     for checkpointing in (False, True):
         model = hf_models.model("clip")
-        args = training_args(
+        args = hf_models.training_args(
             tmp_path / str(checkpointing), max_steps=1, activation_checkpointing=checkpointing
         )
         FSCTrainer(model=model, args=args, train_dataset=rows, data_collator=collator(processor)).train()
@@ -279,10 +262,17 @@ def test_trainer_errors(tmp_path):
     make = collator(hf_models.processor("clip"))
     with pytest.raises(ValueError, match=r"loss_fn has rank=0, world_size=2, but this process is 0 of 1"):
         FSCTrainer(
-            model=model, args=training_args(tmp_path), data_collator=make, loss_fn=FSCLoss(world_size=2)
+            model=model,
+            args=hf_models.training_args(tmp_path),
+            data_collator=make,
+            loss_fn=FSCLoss(world_size=2),
         )
     with pytest.raises(TypeError, match="supports transformers CLIPModel and SiglipModel"):
-        FSCTrainer(model=model.vision_model, args=training_args(tmp_path), data_collator=make)
+        FSCTrainer(model=model.vision_model, args=hf_models.training_args(tmp_path), data_collator=make)
     with pytest.raises(ValueError, match=r"has none: .* remove_unused_columns=False"):
-        FSCTrainer(model=model, args=training_args(tmp_path), data_collator=lambda features: features)
-    FSCTrainer(model=model, args=training_args(tmp_path, remove_unused_columns=False), data_collator=make)
+        FSCTrainer(
+            model=model, args=hf_models.training_args(tmp_path), data_collator=lambda features: features
+        )
+    FSCTrainer(
+        model=model, args=hf_models.training_args(tmp_path, remove_unused_columns=False), data_collator=make
+    )

@@ -11,13 +11,12 @@ pytest.importorskip("accelerate")
 if int(transformers.__version__.split(".")[0]) < 5:
     pytest.skip("the LVLM glue needs transformers >= 5", allow_module_level=True)
 
-from transformers import TrainingArguments  # noqa: E402
-
 from fsc_losses import ContrastiveNTPLoss  # noqa: E402
 from fsc_losses.integrations.hf_trainer import ContrastiveNTPCollator, ContrastiveNTPTrainer  # noqa: E402
 from fsc_losses.integrations.lvlm import sequence_embeddings  # noqa: E402
 
 from .example_data import load_example  # noqa: E402
+from .hf_models import training_args  # noqa: E402
 
 SOFT_TOKENS = 3
 TINY = ["--train-scenes", "8", "--eval-scenes", "4", "--soft-tokens", str(SOFT_TOKENS), "--seed", "1"]
@@ -37,21 +36,6 @@ def parts(example):
 
 def fresh_model(example):
     return example.build(example.parse_args(TINY))[-1]
-
-
-def training_args(out, **kwargs):
-    defaults = dict(
-        output_dir=str(out),
-        per_device_train_batch_size=4,
-        max_steps=2,
-        learning_rate=3e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        use_cpu=True,
-    )
-    return TrainingArguments(**{**defaults, **kwargs})
 
 
 def direct_terms(model, batch):
