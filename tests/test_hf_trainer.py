@@ -152,6 +152,7 @@ def test_collator_errors_name_the_column_and_row(
 
 @pytest.mark.parametrize("bf16", [False, True])
 def test_trainer_loss_equals_fscloss_called_directly(family, processor, rows, tmp_path, bf16):
+    """On the same batch, in fp32 and bf16; and as evaluation's eval_loss."""
     model = hf_models.model(family)
     make = collator(processor)
     trainer = FSCTrainer(model=model, args=hf_models.training_args(tmp_path, bf16=bf16), data_collator=make)
@@ -166,6 +167,8 @@ def test_trainer_loss_equals_fscloss_called_directly(family, processor, rows, tm
         assert not torch.allclose(
             loss.float(), sum(direct_terms(model, batch, family, make.token_ids).values())
         )
+    else:  # evaluation computes the same loss without labels
+        assert trainer.evaluate(eval_dataset=rows[:4])["eval_loss"] == pytest.approx(loss.item(), rel=1e-6)
 
 
 def test_training_logs_each_term_as_trainer_logs_its_loss(rows, tmp_path):
