@@ -1,4 +1,4 @@
-"""Discriminative fine-tuning of an LVLM with ContrastiveNTPLoss, in miniature.
+"""Discriminative fine-tuning of an LVLM with ContrastiveNTPLoss on transformers' Trainer, in miniature.
 
     python examples/finetune_lvlm.py                  # 300 steps, a minute or two on a 2-core CPU
     python examples/finetune_lvlm.py --steps 3        # what the test runs
@@ -6,9 +6,10 @@
 A tiny LLaVA-style model (a CLIP vision tower and a Llama language model, randomly initialised from
 transformers configs: nothing is downloaded) becomes a dual encoder, VladVA's way: an image, or a
 caption, is followed by a summarising prompt and the last position's hidden state is its embedding.
-It trains LoRA adapters on the language model (peft), a soft prompt placed just before the
-summarising instruction (``fsc_losses.integrations.lvlm.SoftPrompt``), the multimodal projector
-and the temperature, with ``ContrastiveNTPLoss``:
+``ContrastiveNTPTrainer`` (``fsc_losses.integrations.hf_trainer``) trains LoRA adapters on the
+language model (peft), a soft prompt placed just before the summarising instruction
+(``fsc_losses.integrations.lvlm.SoftPrompt``), the temperature and the multimodal projector, with
+``ContrastiveNTPLoss``:
 
 - a contrastive loss between the images and their short captions (the demo world's captions,
   "a small red square to the left of a big blue circle");
@@ -16,97 +17,84 @@ and the temperature, with ``ContrastiveNTPLoss``:
   (``fsc_losses.demo.world.long_caption``: every object's size, colour, shape and position, and
   the relation), conditioned on the image.
 
-Image-text retrieval (R@1 both ways, on held-out scenes, by last-token embeddings) is printed before
-and after training. The vocabulary is the demo world's own words, tokenised by a small word-level
-tokenizer. The loss is computed inside the model's ``forward`` (``DualEncoder``): that is the
-pattern FSDP needs, where the LM head's full weight exists only inside the sharded module's forward.
+The dataset is a list of rows (image, caption, long caption); ``ContrastiveNTPCollator`` makes the
+three sequences with a ``LlavaProcessor`` over a word-level tokenizer of the demo world's
+vocabulary. Image-text retrieval (R@1 both ways, on held-out scenes, by last-token embeddings) is
+printed before and after training; the adapter checkpoint (LoRA, soft prompt, temperature,
+projector) is saved to ``--output-dir``.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import re
-from dataclasses import dataclass
 
 import torch
-from peft import LoraConfig, get_peft_model
-from torch import nn
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from peft import LoraConfig, PeftModel, get_peft_model
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+    TrainingArguments,
+)
 
-from fsc_losses import ContrastiveNTPLoss, last_token_embedding
+from fsc_losses import ContrastiveNTPLoss
 from fsc_losses.demo.world import long_caption, render, sample_scenes
-from fsc_losses.integrations.lvlm import SoftPrompt, hidden_states
+from fsc_losses.integrations.hf_trainer import ContrastiveNTPCollator, ContrastiveNTPTrainer
+from fsc_losses.integrations.lvlm import SoftPrompt, add_dual_encoder_modules, sequence_embeddings
 
 IMAGE_SIZE, PATCH_SIZE = 32, 8
-# vision_feature_select_strategy="default" drops the class token: one position per patch
-IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2
-SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<image>", "<soft>")
-# E5-V's wording; VladVA does not publish its prompts
-IMAGE_PROMPT = "summary above image in one word :"
-TEXT_PROMPT = "summary above sentence in one word :"
-NTP_PROMPT = "describe the image in detail :"
-IGNORE = -100
+PAD, BOS, EOS, UNK, IMAGE, SOFT = "<pad>", "<bos>", "<eos>", "<unk>", "<image>", "<soft>"
+# E5-V's wording; VladVA does not publish its prompts. {soft} is where the soft prompt goes.
+IMAGE_PROMPT = IMAGE + " {soft} summary above image in one word :"
+TEXT_PROMPT = "{caption} {soft} summary above sentence in one word :"
+NTP_PROMPT = IMAGE + " describe the image in detail :"
 
 
-class WordTokenizer:
-    """Lower-cased words and punctuation marks to ids, over the closed vocabulary of ``texts``."""
-
-    def __init__(self, texts: list[str]):
-        words = sorted({word for text in texts for word in self.split(text)})
-        self.ids = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *words])}
-
-    @staticmethod
-    def split(text: str) -> list[str]:
-        return re.findall(r"[a-z0-9]+|[^\sa-z0-9]", text.lower())
-
-    def __call__(self, text: str) -> list[int]:
-        return [self.ids[word] for word in self.split(text)]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-@dataclass
-class Batch:
-    pixel_values: torch.Tensor  # (B, 3, 32, 32)
-    image_ids: torch.Tensor  # (B, Li): <bos> <image>*16 <soft>*n prompt
-    image_mask: torch.Tensor
-    text_ids: torch.Tensor  # (B, Lt): <bos> short caption <soft>*n prompt, left-padded
-    text_mask: torch.Tensor
-    ntp_ids: torch.Tensor  # (B, Ln): <bos> <image>*16 prompt long caption <eos>, right-padded
-    ntp_mask: torch.Tensor
-    ntp_labels: torch.Tensor  # the long caption and <eos>; IGNORE elsewhere
+def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the closed vocabulary of ``texts`` (lower-cased words and
+    punctuation marks), with the image and soft-prompt placeholders as special tokens; it starts
+    every sequence with ``<bos>`` and pads on the left."""
+    split = pre_tokenizers.Whitespace()  # words and runs of punctuation
+    words = sorted({word for text in texts for word, _ in split.pre_tokenize_str(text.lower())})
+    vocab = {token: i for i, token in enumerate([PAD, BOS, EOS, UNK, IMAGE, SOFT, *words])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = split
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", special_tokens=[(BOS, vocab[BOS])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        extra_special_tokens=[IMAGE, SOFT],
+        padding_side="left",
+    )
 
 
-def pad(rows: list[list[int]], value: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of ids to ``(B, L)`` ids and attention mask, padded on the left or the right."""
-    length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), value, dtype=torch.long)
-    mask = torch.zeros(len(rows), length, dtype=torch.long)
-    for i, row in enumerate(rows):
-        cols = slice(length - len(row), length) if left else slice(0, len(row))
-        ids[i, cols] = torch.tensor(row)
-        mask[i, cols] = 1
-    return ids, mask
+def build_processor(tokenizer: PreTrainedTokenizerFast) -> LlavaProcessor:
+    """LLaVA's processor: CLIP's image preprocessing at 32 px, and one image token per patch."""
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",  # the class token is dropped...
+        num_additional_image_tokens=1,  # ...from the tower's patches + 1 outputs
+        image_token=IMAGE,
+    )
 
 
-def make_batch(scenes, tokenizer: WordTokenizer, soft_tokens: int) -> Batch:
-    tok = tokenizer.ids
-    pixels = torch.from_numpy(render(scenes, IMAGE_SIZE)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    soft = [tok["<soft>"]] * soft_tokens
-    image_row = [tok["<bos>"], *[tok["<image>"]] * IMAGE_TOKENS, *soft, *tokenizer(IMAGE_PROMPT)]
-    image_ids, image_mask = pad([image_row] * len(scenes), tok["<pad>"], left=True)
-    text_rows = [[tok["<bos>"], *tokenizer(s.caption), *soft, *tokenizer(TEXT_PROMPT)] for s in scenes]
-    text_ids, text_mask = pad(text_rows, tok["<pad>"], left=True)
-    prefix = [tok["<bos>"], *[tok["<image>"]] * IMAGE_TOKENS, *tokenizer(NTP_PROMPT)]
-    answers = [[*tokenizer(long_caption(s, IMAGE_SIZE)), tok["<eos>"]] for s in scenes]
-    ntp_ids, ntp_mask = pad([prefix + a for a in answers], tok["<pad>"], left=False)
-    ntp_labels, _ = pad([[IGNORE] * len(prefix) + a for a in answers], IGNORE, left=False)
-    return Batch(pixels, image_ids, image_mask, text_ids, text_mask, ntp_ids, ntp_mask, ntp_labels)
-
-
-def build_lvlm(tokenizer: WordTokenizer, seed: int) -> LlavaForConditionalGeneration:
+def build_lvlm(tokenizer: PreTrainedTokenizerFast, seed: int) -> LlavaForConditionalGeneration:
     """A tiny, randomly initialised LLaVA: CLIP ViT (32 px, patch 8, width 64, 2 layers) and Llama
     (width 64, 2 layers)."""
     torch.manual_seed(seed)
@@ -126,62 +114,93 @@ def build_lvlm(tokenizer: WordTokenizer, seed: int) -> LlavaForConditionalGenera
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=256,
-        pad_token_id=tokenizer.ids["<pad>"],
-        bos_token_id=tokenizer.ids["<bos>"],
-        eos_token_id=tokenizer.ids["<eos>"],
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
-        image_token_index=tokenizer.ids["<image>"],
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE),
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
     )
     return LlavaForConditionalGeneration(config)
 
 
-class DualEncoder(nn.Module):
-    """The LVLM (LoRA injected), its soft prompt, the temperature and the loss; ``forward`` returns
-    the loss terms of a batch, ``embed`` the last-token embeddings of a set of sequences."""
+def make_rows(scenes) -> list[dict]:
+    """The dataset: one row per scene, with its rendered image (``uint8 (32, 32, 3)``), its short
+    caption and its long caption."""
+    images = render(scenes, IMAGE_SIZE)
+    return [
+        {"image": image, "caption": scene.caption, "long_caption": long_caption(scene, IMAGE_SIZE)}
+        for image, scene in zip(images, scenes, strict=True)
+    ]
 
-    def __init__(
-        self, lvlm: nn.Module, soft_prompt: SoftPrompt, loss_fn: ContrastiveNTPLoss, temperature: float
-    ):
-        super().__init__()
-        self.lvlm = lvlm
-        self.soft_prompt = soft_prompt
-        self.loss_fn = loss_fn
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)))
 
-    def embed(self, ids, mask, pixel_values=None) -> torch.Tensor:
-        states = hidden_states(self.lvlm, ids, mask, pixel_values, self.soft_prompt)
-        return last_token_embedding(states, mask)
+def build(args: argparse.Namespace):
+    """The processor, the collator, the training and evaluation rows, and the peft model with its
+    LoRA adapters, soft prompt and temperature."""
+    train_rows = make_rows(sample_scenes(args.train_scenes, "train", seed=args.seed, image_size=IMAGE_SIZE))
+    eval_rows = make_rows(sample_scenes(args.eval_scenes, "seen", seed=args.seed, image_size=IMAGE_SIZE))
+    soft = SOFT * args.soft_tokens
+    prompts = {
+        "image_prompt": IMAGE_PROMPT.replace("{soft}", soft),
+        "text_prompt": TEXT_PROMPT.replace("{soft}", soft),
+        "ntp_prompt": NTP_PROMPT,
+    }
+    texts = [*prompts.values()] + [
+        row[k] for row in train_rows + eval_rows for k in ("caption", "long_caption")
+    ]
+    processor = build_processor(build_tokenizer(texts))
+    collator = ContrastiveNTPCollator(processor, **prompts)
 
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        image_embeddings = self.embed(batch.image_ids, batch.image_mask, batch.pixel_values)
-        text_embeddings = self.embed(batch.text_ids, batch.text_mask)
-        long_caption_states = hidden_states(self.lvlm, batch.ntp_ids, batch.ntp_mask, batch.pixel_values)
-        return self.loss_fn(
-            image_embeddings,
-            text_embeddings,
-            self.log_scale.exp(),
-            hidden_states=long_caption_states,
-            lm_head_weight=self.lvlm.get_output_embeddings().weight,
-            labels=batch.ntp_labels,
-            output_dict=True,
-        )
+    lvlm, trained_modules = dual_encoder_base(processor.tokenizer, args)
+    lora = LoraConfig(
+        r=args.lora_rank,
+        lora_alpha=2 * args.lora_rank,
+        target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)",
+        # saved in the adapter checkpoint with the LoRA weights; base weights stay frozen
+        modules_to_save=[*trained_modules, "multi_modal_projector"],
+    )
+    return processor, collator, train_rows, eval_rows, get_peft_model(lvlm, lora)
+
+
+def dual_encoder_base(tokenizer, args: argparse.Namespace):
+    """The LVLM with the dual encoder's soft prompt and temperature added
+    (``add_dual_encoder_modules``), before peft wraps it; and those modules' names."""
+    lvlm = build_lvlm(tokenizer, args.seed)
+    width = lvlm.config.text_config.hidden_size
+    soft_prompt = SoftPrompt(args.soft_tokens, width, tokenizer.convert_tokens_to_ids(SOFT))
+    return lvlm, add_dual_encoder_modules(lvlm, soft_prompt, temperature=args.temperature)
+
+
+def load_trained(folder: str, args: argparse.Namespace) -> PeftModel:
+    """The fine-tuned dual encoder from its adapter checkpoint: the same base model (here the
+    seed's random initialisation; for a real LVLM its ``from_pretrained``), the modules added
+    again, then the adapter, which fills in the LoRA weights, soft prompt, temperature and
+    projector."""
+    tokenizer = LlavaProcessor.from_pretrained(folder).tokenizer
+    lvlm, _ = dual_encoder_base(tokenizer, args)
+    return PeftModel.from_pretrained(lvlm, folder)
 
 
 @torch.no_grad()
-def retrieval(model: DualEncoder, batch: Batch) -> dict[str, float]:
+def retrieval(model, batch: dict[str, torch.Tensor]) -> dict[str, float]:
     """R@1 of image -> text and text -> image retrieval among the batch's pairs."""
+    lvlm = model.get_base_model()
     model.eval()
-    images = nn.functional.normalize(
-        model.embed(batch.image_ids, batch.image_mask, batch.pixel_values), dim=-1
+    images = sequence_embeddings(
+        lvlm, batch["image_input_ids"], batch["image_attention_mask"], batch["pixel_values"], lvlm.soft_prompt
     )
-    texts = nn.functional.normalize(model.embed(batch.text_ids, batch.text_mask), dim=-1)
+    texts = sequence_embeddings(
+        lvlm, batch["text_input_ids"], batch["text_attention_mask"], soft_prompt=lvlm.soft_prompt
+    )
     model.train()
-    similarity = images.float() @ texts.float().T
+    similarity = (
+        torch.nn.functional.normalize(images.float(), dim=-1)
+        @ torch.nn.functional.normalize(texts.float(), dim=-1).T
+    )
     truth = torch.arange(len(images))
     return {
         "image_to_text_r1": (similarity.argmax(dim=1) == truth).float().mean().item(),
@@ -189,33 +208,10 @@ def retrieval(model: DualEncoder, batch: Batch) -> dict[str, float]:
     }
 
 
-def build(args: argparse.Namespace):
-    """The tokenizer, the data and the model with its adapters."""
-    train_scenes = sample_scenes(args.train_scenes, "train", seed=args.seed, image_size=IMAGE_SIZE)
-    eval_scenes = sample_scenes(args.eval_scenes, "seen", seed=args.seed, image_size=IMAGE_SIZE)
-    texts = [IMAGE_PROMPT, TEXT_PROMPT, NTP_PROMPT]
-    texts += [t for s in train_scenes + eval_scenes for t in (s.caption, long_caption(s, IMAGE_SIZE))]
-    tokenizer = WordTokenizer(texts)
-
-    lvlm = build_lvlm(tokenizer, args.seed)
-    lora = LoraConfig(
-        r=args.lora_rank,
-        lora_alpha=2 * args.lora_rank,
-        target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)",
-        modules_to_save=["multi_modal_projector"],
-    )
-    lvlm = get_peft_model(lvlm, lora).get_base_model()  # adapters injected in place; base frozen
-    width = lvlm.config.text_config.hidden_size
-    soft_prompt = SoftPrompt(args.soft_tokens, width, tokenizer.ids["<soft>"])
-    loss_fn = ContrastiveNTPLoss(ntp_weight=args.ntp_weight)
-    model = DualEncoder(lvlm, soft_prompt, loss_fn, args.temperature)
-    return tokenizer, train_scenes, eval_scenes, model
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="per process")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--train-scenes", type=int, default=2000)
     parser.add_argument("--eval-scenes", type=int, default=100)
@@ -223,6 +219,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (our default)")
     parser.add_argument("--ntp-weight", type=float, default=1.0, help="weight of the NTP term (our default)")
     parser.add_argument("--temperature", type=float, default=0.05, help="initial temperature (learned)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (Trainer's bf16)")
+    parser.add_argument("--output-dir", default="finetune_lvlm_out", help="where the adapter is saved")
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -243,35 +241,51 @@ def main(argv=None) -> dict:
 
 
 def train(args: argparse.Namespace) -> dict:
-    """Returns the retrieval scores before and after training, each step's loss terms and the
-    trained ``DualEncoder``."""
-    tokenizer, train_scenes, eval_scenes, model = build(args)
-    eval_batch = make_batch(eval_scenes, tokenizer, args.soft_tokens)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
-    total = sum(p.numel() for p in model.parameters())
-    print(f"{sum(p.numel() for p in trainable):,} trainable parameters of {total:,}")
+    """Returns the retrieval scores before and after training and the ``Trainer`` (its
+    ``state.log_history`` holds the logged loss terms; ``trainer.model`` is the peft model)."""
+    processor, collator, train_rows, eval_rows, model = build(args)
+    training_args = TrainingArguments(
+        output_dir=args.output_dir,
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0.0,  # no clipping
+        logging_steps=args.log_every,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,  # print the logs instead of a progress bar
+        seed=args.seed,
+        bf16=args.bf16,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = ContrastiveNTPTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_rows,
+        data_collator=collator,
+        processing_class=processor,
+        loss_fn=ContrastiveNTPLoss(
+            ntp_weight=args.ntp_weight,
+            gather_with_grad=True,
+            rank=training_args.process_index,
+            world_size=training_args.world_size,
+        ),
+    )
+    say = print if trainer.is_world_process_zero() else lambda *_: None  # once under torchrun
+    trainable, total = model.get_nb_trainable_parameters()
+    say(f"{trainable:,} trainable parameters of {total:,}")
 
+    eval_batch = {k: v.to(training_args.device) for k, v in collator(eval_rows).items()}
     before = retrieval(model, eval_batch)
-    print(f"before: {format_scores(before)}")
-    generator = torch.Generator().manual_seed(args.seed)
-    history = []
-    for step in range(1, args.steps + 1):
-        picked = torch.randperm(len(train_scenes), generator=generator)[: args.batch_size]
-        terms = model(make_batch([train_scenes[i] for i in picked], tokenizer, args.soft_tokens))
-        loss = sum(terms.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            model.log_scale.clamp_(max=math.log(100))
-        history.append({"loss": loss.item(), **{k: v.item() for k, v in terms.items()}})
-        if step % args.log_every == 0 or step == args.steps:
-            logs = ", ".join(f"{k} {v:.3f}" for k, v in history[-1].items())
-            print(f"step {step}: {logs}", flush=True)
+    say(f"before: {format_scores(before)}")
+    trainer.train()
     after = retrieval(model, eval_batch)
-    print(f"after:  {format_scores(after)}")
-    return {"before": before, "after": after, "history": history, "model": model}
+    say(f"after:  {format_scores(after)}")
+    trainer.save_model()
+    say(f"adapter saved to {args.output_dir}")
+    return {"before": before, "after": after, "trainer": trainer}
 
 
 def format_scores(scores: dict[str, float]) -> str:

@@ -1,191 +1,111 @@
-"""Fine-tune a Hugging Face transformers CLIP or SigLIP model with FSCLoss on a CSV of
-``image_path,caption`` rows.
+"""Fine-tune a Hugging Face transformers CLIP or SigLIP model with FSCLoss on transformers' Trainer,
+on a CSV of ``image_path,caption`` rows.
 
-    python examples/train_hf_clip.py --csv pairs.csv --model openai/clip-vit-base-patch32 \
-        --out finetuned --epochs 1 --batch-size 64 --device cuda
+    python examples/train_hf_clip.py --csv pairs.csv --model openai/clip-vit-base-patch32 \\
+        --output_dir finetuned --num_train_epochs 1 --per_device_train_batch_size 64 \\
+        --learning_rate 1e-5 --bf16
+    torchrun --nproc_per_node 8 examples/train_hf_clip.py ...   # the same, on 8 processes
 
-``--model`` is anything ``from_pretrained`` takes (a hub id or a local folder); the model, its
-tokenizer and its image processor are loaded from it. Every step makes K rule-based hard negatives
-per caption (``fsc_losses.negatives``), encodes the images and the ``B * (1 + K)`` captions once
-with ``encode_dense`` (global features plus patch and text tokens) under autocast, and minimises
-``FSCLoss``: the CLIP term (softmax for CLIP, SigLIP's sigmoid for SigLIP) + global HN loss + local
-HN loss, with gradient clipping. The fine-tuned model is saved with ``save_pretrained`` (with the
-tokenizer and image processor), so ``from_pretrained(out)`` loads it. With ``--from-config`` the
-model starts from random weights built from the config in ``--model`` (useful only for smoke
-tests).
+``--model`` is anything ``from_pretrained`` takes (a hub id or a local folder); the model and its
+processor (tokenizer and image processor) are loaded from it. Every ``TrainingArguments`` option is
+a command-line option (``--gradient_accumulation_steps``, ``--save_strategy``, ``--fsdp``, ...).
+``FSCTrainer`` (``fsc_losses.integrations.hf_trainer``) minimises ``FSCLoss``: the CLIP term
+(softmax for CLIP, SigLIP's sigmoid for SigLIP, gathered across processes) + global HN loss + local
+HN loss, and logs each term. ``FSCCollator`` makes K rule-based hard negatives per caption
+(``fsc_losses.negatives``), or reads them from ``--negatives_column`` (a JSON list per row), and
+tokenizes the ``B * (1 + K)`` captions. The checkpoints and the final model in ``--output_dir`` are
+the model's own (``save_pretrained``, with the processor), so ``from_pretrained`` loads them. With
+``--from_config`` the model starts from random weights built from the config in ``--model`` (useful
+only for smoke tests).
 """
 
-from __future__ import annotations
-
-import argparse
 import csv
-import math
-from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from PIL import Image
-from torch.utils.data import DataLoader
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer, SiglipModel
+from transformers import AutoConfig, AutoModel, AutoProcessor, HfArgumentParser, TrainingArguments, set_seed
 
 from fsc_losses import FSCLoss
-from fsc_losses.integrations.transformers import encode_dense, token_ids
-from fsc_losses.negatives import make_hard_negatives
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+from fsc_losses.integrations.hf_trainer import FSCCollator, FSCTrainer
 
 
-def read_pairs(csv_path: str | Path) -> list[tuple[Path, str]]:
-    """``(image path, caption)`` rows of a CSV with an ``image_path,caption`` header; relative
-    paths are resolved against the CSV's folder."""
+@dataclass
+class ScriptArguments:
+    csv: str = field(metadata={"help": "CSV file with an image_path,caption header"})
+    model: str = field(metadata={"help": "model id or folder for from_pretrained (model and processor)"})
+    from_config: bool = field(
+        default=False, metadata={"help": "random weights from --model's config (smoke tests)"}
+    )
+    contrastive: str | None = field(
+        default=None,
+        metadata={
+            "choices": ["softmax", "sigmoid"],
+            "help": "the CLIP term; default: sigmoid for SigLIP models, softmax otherwise",
+        },
+    )
+    negatives_column: str | None = field(
+        default=None, metadata={"help": "CSV column of precomputed negatives (a JSON list per row)"}
+    )
+
+
+def read_rows(csv_path: str | Path) -> list[dict]:
+    """The CSV's rows as dicts, the ``image_path`` column resolved against the CSV's folder and
+    renamed ``image`` (what ``FSCCollator`` reads)."""
     csv_path = Path(csv_path)
     with open(csv_path, newline="", encoding="utf-8") as f:
-        return [(csv_path.parent / row["image_path"], row["caption"]) for row in csv.DictReader(f)]
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["image"] = csv_path.parent / row.pop("image_path")
+    return rows
 
 
-class Collate:
-    """A batch of ``(path, caption)`` rows to pixel values and captions, with the model's image
-    processor (in the loader's workers)."""
-
-    def __init__(self, image_processor):
-        self.image_processor = image_processor
-
-    def __call__(self, rows):
-        images = []
-        for path, _ in rows:
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))
-        pixel_values = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
-        return pixel_values, [caption for _, caption in rows]
+def parse_args(argv=None) -> tuple[ScriptArguments, TrainingArguments]:
+    return HfArgumentParser((ScriptArguments, TrainingArguments)).parse_args_into_dataclasses(argv)
 
 
-class Trainer:
-    """The model, its tokenizer, the loss, the optimiser and the mixed-precision set-up."""
-
-    def __init__(self, model, tokenizer, args):
-        self.model, self.tokenizer, self.args = model, tokenizer, args
-        self.token_ids = token_ids(tokenizer)  # which start / end tokens text_mask leaves out / keeps
-        self.max_length = model.config.text_config.max_position_embeddings
-        contrastive = args.contrastive or ("sigmoid" if isinstance(model, SiglipModel) else "softmax")
-        self.loss_fn = FSCLoss(contrastive=contrastive)
-        # CLIP's recipe keeps its temperature at most 100; SigLIP's learns it without a bound.
-        self.clamp_logit_scale = not isinstance(model, SiglipModel)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
-        device_type = torch.device(args.device).type
-        dtype = AMP_DTYPES[args.amp]
-        self.autocast = nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)
-        # fp16 gradients can underflow: scale the loss (bf16 has fp32's range and needs no scaler)
-        self.scaler = torch.amp.GradScaler(device_type, enabled=dtype == torch.float16)
-
-    def step(self, pixel_values, captions, seed):
-        """One optimisation step on ``B`` images and their ``B`` captions; returns the total loss,
-        its weighted terms and the gradient norm before clipping, as floats."""
-        device = self.args.device
-        negatives, neg_valid = make_hard_negatives(list(captions), seed=seed)
-        # FSCLoss's flat layout: the B true captions, then K blocks of B negatives (type-major),
-        # exactly the order make_hard_negatives returns them in.
-        texts = self.tokenizer(
-            list(captions) + negatives,
-            padding="max_length",  # SigLIP was trained on captions padded to its full length
-            max_length=self.max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        attention_mask = texts.get("attention_mask")
-        with self.autocast:
-            out = encode_dense(
-                self.model,
-                pixel_values.to(device),
-                texts["input_ids"].to(device),
-                None if attention_mask is None else attention_mask.to(device),
-                **self.token_ids,
-            )
-            terms = self.loss_fn(**out, neg_valid=neg_valid.to(device), output_dict=True)
-            loss = sum(terms.values())
-
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if self.clamp_logit_scale:
-            with torch.no_grad():
-                self.model.logit_scale.clamp_(0, math.log(100))
-        logs = {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
-        return {**logs, "grad_norm": grad_norm.item()}
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--csv", required=True, help="CSV file with an image_path,caption header")
-    parser.add_argument("--model", required=True, help="model id or folder for from_pretrained")
-    parser.add_argument("--out", required=True, help="folder to save the fine-tuned model in")
-    parser.add_argument(
-        "--from-config", action="store_true", help="random weights from --model's config (smoke tests)"
-    )
-    parser.add_argument(
-        "--contrastive",
-        choices=("softmax", "sigmoid"),
-        default=None,
-        help="the CLIP term; default: sigmoid for SigLIP models, softmax otherwise",
-    )
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-5)
-    parser.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping")
-    parser.add_argument("--amp", choices=tuple(AMP_DTYPES), default="bf16", help="autocast dtype")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
-    parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
-
-
-def main(argv=None):
-    """Train as the command line says and save the model; returns it and the per-step logs."""
-    args = parse_args(argv)
-    torch.manual_seed(args.seed)
-    if args.from_config:
-        model = AutoModel.from_config(AutoConfig.from_pretrained(args.model))
+def make_trainer(script: ScriptArguments, training: TrainingArguments) -> FSCTrainer:
+    """The model, the processor, the collator and the loss in a ``FSCTrainer``."""
+    set_seed(training.seed)  # the initialisation of --from_config
+    if script.from_config:
+        model = AutoModel.from_config(AutoConfig.from_pretrained(script.model))
     else:
-        model = AutoModel.from_pretrained(args.model)
-    model.to(args.device).train()
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    image_processor = AutoImageProcessor.from_pretrained(args.model)
-    loader = DataLoader(
-        read_pairs(args.csv),
-        batch_size=args.batch_size,
-        shuffle=True,
-        drop_last=True,
-        collate_fn=Collate(image_processor),
-        num_workers=args.workers,
-        generator=torch.Generator().manual_seed(args.seed),
+        model = AutoModel.from_pretrained(script.model)
+    processor = AutoProcessor.from_pretrained(script.model)
+    collator = FSCCollator(
+        processor.tokenizer,
+        processor.image_processor,
+        negatives_column=script.negatives_column,
+        seed=training.seed,
+        max_length=model.config.text_config.max_position_embeddings,  # padded to the tower's length
     )
-    trainer = Trainer(model, tokenizer, args)
+    loss_fn = None  # FSCTrainer's default: the model's own contrastive term, gathered across processes
+    if script.contrastive is not None:
+        loss_fn = FSCLoss(
+            contrastive=script.contrastive,
+            gather_with_grad=True,
+            local_loss=True,
+            rank=training.process_index,
+            world_size=training.world_size,
+        )
+    return FSCTrainer(
+        model=model,
+        args=training,
+        train_dataset=read_rows(script.csv),
+        data_collator=collator,
+        processing_class=processor,  # saved with every checkpoint
+        loss_fn=loss_fn,
+    )
 
-    history = []
 
-    def steps_left() -> bool:
-        return args.max_steps is None or len(history) < args.max_steps
-
-    for epoch in range(args.epochs):
-        if not steps_left():
-            break
-        for pixel_values, captions in loader:
-            # A new seed per step: fresh negatives each time, yet the run is reproducible.
-            logs = trainer.step(pixel_values, captions, seed=args.seed + len(history))
-            history.append(logs)
-            terms = ", ".join(f"{name} {value:.4f}" for name, value in logs.items())
-            print(f"epoch {epoch} step {len(history)}: {terms}", flush=True)
-            if not steps_left():
-                break
-
-    model.save_pretrained(args.out)
-    tokenizer.save_pretrained(args.out)
-    image_processor.save_pretrained(args.out)
-    print(f"saved to {args.out}", flush=True)
-    return model, history
+def main(argv=None) -> FSCTrainer:
+    """Train as the command line says and save the model to ``--output_dir``; returns the trainer
+    (``trainer.state.log_history`` holds the logged loss terms)."""
+    trainer = make_trainer(*parse_args(argv))
+    trainer.train()
+    trainer.save_model()
+    if trainer.is_world_process_zero():
+        print(f"saved to {trainer.args.output_dir}", flush=True)
+    return trainer
 
 
 if __name__ == "__main__":

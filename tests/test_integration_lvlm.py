@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from fsc_losses.integrations.lvlm import SoftPrompt, hidden_states
+from fsc_losses.integrations.lvlm import LogitScale, SoftPrompt, add_dual_encoder_modules, hidden_states
 
 from .example_data import load_example
 
@@ -71,6 +71,34 @@ def test_soft_prompt_bad_construction():
         SoftPrompt(2, 4, PLACEHOLDER, init=torch.zeros(3, 4))
     with pytest.raises(ValueError, match="num_tokens >= 1"):
         SoftPrompt(0, 4, PLACEHOLDER)
+
+
+# ---- LogitScale and add_dual_encoder_modules -----------------------------------------------
+
+
+def test_logit_scale_starts_at_one_over_the_temperature_and_is_capped():
+    scale = LogitScale(temperature=0.05, max_scale=100.0)
+    torch.testing.assert_close(scale(), torch.tensor(20.0))
+    scale().backward()
+    torch.testing.assert_close(scale.log_scale.grad, torch.tensor([20.0]))  # d exp(s) / ds
+    with torch.no_grad():
+        scale.log_scale.fill_(math.log(150))
+    assert scale().item() == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="need temperature > 0"):
+        LogitScale(temperature=0.0)
+
+
+def test_add_dual_encoder_modules_registers_them_and_names_them_for_peft():
+    model = torch.nn.Linear(2, 2)
+    assert add_dual_encoder_modules(model) == ["logit_scale"]
+    assert isinstance(model.logit_scale, LogitScale) and not hasattr(model, "soft_prompt")
+    other = torch.nn.Linear(2, 2)
+    prompt = SoftPrompt(2, 4, PLACEHOLDER)
+    assert add_dual_encoder_modules(other, prompt, temperature=0.1) == ["logit_scale", "soft_prompt"]
+    assert other.soft_prompt is prompt and other.logit_scale().item() == pytest.approx(10.0)
+    assert {"logit_scale.log_scale", "soft_prompt.embeddings"} <= dict(other.named_parameters()).keys()
+    with pytest.raises(ValueError, match="already has an attribute 'logit_scale'"):
+        add_dual_encoder_modules(other)
 
 
 # ---- hidden_states on transformers models ---------------------------------------------------
@@ -184,54 +212,36 @@ TINY_RUN = [
 
 @pytest.fixture(scope="module")
 def example(transformers, peft):
+    pytest.importorskip("accelerate")
     return load_example("finetune_lvlm")
 
 
-def test_example_batch_layout(example):
-    args = example.parse_args(TINY_RUN + ["--soft-tokens", "3"])
-    tokenizer, scenes, _, _ = example.build(args)
-    batch = example.make_batch(scenes[:4], tokenizer, 3)
-    ids = tokenizer.ids
-    for name in ("image", "text"):
-        row_ids, mask = getattr(batch, f"{name}_ids"), getattr(batch, f"{name}_mask")
-        assert (mask[:, -1] == 1).all()  # left-padded: the last position is real
-        assert ((row_ids == ids["<soft>"]).sum(dim=1) == 3).all()
-        assert torch.equal(row_ids[mask == 0], torch.full_like(row_ids[mask == 0], ids["<pad>"]))
-    assert ((batch.image_ids == ids["<image>"]).sum(dim=1) == example.IMAGE_TOKENS).all()
-    assert ((batch.ntp_ids == ids["<image>"]).sum(dim=1) == example.IMAGE_TOKENS).all()
-    assert not (batch.ntp_ids == ids["<soft>"]).any()
-    counted = batch.ntp_labels != example.IGNORE
-    assert torch.equal(batch.ntp_ids[counted], batch.ntp_labels[counted])  # labels are the ids, unshifted
-    for row in range(4):
-        answer = batch.ntp_labels[row][counted[row]].tolist()
-        assert answer == tokenizer(example.long_caption(scenes[row], example.IMAGE_SIZE)) + [ids["<eos>"]]
-    assert batch.pixel_values.shape == (4, 3, 32, 32) and batch.pixel_values.abs().max() <= 1
-
-
-def test_example_trains_three_steps(example, capsys):
+def test_example_trains_three_steps_and_saves_the_adapter(example, capsys, tmp_path):
     threads = torch.get_num_threads()
-    result = example.main(TINY_RUN + ["--steps", "3"])
+    result = example.main(TINY_RUN + ["--steps", "3", "--output-dir", str(tmp_path)])
     assert torch.get_num_threads() == threads
 
-    history = result["history"]
-    assert len(history) == 3
-    for logs in history:
-        assert set(logs) == {"loss", "contrastive_loss", "ntp_loss"}
-        assert all(math.isfinite(v) for v in logs.values())
-        assert logs["loss"] == pytest.approx(logs["contrastive_loss"] + logs["ntp_loss"], rel=1e-6)
+    logs = [entry for entry in result["trainer"].state.log_history if "loss" in entry]
+    assert len(logs) == 3
+    for entry in logs:
+        assert all(math.isfinite(entry[k]) for k in ("loss", "contrastive_loss", "ntp_loss"))
+        assert entry["loss"] == pytest.approx(entry["contrastive_loss"] + entry["ntp_loss"], rel=1e-5)
     for scores in (result["before"], result["after"]):
         assert set(scores) == {"image_to_text_r1", "text_to_image_r1"}
         assert all(0 <= v <= 1 for v in scores.values())
     printed = capsys.readouterr().out
     assert "before: image_to_text_r1" in printed and "after:  image_to_text_r1" in printed
-    assert printed.count("step ") == 3
+    assert printed.count("'contrastive_loss'") == 3
 
-    _, _, _, initial = example.build(example.parse_args(TINY_RUN))
-    before, after = initial.state_dict(), result["model"].state_dict()
+    args = example.parse_args(TINY_RUN)
+    model = result["trainer"].model
+    before, after = example.build(args)[-1].state_dict(), model.state_dict()
     changed = {name for name in before if not torch.equal(before[name], after[name])}
-    trained = {name for name, p in result["model"].named_parameters() if p.requires_grad}
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}
     assert changed == trained  # every trainable tensor moved, nothing frozen did
-    assert "soft_prompt.embeddings" in trained and "log_scale" in trained
-    assert any("lora_A" in name for name in trained) and any("lora_B" in name for name in trained)
-    assert any("multi_modal_projector" in name for name in trained)
-    assert not any("vision_tower" in name or "lm_head" in name or "embed_tokens" in name for name in trained)
+    parts = {part for name in trained for part in name.split(".")}
+    assert {"soft_prompt", "logit_scale", "lora_A", "lora_B", "multi_modal_projector"} <= parts
+    assert not parts & {"vision_tower", "lm_head", "embed_tokens"}
+
+    loaded = example.load_trained(str(tmp_path), args).state_dict()  # from the adapter in --output-dir
+    assert all(torch.equal(loaded[name], after[name]) for name in trained)

@@ -15,10 +15,13 @@ attention mask and labels are unchanged, and it stacks with any peft adapter.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from .. import checks
+from ..pooling import last_token_embedding
 
 
 class SoftPrompt(nn.Module):
@@ -89,6 +92,58 @@ class SoftPrompt(nn.Module):
         return f"num_tokens={num_tokens}, hidden_size={hidden_size}, placeholder_id={self.placeholder_id}"
 
 
+class LogitScale(nn.Module):
+    """A learned contrastive temperature: ``forward()`` returns the logit scale
+    ``min(exp(log_scale), max_scale)`` as a scalar tensor (``ContrastiveNTPLoss``'s
+    ``logit_scale``).
+
+    Args:
+        temperature: the initial temperature; the scale starts at ``1 / temperature``.
+        max_scale: the cap CLIP's recipe puts on the scale (100); above it the scale gets no
+            gradient.
+    """
+
+    def __init__(self, temperature: float = 0.05, max_scale: float = 100.0):
+        super().__init__()
+        if not (temperature > 0 and max_scale > 0):
+            raise ValueError(f"need temperature > 0 and max_scale > 0, got {temperature} and {max_scale}")
+        # shape (1,), not (): FSDP2's fully_shard refuses scalar parameters
+        self.log_scale = nn.Parameter(torch.full((1,), math.log(1 / temperature)))
+        self.max_scale = float(max_scale)
+
+    def forward(self) -> torch.Tensor:
+        return self.log_scale.exp().clamp(max=self.max_scale).reshape(())
+
+    def extra_repr(self) -> str:
+        return f"max_scale={self.max_scale}"
+
+
+def add_dual_encoder_modules(
+    model: nn.Module,
+    soft_prompt: SoftPrompt | None = None,
+    temperature: float = 0.05,
+    max_scale: float = 100.0,
+) -> list[str]:
+    """Register what turns an LVLM into a dual encoder as submodules of ``model``: ``logit_scale``
+    (a :class:`LogitScale`) and, when given, ``soft_prompt``. Returns their names, for peft's
+    ``modules_to_save``: peft then trains them and saves them in the adapter checkpoint beside the
+    LoRA weights.
+
+    Call it on the transformers model before peft wraps it, and again, with the same shapes, on the
+    model a checkpoint is loaded into (``PeftModel.from_pretrained`` fills in the trained values).
+    Being submodules, they are parameters of the model the ``Trainer`` optimises, synchronises
+    across processes and shards.
+    """
+    for name in ("logit_scale", "soft_prompt"):
+        if hasattr(model, name):
+            raise ValueError(f"{type(model).__name__} already has an attribute {name!r}")
+    model.logit_scale = LogitScale(temperature, max_scale)
+    if soft_prompt is None:
+        return ["logit_scale"]
+    model.soft_prompt = soft_prompt
+    return ["logit_scale", "soft_prompt"]
+
+
 def hidden_states(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -125,3 +180,18 @@ def hidden_states(
     images = {} if pixel_values is None else {"pixel_values": pixel_values}
     out = model.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **images)
     return out.last_hidden_state
+
+
+def sequence_embeddings(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    pixel_values: torch.Tensor | None = None,
+    soft_prompt: SoftPrompt | None = None,
+) -> torch.Tensor:
+    """The dual encoder's embeddings ``(B, H)`` of ``B`` sequences (an image, or a caption, then a
+    summarising prompt): the last layer's hidden state at each row's last real position
+    (:func:`hidden_states`, then :func:`fsc_losses.last_token_embedding`); arguments as
+    :func:`hidden_states`."""
+    states = hidden_states(model, input_ids, attention_mask, pixel_values, soft_prompt)
+    return last_token_embedding(states, attention_mask)
