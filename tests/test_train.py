@@ -12,7 +12,7 @@ import torch
 open_clip = pytest.importorskip("open_clip")
 pytest.importorskip("open_clip_train.main")
 
-from fsc_losses.train import wise_ft  # noqa: E402
+from fsc_losses.train import UsageError, wise_ft  # noqa: E402
 from fsc_losses.train.captions import MISSING_TOKEN  # noqa: E402
 from fsc_losses.train.loss import TrainerLoss  # noqa: E402
 from fsc_losses.train.models import GroupedCLIP  # noqa: E402
@@ -325,3 +325,8 @@ def test_comp_validation_runs_fsc_losses_eval(space):
     assert comp.pop("epoch") == 1 and comp
     for name, value in comp.items():
         assert name.split("::")[0] in benchmarks and 0 <= value <= 1
+
+
+def test_an_unknown_hard_negatives_column_is_named(space):
+    with pytest.raises(UsageError, match=r"--hard-negatives-key neg_caption: .*pairs.csv has no such column"):
+        train(space, "no-column", "--apply-global-neg-loss", "--hard-negatives-key=neg_caption")
