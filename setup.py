@@ -12,6 +12,10 @@ OPEN_CLIP = ["open_clip_torch>=3.3", "tqdm>=4.60"]
 # transformers: the CLIP/SigLIP integration (tested with 4.49 and 5.23) and the LVLM glue (5.x only;
 # integrations.lvlm.hidden_states says so on 4.x); peft: LoRA for the LVLM losses (0.21).
 TRANSFORMERS = ["transformers>=4.49", "peft>=0.21"]
+# python -m fsc_losses.train: open_clip's trainer ships in the open_clip_torch wheel, its [training]
+# extra brings the data pipeline (webdataset, pandas, ...); the versions it supports are those of
+# fsc_losses.train.SUPPORTED_OPEN_CLIP. peft: --lora-rank (its target_parameters, 0.21).
+TRAIN = ["open_clip_torch[training]>=3.3,<3.4", "peft>=0.21", "tqdm>=4.60"]
 
 setup(
     name="fsc_losses",
@@ -33,7 +37,8 @@ setup(
         "test": TEST,
         "open_clip": OPEN_CLIP,
         "transformers": TRANSFORMERS,
-        "dev": TEST + OPEN_CLIP + TRANSFORMERS + ["ruff", "matplotlib"],
+        "train": TRAIN,
+        "dev": TEST + OPEN_CLIP + TRANSFORMERS + TRAIN + ["ruff", "matplotlib"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

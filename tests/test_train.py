@@ -11,9 +11,12 @@ import torch
 
 open_clip = pytest.importorskip("open_clip")
 pytest.importorskip("open_clip_train.main")
+from open_clip_train.data import SharedEpoch  # noqa: E402
 
+from fsc_losses import FSCLoss  # noqa: E402
+from fsc_losses.integrations.open_clip import encode_dense  # noqa: E402
 from fsc_losses.train import UsageError, wise_ft  # noqa: E402
-from fsc_losses.train.captions import MISSING_TOKEN  # noqa: E402
+from fsc_losses.train.captions import MISSING_TOKEN, NegativeCaptions  # noqa: E402
 from fsc_losses.train.loss import TrainerLoss  # noqa: E402
 from fsc_losses.train.models import GroupedCLIP  # noqa: E402
 
@@ -27,6 +30,8 @@ from .trainer_runs import (  # noqa: E402
     train,
     train_lines,
 )
+
+pytestmark = pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true:UserWarning")
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +47,17 @@ def in_workspace(space, monkeypatch):
 
 @pytest.fixture(scope="module")
 def paper_run(space):
-    """The paper's FSC-CLIP flags on pairs.csv: 2 steps, the loss terms of each step recorded."""
+    """The paper's FSC-CLIP flags on pairs.csv: 2 steps; the run's folder, each step's loss
+    terms and each step's ``(images, texts)``."""
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(space.folder)
-        with recording(TrainerLoss) as calls:
+        with recording(TrainerLoss) as losses, recording(GroupedCLIP) as forwards:
             assert train(space, "paper", *PAPER_FLAGS) is None
-    return space.run_dir("paper"), [output for _, _, output in calls]
+    return space.run_dir("paper"), [out for _, _, out in losses], [inputs for _, inputs, _ in forwards]
 
 
 def test_paper_flags_log_each_term(paper_run):
-    run_dir, terms = paper_run
+    run_dir, terms, _ = paper_run
     lines = train_lines(run_dir)
     assert len(lines) == 2 and len(terms) == 2
     first = logged_terms(lines[0])
@@ -64,7 +70,7 @@ def test_paper_flags_log_each_term(paper_run):
 
 
 def test_checkpoint_loads_into_plain_open_clip(paper_run, space):
-    run_dir, _ = paper_run
+    run_dir, _, _ = paper_run
     saved = checkpoint(run_dir)
     plain = open_clip.create_model(space.model_name)
     assert list(saved) == list(plain.state_dict())  # open_clip's keys, in open_clip's order
@@ -85,7 +91,7 @@ def test_checkpoint_loads_into_plain_open_clip(paper_run, space):
 
 
 def test_doubling_the_local_weight_doubles_the_first_local_term(paper_run, space):
-    _, terms = paper_run
+    _, terms, _ = paper_run
     flags = [f if f != "0.2" else "0.4" for f in PAPER_FLAGS]
     assert flags[-1] == "0.4"
     with recording(TrainerLoss) as calls:
@@ -94,6 +100,41 @@ def test_doubling_the_local_weight_doubles_the_first_local_term(paper_run, space
     assert torch.equal(doubled["local_hn_loss"], 2 * terms[0]["local_hn_loss"])
     assert torch.equal(doubled["contrastive_loss"], terms[0]["contrastive_loss"])
     assert torch.equal(doubled["global_hn_loss"], terms[0]["global_hn_loss"])
+
+
+def test_the_first_step_is_fscloss_on_the_batch(paper_run, space):
+    """The logged terms are FSCLoss's on the batch, encoded here in FSCLoss's flat layout (the B
+    true captions, then K blocks of B negatives) by the initial model."""
+    _, terms, batches = paper_run
+    images, texts = batches[0]
+    batch, groups, length = texts.shape
+    present = texts[:, :, 0] != MISSING_TOKEN
+    flat = texts.masked_fill(~present[:, :, None], 0).transpose(0, 1).reshape(groups * batch, length)
+    model = open_clip.create_model(space.model_dir)
+    expected = FSCLoss(global_weight=0.5, local_weight=0.2, focal_gamma=2.0, label_smoothing=0.02)(
+        **encode_dense(model, images, flat), neg_valid=present[:, 1:], output_dict=True
+    )
+    for key, value in expected.items():
+        assert torch.allclose(terms[0][key], value, rtol=1e-5, atol=1e-6), key
+
+
+def test_negatives_of_a_later_epoch_in_data_workers(space):
+    """With data workers the negatives follow the epoch (one seed for both runs): epoch 1's
+    batches hold exactly what NegativeCaptions makes for epoch 1."""
+    with recording(GroupedCLIP) as calls:
+        train(space, "workers", *PAPER_FLAGS, "--workers=2", "--epochs=2", "--seed=7")
+    assert len(calls) == 4
+    tokenizer = open_clip.get_tokenizer(space.model_dir)
+    expected = {}
+    for epoch in (0, 1):
+        captions = NegativeCaptions(
+            tokenizer, kinds=("swap", "replace", "shuffle"), seed=7, epoch=SharedEpoch(epoch)
+        )
+        expected[epoch] = {tuple(block[0, 0].tolist()): block[0] for block in map(captions, CAPTIONS)}
+    for step, (_, (_, texts), _) in enumerate(calls):
+        for block in texts:
+            assert torch.equal(block, expected[step // 2][tuple(block[0].tolist())])
+    assert any(not torch.equal(expected[0][k], expected[1][k]) for k in expected[0])
 
 
 def test_clip_logs_only_the_contrastive_term(space):
@@ -189,9 +230,10 @@ def test_accum_freq_2_equals_one_batch_of_twice_the_size(space):
 
 
 def test_resume_continues_from_the_checkpoint(paper_run, space):
-    run_dir, _ = paper_run
+    run_dir, _, _ = paper_run
     train(space, "resumed", *PAPER_FLAGS, "--epochs=2", f"--resume={run_dir / 'checkpoints' / 'epoch_1.pt'}")
     log = (space.run_dir("resumed") / "out.log").read_text()
+    assert len(train_lines(run_dir)) == 2  # the runs since did not log into the first one's file
     assert "(epoch 1)" in log and "Start epoch 1" in log and "Start epoch 0" not in log
     assert not torch.equal(
         checkpoint(space.run_dir("resumed"), 2)["visual.proj"], checkpoint(run_dir)["visual.proj"]
@@ -249,7 +291,7 @@ def test_lora_trains_the_adapters_and_saves_merged_open_clip_weights(space):
 
 
 def test_wise_ft_evaluates_the_interpolated_weights(paper_run, space):
-    run_dir, _ = paper_run
+    run_dir, _, _ = paper_run
     validation = [f"--val-data={space.csv}", *space.csv_argv()[1:]]
     with recording(open_clip.CLIP) as calls:
         train(

@@ -23,7 +23,7 @@ from open_clip_train.params import parse_args as open_clip_parse_args  # noqa: E
 from fsc_losses.train import UsageError, main, wise_ft  # noqa: E402
 from fsc_losses.train import flags as train_flags  # noqa: E402
 from fsc_losses.train.captions import MISSING_TOKEN, NegativeCaptions, read_negatives_column  # noqa: E402
-from fsc_losses.train.loss import fsc_loss_kwargs, reported_terms  # noqa: E402
+from fsc_losses.train.loss import TrainerLoss, fsc_loss_kwargs, reported_terms  # noqa: E402
 from fsc_losses.train.trainer import _DDPWithoutCPUDeviceIds, _topk_hits  # noqa: E402
 from fsc_losses.train.validation import compositional_validation, is_due  # noqa: E402
 
@@ -179,6 +179,24 @@ def test_the_papers_flags_map_onto_fscloss():
     assert reported_terms(args) == ("contrastive_loss", "global_hn_loss", "local_hn_loss")
     siglip = fsc_loss_kwargs(_args(*PAPER_FLAGS, "--siglip"))
     assert siglip["contrastive"] == "sigmoid" and siglip["gather_with_grad"]  # as open_clip's SigLipLoss
+
+
+def test_the_trainer_loss_keeps_the_enabled_terms_only():
+    # The local term alone: FSCLoss also computes its global term (weight 0), which is dropped.
+    loss = TrainerLoss.from_args(_args("--apply-local-neg-loss", "--return-dense-tokens", STYLE))
+    gen = torch.Generator().manual_seed(0)
+    batch, groups, length, patches, width = 2, 3, 5, 4, 8
+    out = loss(
+        image_features=torch.nn.functional.normalize(torch.randn(batch, width, generator=gen), dim=-1),
+        text_features=torch.nn.functional.normalize(torch.randn(batch, groups, width, generator=gen), dim=-1),
+        logit_scale=torch.tensor(10.0),
+        image_tokens=torch.randn(batch, patches, width, generator=gen),
+        text_tokens=torch.randn(batch, groups, length, width, generator=gen),
+        text_mask=torch.ones(batch, groups, length, dtype=torch.bool),
+        neg_valid=torch.ones(batch, groups - 1, dtype=torch.bool),
+        output_dict=True,
+    )
+    assert list(out) == ["contrastive_loss", "local_hn_loss"] and out["local_hn_loss"] > 0
 
 
 def test_styles_map_onto_negative_kinds():
