@@ -372,3 +372,44 @@ def test_comp_validation_runs_fsc_losses_eval(space):
 def test_an_unknown_hard_negatives_column_is_named(space):
     with pytest.raises(UsageError, match=r"--hard-negatives-key neg_caption: .*pairs.csv has no such column"):
         train(space, "no-column", "--apply-global-neg-loss", "--hard-negatives-key=neg_caption")
+
+
+def test_fine_tunes_from_a_checkpoint_with_pretrained(paper_run, space):
+    run_dir, _, _ = paper_run
+    pretrained = str(run_dir / "checkpoints" / "epoch_1.pt")
+    with recording(GroupedCLIP) as calls:
+        train(
+            space,
+            "from-checkpoint",
+            *PAPER_FLAGS,
+            f"--model={space.model_name}",
+            f"--pretrained={pretrained}",
+        )
+    (_, (images, _), out) = calls[0]  # the first forward, before any step
+    loaded = open_clip.create_model(space.model_name, pretrained=pretrained)
+    with torch.no_grad():
+        assert torch.allclose(out["image_features"], loaded.encode_image(images, normalize=True), atol=1e-6)
+
+
+def test_fp16_autocast_with_a_grad_scaler(space):
+    train(space, "amp", *PAPER_FLAGS, "--precision=amp")
+    terms = [logged_terms(line) for line in train_lines(space.run_dir("amp"))]
+    assert len(terms) == 2 and all(math.isfinite(v) for step in terms for v in step.values())
+
+
+def test_siglip_trains_with_the_sigmoid_contrastive_term(space):
+    with recording(GroupedCLIP) as forwards, recording(TrainerLoss) as losses:
+        train(
+            space,
+            "siglip",
+            "--siglip",
+            "--apply-global-neg-loss",
+            "--add-random-text-hard-negatives=fsc-clip",
+        )
+    out, terms = forwards[0][2], losses[0][2]
+    assert "logit_bias" in out  # open_clip adds one for --siglip
+    siglip = open_clip.loss.SigLipLoss()
+    expected = siglip(
+        out["image_features"], out["text_features"][:, 0], out["logit_scale"], out["logit_bias"]
+    )
+    assert torch.allclose(terms["contrastive_loss"], expected, rtol=1e-5)
