@@ -24,10 +24,12 @@ from fsc_losses.train import UsageError, main, wise_ft  # noqa: E402
 from fsc_losses.train import flags as train_flags  # noqa: E402
 from fsc_losses.train.captions import MISSING_TOKEN, NegativeCaptions, read_negatives_column  # noqa: E402
 from fsc_losses.train.loss import TrainerLoss, fsc_loss_kwargs, reported_terms  # noqa: E402
+from fsc_losses.train.models import dense_token_ids, enable_grouped_captions  # noqa: E402
 from fsc_losses.train.trainer import _DDPWithoutCPUDeviceIds, _topk_hits  # noqa: E402
 from fsc_losses.train.validation import compositional_validation, is_due  # noqa: E402
 
 from .example_data import CAPTIONS  # noqa: E402
+from .open_clip_models import TINY_CONFIG  # noqa: E402
 from .trainer_runs import PAPER_FLAGS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -280,6 +282,47 @@ def test_precomputed_and_generated_negatives_together(tokenizer):
     assert (captions("dog")[0, 1] == MISSING_TOKEN).all() and (captions("dog")[0, 2] != MISSING_TOKEN).any()
     with pytest.raises(KeyError, match="'a cat' is not a caption of the --hard-negatives-key table"):
         captions("a cat")
+
+
+@pytest.mark.parametrize("model_class", [open_clip.CLIP, open_clip.CustomTextCLIP])
+@pytest.mark.parametrize("dense", [True, False])
+def test_the_grouped_forward_returns_fscloss_arguments(tokenizer, model_class, dense):
+    torch.manual_seed(0)
+    model = model_class(**TINY_CONFIG, output_dict=True)  # as open_clip_train creates it
+    enable_grouped_captions(model, dense=dense)
+    assert type(model).__name__ == "Grouped" + model_class.__name__ and isinstance(model, model_class)
+    if dense:
+        model.fsc_token_ids = dense_token_ids(tokenizer)
+    captions = NegativeCaptions(tokenizer, kinds=("swap", "replace", "shuffle"), seed=1)
+    texts = torch.cat([captions(c) for c in ["dog", *CAPTIONS[:2]]])  # (3, 4, 32); "dog" misses two
+    images = torch.randn(3, 3, 32, 32)
+    out = model(images, texts)
+    assert out["neg_valid"].tolist() == [[False, True, False], [True, True, True], [True, True, True]]
+    assert out["text_features"].shape == (3, 4, 32)
+    expected = model.encode_text(texts.clamp(min=0).flatten(0, 1), normalize=True).view(3, 4, 32)
+    present = texts[:, :, 0] != MISSING_TOKEN
+    assert torch.allclose(out["text_features"][present], expected[present], atol=1e-6)
+    assert torch.allclose(out["image_features"], model.encode_image(images, normalize=True), atol=1e-6)
+    if dense:
+        assert out["text_tokens"].shape == (3, 4, 32, 32) and out["text_mask"].shape == (3, 4, 32)
+        assert not out["text_mask"][0, 1].any()  # a missing negative counts no position
+        assert out["image_tokens"].shape == (3, 16, 32)
+    else:
+        assert "text_tokens" not in out
+    plain = model(images, texts[:, 0])  # validation and zero-shot: open_clip's own forward
+    assert torch.allclose(plain["text_features"], out["text_features"][:, 0], atol=1e-6)
+    assert set(model.state_dict()) == set(model_class(**TINY_CONFIG).state_dict())
+
+
+def test_only_clip_models_get_the_grouped_forward():
+    with pytest.raises(UsageError, match="trains open_clip CLIP and CustomTextCLIP models; got Linear"):
+        enable_grouped_captions(torch.nn.Linear(2, 2), dense=False)
+    with pytest.raises(
+        UsageError, match="--return-dense-tokens: encode_dense needs open_clip's VisionTransf"
+    ):
+        enable_grouped_captions(open_clip.create_model("RN50"), dense=True)
+    with pytest.raises(UsageError, match="known here for open_clip's SimpleTokenizer"):
+        dense_token_ids(object())
 
 
 def _table(path: Path, rows, header=("filepath", "title", "neg_caption"), sep="\t") -> Path:

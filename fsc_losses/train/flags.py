@@ -191,7 +191,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.caption_key != _WDS_CAPTION_KEY:
         where = (
             "for a CSV, name the caption column with open_clip's --csv-caption-key"
-            if args.dataset_type != "webdataset"
+            if _is_csv(args)
             else "open_clip's webdataset pipeline reads each sample's .txt: write these captions "
             "into the shards' .txt (docs/training.md, 'Datasets')"
         )

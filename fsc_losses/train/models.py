@@ -37,11 +37,11 @@ class _GroupedCaptionsForward:
 
     With ``text`` of shape ``(B, G, T)`` (column 0 the true caption, rows of ``MISSING_TOKEN``
     for missing negatives) it returns a dict of ``FSCLoss``'s keyword arguments in the grouped
-    layout: ``image_features (B, D)``, ``text_features (B, G, D)``, ``logit_scale``, (
-    ``logit_bias``), ``neg_valid (B, G-1)`` and, with dense tokens on, ``image_tokens (B, P, D)``,
-    ``text_tokens (B, G, T, D)`` and ``text_mask (B, G, T)``. Every tensor keyed here has the batch
-    first, so open_clip's ``--accum-freq`` concatenation of cached micro-batches along dim 0 keeps
-    each image with its own captions.
+    layout: ``image_features (B, D)``, ``text_features (B, G, D)``, ``logit_scale``, the model's
+    ``logit_bias`` if it has one, ``neg_valid (B, G-1)`` and, with dense tokens on,
+    ``image_tokens (B, P, D)``, ``text_tokens (B, G, T, D)`` and ``text_mask (B, G, T)``. Every
+    tensor keyed here has the batch first, so open_clip's ``--accum-freq`` concatenation of cached
+    micro-batches along dim 0 keeps each image with its own captions.
     """
 
     # Plain attributes, not buffers: they stay out of the state dict.
