@@ -6,7 +6,7 @@ hard negatives, made in the data workers) and the training forward (which gains 
 tokens); nothing of the trainer is forked or copied. docs/training.md has the commands, the flags
 and how they map onto ``FSCLoss``.
 
-Needs the ``train`` extra: ``pip install "fsc_losses[train]"``.
+Needs the ``train`` extra (``pip install -e ".[train]"`` in a checkout).
 """
 
 from __future__ import annotations

@@ -44,8 +44,8 @@ def load_trainer() -> ModuleType:
             module = importlib.import_module(name)
         except ImportError as e:
             raise UsageError(
-                f"open_clip_torch {version}: {name} does not import ({e}); install the trainer's "
-                'dependencies with pip install "fsc_losses[train]"'
+                f"open_clip_torch {version}: {name} does not import ({e}); install the train extra "
+                '(pip install -e ".[train]" in a checkout)'
             ) from e
         missing = [attr for attr in needed if not hasattr(module, attr)]
         if missing:
