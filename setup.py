@@ -14,6 +14,10 @@ OPEN_CLIP = ["open_clip_torch>=3.3", "tqdm>=4.60"]
 # accelerate: transformers' Trainer needs it, and integrations.hf_trainer uses its Accelerator
 # (autocast, gather, unwrap_model; tested with 1.15).
 TRANSFORMERS = ["transformers>=4.49", "peft>=0.21", "accelerate>=1.1"]
+# python -m fsc_losses.train: open_clip's trainer ships in the open_clip_torch wheel, its [training]
+# extra brings the data pipeline (webdataset, pandas, ...); the versions it supports are those of
+# fsc_losses.train.SUPPORTED_OPEN_CLIP. peft: --lora-rank (its target_parameters, 0.21).
+TRAIN = ["open_clip_torch[training]>=3.3,<3.4", "peft>=0.21", "tqdm>=4.60"]
 
 setup(
     name="fsc_losses",
@@ -35,7 +39,8 @@ setup(
         "test": TEST,
         "open_clip": OPEN_CLIP,
         "transformers": TRANSFORMERS,
-        "dev": TEST + OPEN_CLIP + TRANSFORMERS + ["ruff", "matplotlib"],
+        "train": TRAIN,
+        "dev": TEST + OPEN_CLIP + TRANSFORMERS + TRAIN + ["ruff", "matplotlib"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

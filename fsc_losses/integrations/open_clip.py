@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_PAD_ID",
     "DEFAULT_SOT_ID",
     "DenseEncoder",
+    "check_supported",
     "encode_dense",
     "text_token_mask",
 ]
@@ -202,6 +203,12 @@ def text_token_mask(
         is_eot = texts == eot_id
         mask |= is_eot & (is_eot.cumsum(dim=1) == 1)
     return mask
+
+
+def check_supported(model: nn.Module) -> None:
+    """Raise the ``TypeError`` / ``ValueError`` that ``encode_dense(model, ...)`` would raise for an
+    unsupported model, before any data is encoded; return quietly for a supported one."""
+    _check_supported(model)
 
 
 def _check_supported(model: nn.Module) -> _TextParts:
