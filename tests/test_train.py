@@ -14,12 +14,14 @@ pytest.importorskip("open_clip_train.main")
 from open_clip_train.data import SharedEpoch  # noqa: E402
 
 from fsc_losses import FSCLoss  # noqa: E402
+from fsc_losses.eval import evaluate  # noqa: E402
 from fsc_losses.integrations.open_clip import encode_dense  # noqa: E402
 from fsc_losses.train import UsageError, wise_ft  # noqa: E402
 from fsc_losses.train.captions import MISSING_TOKEN, NegativeCaptions  # noqa: E402
 from fsc_losses.train.loss import TrainerLoss  # noqa: E402
 from fsc_losses.train.models import GroupedCLIP  # noqa: E402
 
+from .eval_fixtures import write_sugarcrepe, write_winoground  # noqa: E402
 from .example_data import CAPTIONS  # noqa: E402
 from .trainer_runs import (  # noqa: E402
     PAPER_FLAGS,
@@ -347,26 +349,34 @@ def test_comp_validation_is_logged_like_open_clips_validation(space, monkeypatch
 
 
 def test_comp_validation_runs_fsc_losses_eval(space):
-    pytest.importorskip("fsc_losses.eval")
-    # TODO(lead): fixtures from tests/eval_fixtures.py once issue17 merges: `write_benchmarks` below
-    # stands for its helper that writes tiny benchmark files and returns (root, benchmark names).
-    eval_fixtures = pytest.importorskip("tests.eval_fixtures")
-    root, benchmarks = eval_fixtures.write_benchmarks(space.folder / "benchmarks")
+    """The real evaluator on fixtures of two benchmarks: the logged metrics are what
+    ``fsc_losses.eval.evaluate`` gives, run independently, for the epoch-1 checkpoint."""
+    root = space.folder / "benchmarks"
+    keys = write_sugarcrepe(root) + write_winoground(root)
     train(
         space,
         "comp-eval",
         *PAPER_FLAGS,
         f"--val-data={space.csv}",
         "--comp-validation-datasets",
-        *benchmarks,
+        "sugarcrepe",
+        "winoground",
         f"--comp-data-root={root}",
     )
-    comp = [
-        json.loads(line) for line in (space.run_dir("comp-eval") / "checkpoints" / "results.jsonl").open()
-    ][-1]
-    assert comp.pop("epoch") == 1 and comp
-    for name, value in comp.items():
-        assert name.split("::")[0] in benchmarks and 0 <= value <= 1
+    run_dir = space.run_dir("comp-eval")
+    logged = [json.loads(line) for line in (run_dir / "checkpoints" / "results.jsonl").open()][-1]
+    assert logged.pop("epoch") == 1
+    assert sorted(logged) == sorted(keys)
+    # by config name: open_clip ignores `pretrained` for a local-dir: model
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        space.model_name, pretrained=str(run_dir / "checkpoints" / "epoch_1.pt")
+    )
+    tokenizer = open_clip.get_tokenizer(space.model_name)
+    expected = evaluate(model, ["sugarcrepe", "winoground"], root, tokenizer=tokenizer, preprocess=preprocess)
+    assert logged == pytest.approx(expected, abs=1e-12)
+    assert (
+        f"sugarcrepe::swap_obj: {expected['sugarcrepe::swap_obj']:.4f}" in (run_dir / "out.log").read_text()
+    )
 
 
 def test_an_unknown_hard_negatives_column_is_named(space):

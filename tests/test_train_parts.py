@@ -97,11 +97,22 @@ def test_comp_validation_refusals(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "fsc_losses.eval", None)  # an import of it fails
     with pytest.raises(UsageError, match="--comp-validation-datasets needs fsc_losses.eval"):
         main(TRAIN + GLOBAL + ["--val-data=pairs.csv"] + comp)
-    monkeypatch.setitem(sys.modules, "fsc_losses.eval", types.ModuleType("fsc_losses.eval"))
+    monkeypatch.delitem(sys.modules, "fsc_losses.eval")  # the real one from here on
     with pytest.raises(UsageError, match="runs at the end of open_clip's validation"):
         main(TRAIN + GLOBAL + comp)
     with pytest.raises(UsageError, match="--comp-data-root .*missing is not a directory"):
         main(TRAIN + GLOBAL + ["--val-data=pairs.csv", *comp[:2], f"--comp-data-root={tmp_path / 'missing'}"])
+    with pytest.raises(UsageError, match="unknown benchmark sugar_crepe, aros; known: sugarcrepe, aro, "):
+        main(TRAIN + GLOBAL + ["--val-data=pairs.csv", "--comp-validation-datasets", "sugar_crepe", "aros"])
+
+
+def test_comp_data_root_expands_the_home_folder(monkeypatch, tmp_path):
+    (tmp_path / "datasets").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    args = train_flags.parse_args(
+        TRAIN + GLOBAL + ["--val-data=pairs.csv", "--comp-validation-datasets", "aro"], open_clip_parse_args
+    )
+    assert args.comp_data_root == str(tmp_path / "datasets")  # the default, ~/datasets
 
 
 @pytest.mark.parametrize("version", ["3.4.0", "2.24.0", "4.0.0.dev1"])

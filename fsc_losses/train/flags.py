@@ -294,12 +294,19 @@ def _check_lora(args: argparse.Namespace, training: bool) -> None:
 
 
 def _check_comp_validation(args: argparse.Namespace) -> None:
+    """Refuse at start what would otherwise fail only at the first validation, after an epoch."""
     try:
-        import fsc_losses.eval  # noqa: F401
+        from fsc_losses.eval import BENCHMARKS
     except ImportError as e:
         raise UsageError(
             f"--comp-validation-datasets needs fsc_losses.eval, which does not import: {e}"
         ) from e
+    unknown = [name for name in args.comp_validation_datasets if name not in BENCHMARKS]
+    if unknown:
+        raise UsageError(
+            f"--comp-validation-datasets: unknown benchmark {', '.join(unknown)}; "
+            f"known: {', '.join(BENCHMARKS)}"
+        )
     if not any((args.val_data, args.imagenet_val, args.imagenet_v2)):
         raise UsageError(
             "--comp-validation-datasets runs at the end of open_clip's validation, which runs only "
