@@ -252,9 +252,39 @@ def test_command_errors(root, tmp_path, capsys):
     (tmp_path / "data" / "winoground" / "images" / "ex_2_img_1.png").unlink()
     assert main([*args, "--benchmarks", "winoground"]) == 1
     assert "ex_2_img_1.png (item 2 (line 3))" in capsys.readouterr().err
+    assert main([*args, "--benchmarks", "winoground", "--pretrained", "openai"]) == 1
+    assert "a local-dir: model takes a checkpoint file, not a pretrained tag" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main([*args, "--benchmarks", "winoground", "--pretrained", "openai"])
-    assert "--pretrained goes with an open_clip model name" in capsys.readouterr().err
+        main(["--hf", str(tmp_path), *args[2:], "--benchmarks", "winoground", "--pretrained", "x.pt"])
+    assert "--pretrained goes with --model" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*args, "--benchmarks", "winoground", "--image-root", "nothing=/x"])
     assert "--image-root takes NAME=DIR" in capsys.readouterr().err
+
+
+def test_a_local_dir_model_scores_a_checkpoint_given_with_pretrained(root, tmp_path):
+    """``--model local-dir:FOLDER --pretrained CKPT`` scores the checkpoint's weights (open_clip
+    alone would keep the folder's and only log a warning)."""
+    pytest.importorskip("open_clip")
+    from safetensors.torch import load_file
+
+    from fsc_losses.eval.__main__ import load_model, parse_args
+
+    from .open_clip_models import save_local_dir
+
+    name = save_local_dir(tmp_path / "model", seed=0)
+    save_local_dir(tmp_path / "trained", seed=1)
+    trained = load_file(tmp_path / "trained" / "open_clip_model.safetensors")
+    # as open_clip_train saves under DDP: the weights under "state_dict", keys prefixed "module."
+    checkpoint = tmp_path / "epoch_1.pt"
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in trained.items()}}, checkpoint)
+    args = parse_args(
+        ["--model", name, "--pretrained", str(checkpoint), "--data-root", str(root[0]), "--benchmarks", "aro"]
+    )
+    model, _, described = load_model(args, torch.device("cpu"))
+    assert described == {"open_clip": name, "pretrained": str(checkpoint)}
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in trained.items())
+    assert not torch.equal(
+        model.state_dict()["visual.proj"],
+        load_file(tmp_path / "model" / "open_clip_model.safetensors")["visual.proj"],
+    )

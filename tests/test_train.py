@@ -384,15 +384,17 @@ def test_an_unknown_hard_negatives_column_is_named(space):
         train(space, "no-column", "--apply-global-neg-loss", "--hard-negatives-key=neg_caption")
 
 
-def test_fine_tunes_from_a_checkpoint_with_pretrained(paper_run, space):
+@pytest.mark.parametrize("by", ["config name", "local-dir"])
+def test_fine_tunes_from_a_checkpoint_with_pretrained(paper_run, space, by):
+    # open_clip alone ignores --pretrained for a local-dir: model (it only logs a warning)
     run_dir, _, _ = paper_run
     pretrained = str(run_dir / "checkpoints" / "epoch_1.pt")
     with recording(GroupedCLIP) as calls:
         train(
             space,
-            "from-checkpoint",
+            f"from-checkpoint-{by.replace(' ', '-')}",
             *PAPER_FLAGS,
-            f"--model={space.model_name}",
+            f"--model={space.model_name if by == 'config name' else space.model_dir}",
             f"--pretrained={pretrained}",
         )
     (_, (images, _), out) = calls[0]  # the first forward, before any step

@@ -42,7 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--model", help="open_clip model name (ViT-B-32) or local-dir:FOLDER")
     model.add_argument("--hf", type=Path, metavar="DIR", help="a transformers CLIPModel / SiglipModel folder")
     parser.add_argument(
-        "--pretrained", help="open_clip pretrained tag or checkpoint file (with --model NAME)"
+        "--pretrained",
+        help="open_clip pretrained tag or checkpoint file with --model NAME; a checkpoint file with "
+        "--model local-dir:FOLDER",
     )
     parser.add_argument(
         "--data-root", type=Path, required=True, help="the folder with one folder per benchmark"
@@ -75,10 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if args.pretrained and (args.hf or args.model.startswith("local-dir:")):
-        parser.error(
-            "--pretrained goes with an open_clip model name; local-dir: and --hf folders hold their weights"
-        )
+    if args.pretrained and args.hf:
+        parser.error("--pretrained goes with --model; an --hf folder holds its weights")
     args.image_roots = {}
     for setting in args.image_root:
         key, sep, folder = setting.partition("=")
@@ -100,9 +100,9 @@ def load_model(args, device: torch.device) -> tuple[object, dict, dict]:
         return model, {"processor": processor}, {"hf": str(args.hf), "class": type(model).__name__}
     import open_clip
 
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        args.model, pretrained=args.pretrained, device=device
-    )
+    from ..integrations.open_clip import create_model_and_transforms
+
+    model, _, preprocess = create_model_and_transforms(args.model, args.pretrained, device=device)
     helpers = {"tokenizer": open_clip.get_tokenizer(args.model), "preprocess": preprocess}
     return model, helpers, {"open_clip": args.model, "pretrained": args.pretrained}
 
@@ -142,8 +142,8 @@ def main(argv=None) -> int:
 
     from . import evaluate_report
 
-    model, helpers, described = load_model(args, device)
     try:
+        model, helpers, described = load_model(args, device)
         report = evaluate_report(
             model,
             args.benchmarks,
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
             num_workers=args.workers,
             **helpers,
         )
-    except (FileNotFoundError, ValueError) as error:  # missing or malformed benchmark files
+    except (FileNotFoundError, ValueError) as error:  # a bad checkpoint, missing or malformed files
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(format_table(report))

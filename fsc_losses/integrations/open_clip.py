@@ -14,13 +14,18 @@ It reads the model's submodules and calls them in the order the towers' own ``fo
 neither modified nor hooked. Anything it cannot reproduce exactly is refused with an error rather
 than approximated.
 
+``create_model_and_transforms`` is open_clip's, except that a ``local-dir:`` model also takes a
+checkpoint file (``fsc_losses.train`` and ``fsc_losses.eval`` load models through it).
+
 Importing this module imports ``open_clip``.
 """
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
+import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP, CustomTextCLIP
@@ -33,6 +38,7 @@ __all__ = [
     "DEFAULT_SOT_ID",
     "DenseEncoder",
     "check_supported",
+    "create_model_and_transforms",
     "encode_dense",
     "text_token_mask",
 ]
@@ -166,6 +172,36 @@ class DenseEncoder(nn.Module):
     def forward(self, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
         """``(B, 3, H, W)`` images and ``(N, T)`` token ids to ``encode_dense``'s dict."""
         return encode_dense(self.model, images, texts, **self.token_ids)
+
+
+def create_model_and_transforms(model_name: str, pretrained: str | None = None, **kwargs):
+    """``open_clip.create_model_and_transforms``, where a ``local-dir:`` model also takes a checkpoint.
+
+    open_clip 3.3 ignores ``pretrained`` for a ``local-dir:FOLDER`` name (it logs a warning and
+    keeps the folder's own weights), so fine-tuning or scoring a checkpoint of such a model would
+    silently use the wrong weights. Here the folder gives the architecture and the preprocessing,
+    and ``pretrained``, a checkpoint file (a trainer's ``epoch_N.pt``, a state dict), replaces its
+    weights through ``open_clip.load_checkpoint``. Every other name goes to open_clip unchanged.
+
+    Returns:
+        ``(model, preprocess_train, preprocess_val)``, as open_clip's.
+
+    Raises:
+        ValueError: ``pretrained`` with a ``local-dir:`` name is not a file (a pretrained tag such
+            as ``openai`` names weights of open_clip's registry, not of the folder's model).
+    """
+    if not (model_name.startswith("local-dir:") and pretrained):
+        return open_clip.create_model_and_transforms(model_name, pretrained, **kwargs)
+    if not os.path.isfile(pretrained):
+        raise ValueError(
+            f"pretrained={pretrained!r} with {model_name}: a local-dir: model takes a checkpoint file, "
+            "not a pretrained tag"
+        )
+    model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
+        model_name, None, **kwargs
+    )
+    open_clip.load_checkpoint(model, pretrained)
+    return model, preprocess_train, preprocess_val
 
 
 def text_token_mask(

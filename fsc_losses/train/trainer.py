@@ -5,7 +5,8 @@
 names are bound to the methods of a ``_Run`` (and put back afterwards):
 
 * ``parse_args``: the fork's flags, then open_clip's own parser on the rest (``flags``);
-* ``create_model_and_transforms``: open_clip's, then WiSE-FT, the grouped-caption forward, LoRA;
+* ``create_model_and_transforms``: open_clip's (a ``local-dir:`` model also taking a ``--pretrained``
+  checkpoint file), then WiSE-FT, the grouped-caption forward, LoRA;
 * ``get_data``: open_clip's, with the training set tokenized by ``NegativeCaptions``;
 * ``create_loss``: ``TrainerLoss`` for ``fsc-clip``, open_clip's own for ``clip``;
 * ``evaluate``: open_clip's, then the compositional validation.
@@ -29,6 +30,7 @@ import open_clip
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from ..integrations.open_clip import create_model_and_transforms
 from . import flags
 from .captions import NegativeCaptions, read_negatives_column
 from .compat import REPLACED
@@ -57,7 +59,8 @@ class _Run:
         return self.args
 
     def create_model_and_transforms(self, model_name: str, pretrained: str | None = None, **kwargs):
-        model, preprocess_train, preprocess_val = self.original["create_model_and_transforms"](
+        # open_clip's, except that a local-dir: model also takes a --pretrained checkpoint file
+        model, preprocess_train, preprocess_val = create_model_and_transforms(
             model_name, pretrained, **kwargs
         )
         args = self.args
