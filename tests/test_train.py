@@ -324,6 +324,7 @@ def test_comp_validation_is_logged_like_open_clips_validation(space, monkeypatch
     # A stand-in with fsc_losses.eval's contract, for what the trainer does with its results.
     fake = types.ModuleType("fsc_losses.eval")
     fake.evaluate = evaluate
+    fake.BENCHMARKS = {"fake_a": None, "fake_b": None}  # the names the trainer checks at start
     monkeypatch.setitem(sys.modules, "fsc_losses.eval", fake)
     train(
         space,
