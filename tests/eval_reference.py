@@ -1,10 +1,11 @@
 """An independent computation of what ``fsc_losses.eval`` reports: a plain loop over each
 benchmark's files, as each benchmark's own evaluation does it, one item at a time.
 
-It shares nothing with the package: it reads the JSON files itself, embeds every image and
-caption one at a time through the functions it is given, and decides each item with explicit
-comparisons. Switches turn off what the package must get right (the crop, ties counting as wrong,
-ARO's macro rules), so that a test can show its fixtures would catch each mistake.
+It shares nothing with the package (only the subset names, with the fixtures): it reads the JSON
+files itself, embeds every image and caption one at a time through the functions it is given, and
+decides each item with explicit comparisons. Switches turn off what the package must get right
+(the crop, ties counting as wrong, ARO's macro rules), so that a test can show its fixtures would
+catch each mistake.
 """
 
 from __future__ import annotations
@@ -18,20 +19,9 @@ from pathlib import Path
 
 from PIL import Image
 
-SUGARCREPE = ("replace_obj", "replace_att", "replace_rel", "swap_obj", "swap_att", "add_obj", "add_att")
-VALSE = (
-    "existence",
-    "plurals",
-    "counting-hard",
-    "counting-small-quant",
-    "counting-adversarial",
-    "relations",
-    "action-replacement",
-    "actant-swap",
-    "coreference-standard",
-    "coreference-hard",
-    "foil-it",
-)
+from .eval_fixtures import SUGARCREPE_SUBSETS as SUGARCREPE
+from .eval_fixtures import VALSE_PIECES as VALSE
+
 # Of the relations the fixtures use (on, under, next to, riding), the one in ARO's notebook list.
 ARO_EXCLUDED_IN_FIXTURES = {"next to"}
 
