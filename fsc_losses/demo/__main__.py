@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import platform
 import sys
 import time
@@ -19,11 +18,7 @@ from pathlib import Path
 
 import torch
 
-
-def _usable_cpus() -> int:
-    if hasattr(os, "sched_getaffinity"):  # honours taskset and container CPU sets; Linux only
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+from .._cpus import usable_cpus
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -91,7 +86,7 @@ def main(argv=None) -> int:
         print("error: --device cuda, but torch sees no CUDA device", file=sys.stderr)
         return 2
     # The models are so small that more threads mostly add synchronisation.
-    threads = args.threads or min(4, _usable_cpus())
+    threads = args.threads or min(4, usable_cpus())
     torch.set_num_threads(threads)
 
     # Imported here so that `--help` answers without loading open_clip.

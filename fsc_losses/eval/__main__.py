@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 from importlib import metadata
@@ -23,11 +22,7 @@ from pathlib import Path
 
 import torch
 
-
-def _usable_cpus() -> int:
-    if hasattr(os, "sched_getaffinity"):  # honours taskset and container CPU sets; Linux only
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+from .._cpus import usable_cpus
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -72,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--workers",
         type=int,
-        default=min(8, _usable_cpus()),
+        default=min(8, usable_cpus()),
         help="image-loading processes (default: CPUs, at most 8)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
