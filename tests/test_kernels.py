@@ -389,6 +389,54 @@ def test_scores_with_an_expanded_upstream_gradient():
         assert_close_verbose(grads[name], ref_grads[name], **TOLERANCES[torch.float32], name=name)
 
 
+def ulp(x, dtype):
+    """The spacing of ``dtype``'s values at ``|x|`` (float64): its epsilon times the binade, and
+    the subnormal spacing below the normal range. Storing a value in ``dtype`` rounds it by up to
+    half of this, the least error any output in ``dtype`` can have."""
+    info = torch.finfo(dtype)
+    return info.eps * torch.exp2(torch.floor(torch.log2(x.abs().clamp(min=info.tiny))))
+
+
+# Per image, a 16-bit gradient's largest error, in ulps at its largest element. Measured at the
+# shape below over 12 seeds (24 images, fp16, logit_scale 100): at most 5 (the 16-bit weights and
+# pooled tokens of the forward, amplified by the scale); v2's image gradient, whose dot operand
+# dZ / sum(U) fell below fp16's normal range, was 15 to 227.
+ULPS = 8
+
+
+def assert_within_ulps_per_image(got, exact, dtype, name):
+    """Each image's gradient (``got[b]``) is within ``ULPS`` ulps, at that image's largest
+    ``|exact[b]|``, of the float64 gradient: the bound scales with the image, as its output's
+    rounding does, not with the batch's largest value."""
+    assert torch.isfinite(exact).all(), f"{name}: the float64 reference is not finite"
+    for b in range(exact.shape[0]):
+        err = (got[b].double() - exact[b]).abs().max().item()
+        unit = ulp(exact[b].abs().max(), dtype).item()
+        assert err <= ULPS * unit, f"{name}[{b}]: largest error {err:.3g} = {err / unit:.3g} ulps > {ULPS}"
+
+
+def test_half_gradients_per_image_at_a_real_shape():
+    """ViT-L/14's image (P = 256, D = 768) with its captions (K = 3, T = 77, 10 to 20 counted
+    positions each), logit_scale 100 and the upstream gradient the mean over a batch of 64 images
+    sends (1/64 each). The dots' 16-bit operands must not fall below the range of the gradients
+    they make: each image's gradients stay within a few ulps of float64."""
+    shape = check.Shape("ViT-L/14", B=2, K=3, T=77, P=256, D=768)
+    image, text, mask, neg_valid, _ = check.make_inputs(shape, torch.device("cpu"))
+    case = dict(
+        image_base=image,
+        text_base=text,
+        views=lambda image, text: (image, text),
+        mask=mask,
+        scale=torch.tensor(100.0, dtype=torch.float64),
+    )
+    options = dict(neg_valid=neg_valid, normalizer="minmax", sparsify=False, **PAPER_SCR)
+    upstream = torch.tensor(shape.B / 64)
+    _, grads, _ = run(case, kernel_loss, torch.float16, reference_impl=False, upstream=upstream, **options)
+    _, exact, _ = run(case, reference_loss, torch.float16, reference_impl=True, upstream=upstream, **options)
+    for name in LEAVES[:2]:
+        assert_within_ulps_per_image(grads[name], exact[name], torch.float16, name)
+
+
 @pytest.mark.parametrize("scale_dtype", [torch.float32, torch.float16], ids=str)
 def test_half_tokens_with_a_scale_of_either_dtype(scale_dtype):
     case = make_case(B=2, K=2, seed=17)

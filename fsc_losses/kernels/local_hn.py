@@ -589,16 +589,18 @@ def _tokens_bwd_kernel(
             tile_ok = row_ok[:, None] & d_ok[None, :]
             x = tl.load(x_rows[:, None] + offs_d[None, :] * sxd, mask=tile_ok, other=0.0).to(tl.float32)
             dx = tl.load(dx_rows[:, None] + offs_d[None, :], mask=tile_ok, other=0.0).to(tl.float32)
-            # dZ / sum(U): W = U / sum(U) is folded into the rows of dZ.
-            x_part = coef * (1.0 - z_proj * x_proj) * inv_sum
-            dz = x_part[:, None] * x - (z_proj * inv_sum)[:, None] * dx
+            dz = (coef * (1.0 - z_proj * x_proj))[:, None] * x - z_proj[:, None] * dx
             u = tl.load(
                 w_ptr + (b64 * S + slot)[:, None] * P + offs_p[None, :],
                 mask=row_ok[:, None] & p_ok[None, :],
                 other=0.0,
             )
+            # The 16-bit operands are W = U / sum(U), in [0, 1], and dZ, of the text gradient's
+            # magnitude: dZ / sum(U) (sum(U) is 1e4 and more with minmax) would fall below fp16's
+            # normal range long before the image gradient itself does.
+            w = u.to(tl.float32) * inv_sum[:, None]
             dtype = x_ptr.dtype.element_ty
-            dv = tl.dot(tl.trans(u.to(dtype)), dz.to(dtype), dv, input_precision=DOT_PRECISION)
+            dv = tl.dot(tl.trans(w.to(dtype)), dz.to(dtype), dv, input_precision=DOT_PRECISION)
         tl.store(
             dv_ptr + b64 * P * D + offs_p[:, None] * D + offs_d[None, :],
             dv.to(dv_ptr.dtype.element_ty),
