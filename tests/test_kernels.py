@@ -453,6 +453,32 @@ def test_half_tokens_with_a_scale_of_either_dtype(scale_dtype):
     )
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="the GPU suite has its own (test_kernels_gpu.py)")
+def test_offsets_past_2_31_elements_on_strided_views(tmp_path):
+    """Views whose strides reach elements more than 2^31 elements from their first: two images of
+    a (P, B, D) layout of 715,827,712 images, permuted to (B, P, D), and text tokens of a
+    (D, B, G, T) layout. An int32 offset wraps there, to 1024 elements before the view. The views'
+    storage spans 16 GiB of addresses: a sparse file mapped with torch.from_file, of which only
+    the touched pages exist (as_strided cannot reach past a smaller storage)."""
+    P, D, stride = 3, 3, 2**31 - 512  # (P-1) * stride = 2^32 - 1024
+    size = 2 * stride + 2**16
+    path = tmp_path / "sparse.bin"
+    with open(path, "wb") as f:
+        f.truncate(4 * size)
+    storage = torch.from_file(str(path), shared=True, size=size, dtype=torch.float32)
+    case = make_case(B=2, K=1, T=5, P=P, D=D, seed=43)
+    image = storage.as_strided((2, P, D), (D, stride, 1), 4096)
+    text = storage.as_strided((2, 2, 5, D), (10, 5, 1, stride), 8192)
+    image.copy_(case["image_base"])
+    text.copy_(case["text_base"])
+    case.update(image_base=image, text_base=text)  # fp32: run() takes them as they are
+    kwargs = dict(normalizer="minmax", sparsify=False)
+    check_against_reference(case, kernel_scores, reference_scores, torch.float32, **kwargs)
+    check_against_reference(
+        case, kernel_loss, reference_loss, torch.float32, neg_valid=None, **kwargs, **PAPER_SCR
+    )
+
+
 SMALL_TILES = local_hn.Tiles(rows=16, patches=16, width=16, bwd_width=16, num_warps=4, num_stages=1)
 
 

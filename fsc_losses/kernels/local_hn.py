@@ -53,13 +53,14 @@ def _counted(
     offs_t = tl.arange(0, TP)
     inside = (offs_g[:, None] < G) & (offs_t[None, :] < T)
     image = b.to(tl.int64) * smb
-    counted = (
-        tl.load(mask_ptr + image + offs_g[:, None] * smg + offs_t[None, :] * smt, mask=inside, other=0) != 0
-    )
+    at = image + offs_g.to(tl.int64)[:, None] * smg + offs_t.to(tl.int64)[None, :] * smt
+    counted = tl.load(mask_ptr + at, mask=inside, other=0) != 0
     if HAS_VALID:
         # Column 0 (the true caption) is always present; neg_valid has one column per negative.
         valid = tl.load(
-            valid_ptr + b.to(tl.int64) * snb + (offs_g - 1) * snk, mask=(offs_g > 0) & (offs_g < G), other=1
+            valid_ptr + b.to(tl.int64) * snb + (offs_g - 1).to(tl.int64) * snk,
+            mask=(offs_g > 0) & (offs_g < G),
+            other=1,
         )
         counted = counted & (valid != 0)[:, None]
     return counted.to(tl.int32)
@@ -104,7 +105,7 @@ def _pooled_block(
         p_ok = offs_p < P
         u = tl.load(w_rows[:, None] + offs_p[None, :], mask=row_ok[:, None] & p_ok[None, :], other=0.0)
         v = tl.load(
-            v_img + offs_p[:, None] * svp + offs_d[None, :] * svd,
+            v_img + offs_p.to(tl.int64)[:, None] * svp + offs_d.to(tl.int64)[None, :] * svd,
             mask=p_ok[:, None] & d_ok[None, :],
             other=0.0,
         )
@@ -214,10 +215,12 @@ def _rows_fwd_kernel(
             offs_d = d0 + tl.arange(0, BD)
             d_ok = offs_d < D
             x = tl.load(
-                x_rows[:, None] + offs_d[None, :] * sxd, mask=row_ok[:, None] & d_ok[None, :], other=0.0
+                x_rows[:, None] + offs_d.to(tl.int64)[None, :] * sxd,
+                mask=row_ok[:, None] & d_ok[None, :],
+                other=0.0,
             )
             v = tl.load(
-                v_img + offs_p[:, None] * svp + offs_d[None, :] * svd,
+                v_img + offs_p.to(tl.int64)[:, None] * svp + offs_d.to(tl.int64)[None, :] * svd,
                 mask=p_ok[:, None] & d_ok[None, :],
                 other=0.0,
             )
@@ -273,7 +276,11 @@ def _rows_fwd_kernel(
             w_ptr, v_img, b, slot, row_ok, n_tiles, S, P, svp, svd, offs_d, d_ok, BP, BR, BD, DOT_PRECISION
         )
         z = z * inv_sum[:, None]
-        x = tl.load(x_rows[:, None] + offs_d[None, :] * sxd, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        x = tl.load(
+            x_rows[:, None] + offs_d.to(tl.int64)[None, :] * sxd,
+            mask=row_ok[:, None] & d_ok[None, :],
+            other=0.0,
+        )
         xf = x.to(tl.float32)
         zx += tl.sum(z * xf, axis=1)
         zz += tl.sum(z * z, axis=1)
@@ -344,7 +351,7 @@ def _contrast_rows(
     present = (images < B)[:, None] & (offs_g < G)[None, :]
     if HAS_VALID:
         valid = tl.load(
-            valid_ptr + images[:, None].to(tl.int64) * snb + (offs_g[None, :] - 1) * snk,
+            valid_ptr + images.to(tl.int64)[:, None] * snb + (offs_g - 1).to(tl.int64)[None, :] * snk,
             mask=present & (offs_g[None, :] > 0),
             other=1,
         )
@@ -465,7 +472,7 @@ def _bwd_rows(
     cos = _cosine(zx, zz, xx)
     g_row = q // T
     cap = b64 * G + g_row
-    dl = tl.load(up_ptr + b64 * sub + g_row * sug, mask=row_ok, other=0.0).to(tl.float32)
+    dl = tl.load(up_ptr + b64 * sub + g_row.to(tl.int64) * sug, mask=row_ok, other=0.0).to(tl.float32)
     if HAS_DLSE:
         dl = dl * tl.load(dlse_ptr + cap, mask=row_ok, other=0.0)
     lse = tl.load(lse_ptr + cap, mask=row_ok, other=0.0)
@@ -572,7 +579,8 @@ def _tokens_bwd_kernel(
         )
         z = z * inv_sum[:, None]
         tile_ok = row_ok[:, None] & d_ok[None, :]
-        x = tl.load(x_rows[:, None] + offs_d[None, :] * sxd, mask=tile_ok, other=0.0).to(tl.float32)
+        x = tl.load(x_rows[:, None] + offs_d.to(tl.int64)[None, :] * sxd, mask=tile_ok, other=0.0)
+        x = x.to(tl.float32)
         dx = coef[:, None] * (z - x_proj[:, None] * x)
         tl.store(dx_rows[:, None] + offs_d[None, :], dx.to(dx_ptr.dtype.element_ty), mask=tile_ok)
     tl.debug_barrier()  # B reads back the dX that other threads of this program stored
@@ -587,7 +595,8 @@ def _tokens_bwd_kernel(
                 n_slots, scale, sxb, sxg, sxt, sub, sug, HAS_DLSE, BR,
             )  # fmt: skip
             tile_ok = row_ok[:, None] & d_ok[None, :]
-            x = tl.load(x_rows[:, None] + offs_d[None, :] * sxd, mask=tile_ok, other=0.0).to(tl.float32)
+            x = tl.load(x_rows[:, None] + offs_d.to(tl.int64)[None, :] * sxd, mask=tile_ok, other=0.0)
+            x = x.to(tl.float32)
             dx = tl.load(dx_rows[:, None] + offs_d[None, :], mask=tile_ok, other=0.0).to(tl.float32)
             dz = (coef * (1.0 - z_proj * x_proj))[:, None] * x - z_proj[:, None] * dx
             u = tl.load(
@@ -602,7 +611,7 @@ def _tokens_bwd_kernel(
             dtype = x_ptr.dtype.element_ty
             dv = tl.dot(tl.trans(w.to(dtype)), dz.to(dtype), dv, input_precision=DOT_PRECISION)
         tl.store(
-            dv_ptr + b64 * P * D + offs_p[:, None] * D + offs_d[None, :],
+            dv_ptr + (b64 * P + offs_p)[:, None] * D + offs_d[None, :],
             dv.to(dv_ptr.dtype.element_ty),
             mask=p_ok[:, None] & d_ok[None, :],
         )
