@@ -601,6 +601,23 @@ def test_deterministic():
         assert torch.equal(grads[name], grads_again[name]), name
 
 
+def test_a_three_way_bound_never_rests_on_a_non_finite_reference():
+    """The GPU suite's three-way check (test_kernels_gpu.py) on made-up values: a reference in
+    fp16 that overflows is replaced by the float32 one, and a non-finite reference fails."""
+    from .test_kernels_gpu import assert_three_way, bound_reference
+
+    exact = dict(value=torch.tensor([1.0, 2.0], dtype=torch.float64))
+    runs = {torch.float16: dict(value=torch.tensor([1.0, float("inf")])), torch.float32: exact}
+    assert bound_reference(runs.get, torch.float16, exact)[0] == torch.float32
+    with pytest.raises(AssertionError, match="not finite"):  # both overflow
+        bound_reference(lambda dtype: runs[torch.float16], torch.float16, exact)
+    kernel = torch.tensor([1.0, 5.0])  # off by 3 where the fp16 reference is infinite
+    with pytest.raises(AssertionError, match="not finite"):
+        assert_three_way(kernel, runs[torch.float16]["value"], exact["value"], torch.float16, "value")
+    with pytest.raises(AssertionError, match="kernel error 3 > 2 x reference error 0"):
+        assert_three_way(kernel, exact["value"], exact["value"], torch.float16, "value")
+
+
 class KernelLaunches:
     """Counts launches of the module's Triton kernels and keeps their grids."""
 
