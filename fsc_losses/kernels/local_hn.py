@@ -162,7 +162,7 @@ def _rows_fwd_kernel(
     NTP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """Program ``(rb, b)``: rows ``rb*BR ..`` of image ``b``.
+    """Program ``b * n_blocks + rb``: rows ``rb*BR ..`` of image ``b``.
 
     1. Numbers the image's rows (a cumulative sum over its mask) and writes its block's part of
        the row list ``rows (B, S)`` (slot -> ``g*T + t``, -1 past the last row).
@@ -176,8 +176,9 @@ def _rows_fwd_kernel(
     5. Writes the row statistics and, per caption, the block's partial log-sum-exp of
        ``a = logit_scale * cos(Z, X)`` (max and sum of exp), combined by the second launch.
     """
-    rb = tl.program_id(0)
-    b = tl.program_id(1)
+    # One axis, image-major: B may pass the 65,535 blocks CUDA allows on axes 1 and 2.
+    b = tl.program_id(0) // n_blocks
+    rb = tl.program_id(0) % n_blocks
     b64 = b.to(tl.int64)
     first = rb * BR
 
@@ -509,6 +510,7 @@ def _tokens_bwd_kernel(
     D,
     S,
     n_slots,
+    n_cols,
     svb,
     svp,
     svd,
@@ -532,7 +534,7 @@ def _tokens_bwd_kernel(
     ZD: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """Program ``(c, b)`` owns columns ``[c*BD, (c+1)*BD)`` of image ``b``'s gradients: ``dV_b``
+    """Program ``b * n_cols + c`` owns columns ``[c*BD, (c+1)*BD)`` of image ``b``'s gradients: ``dV_b``
     and ``dX`` of all its captions. ``dl = upstream * dLoss/dl`` (loss) or ``upstream`` (scores).
 
     A. Per block of the image's rows: ``Z = U V / sum(U)`` from the stored weights, then
@@ -542,8 +544,10 @@ def _tokens_bwd_kernel(
        ``dZ = coef (1 - z_proj x_proj) X - z_proj dX``.
     Column block 0 also writes the image's ``sum da * cos`` (the ``logit_scale`` partial).
     """
-    c = tl.program_id(0)  # an image's column blocks run side by side and share its weights in L2
-    b = tl.program_id(1)
+    # One axis, image-major: B may pass 65,535, and an image's column blocks run side by side,
+    # sharing its weights in L2.
+    b = tl.program_id(0) // n_cols
+    c = tl.program_id(0) % n_cols
     b64 = b.to(tl.int64)
     offs_d = c * BD + tl.arange(0, BD)
     d_ok = offs_d < D
@@ -768,7 +772,7 @@ def _rows_fwd(image_tokens, text_tokens, text_mask, logit_scale, neg_valid, norm
     parts = _empty((2, B, n_blocks, G), torch.float32, device)
     mask = text_mask.view(torch.uint8)
     valid, snb, snk = _valid_args(neg_valid, mask)
-    _rows_fwd_kernel[(n_blocks, B)](
+    _rows_fwd_kernel[(B * n_blocks,)](
         image_tokens,
         text_tokens,
         mask,
@@ -873,7 +877,8 @@ def _local_hn_bwd(
     valid, snb, snk = _valid_args(neg_valid, mask)
     up_strides = grad.stride() if grad.dim() == 2 else (0, 0)
     block_t = triton.next_power_of_2(T)
-    _tokens_bwd_kernel[(triton.cdiv(D, tiles.bwd_width), B)](
+    n_cols = triton.cdiv(D, tiles.bwd_width)
+    _tokens_bwd_kernel[(B * n_cols,)](
         image_tokens,
         text_tokens,
         mask,
@@ -895,6 +900,7 @@ def _local_hn_bwd(
         D,
         G * T,
         B * G * T,
+        n_cols,
         *image_tokens.stride(),
         *text_tokens.stride(),
         *mask.stride(),
