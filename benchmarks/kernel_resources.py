@@ -135,7 +135,8 @@ def plan_launches(shape, dtype: torch.dtype, arch: int, normalizer: str, sparsif
             else:
                 _, lse = local_hn._scores_fwd(parts, dtype)
                 grad, dlse = torch.empty(B, G, dtype=dtype, **meta), None
-            local_hn._local_hn_bwd(grad, dlse, image, text, mask, scale, valid, lse, saved, tiles)
+            wanted = (True, True, True)
+            local_hn._local_hn_bwd(grad, dlse, image, text, mask, scale, valid, lse, saved, tiles, wanted)
     return dispatch, tiles, launches
 
 

@@ -682,6 +682,56 @@ def test_launch_counts_and_one_op_per_direction(monkeypatch):
     assert ops.ops == ["fsc_losses::local_hn_bwd"] and launches.take() == 2
 
 
+def test_the_backward_computes_only_the_gradients_asked_for(monkeypatch):
+    """Tokens of a frozen tower (requires_grad False) get no gradient computed: no (B, P, D)
+    buffer without the image's gradient; without the text's, none of its padding is zeroed (dV
+    still needs dX, at the rows only); without the scale's, no reduction launch. What is computed
+    is bitwise what the whole backward gives."""
+    buffers = []
+
+    def recorded(shape, dtype, device):
+        buffers.append(torch.full(shape, float("nan") if dtype.is_floating_point else 2**30, dtype=dtype))
+        return buffers[-1]
+
+    monkeypatch.setattr(local_hn, "_empty", recorded)
+    launches = KernelLaunches(monkeypatch)
+    case = make_case(B=2, K=2, seed=47)
+    neg_valid = NEG_VALID[:2, :2]
+    rows = case["mask"] & torch.cat([torch.ones(2, 1, dtype=torch.bool), neg_valid], dim=1)[..., None]
+
+    def backward(*wanted):
+        image, text, mask, scale = fp32_leaves(case)
+        leaves = dict(zip(LEAVES, (image, text, scale), strict=True))
+        for name, leaf in leaves.items():
+            leaf.requires_grad_(name in wanted)
+        loss = kernel_loss(image, text, mask, scale, neg_valid.to(DEVICE), "minmax", False, 2.0, 0.02)
+        buffers.clear(), launches.take()
+        grads = torch.autograd.grad(loss, [leaves[name] for name in wanted])
+        shapes = [tuple(buffer.shape) for buffer in buffers]
+        return dict(zip(wanted, grads, strict=True)), shapes, launches.take()
+
+    image_shape, text_shape = (2, 7, 12), (2, 3, 9, 12)
+    every, shapes, count = backward(*LEAVES)
+    assert image_shape in shapes and text_shape in shapes and (2,) in shapes and count == 2
+    for wanted in [
+        ("text_tokens", "logit_scale"),
+        ("image_tokens", "logit_scale"),
+        ("image_tokens",),
+        ("logit_scale",),
+    ]:
+        grads, shapes, count = backward(*wanted)
+        for name, grad in grads.items():
+            assert torch.equal(grad, every[name]), (wanted, name)
+        assert (image_shape in shapes) == ("image_tokens" in wanted), wanted
+        assert (text_shape in shapes) == ("image_tokens" in wanted or "text_tokens" in wanted), wanted
+        assert ((2,) in shapes) == ("logit_scale" in wanted) and count == 1 + ("logit_scale" in wanted), (
+            wanted
+        )
+        if "image_tokens" in wanted and "text_tokens" not in wanted:
+            d_text = buffers[shapes.index(text_shape)]
+            assert torch.isnan(d_text[~rows]).all() and torch.isfinite(d_text[rows]).all()
+
+
 def test_torch_compile_fullgraph_traces_the_custom_ops():
     torch._dynamo.reset()
     case = make_case(B=2, K=2, seed=31)
@@ -720,7 +770,37 @@ def test_opcheck_of_the_custom_ops(monkeypatch):
     grad = torch.tensor(0.7, device=DEVICE)
     torch.library.opcheck(
         local_hn._bwd_op,
-        (grad, dlse, image.detach(), text.detach(), mask, scale.detach(), neg_valid, lse, *saved),
+        (
+            grad,
+            dlse,
+            image.detach(),
+            text.detach(),
+            mask,
+            scale.detach(),
+            neg_valid,
+            lse,
+            *saved,
+            True,
+            True,
+            True,
+        ),
+    )
+    torch.library.opcheck(
+        local_hn._bwd_op,
+        (
+            grad,
+            dlse,
+            image.detach(),
+            text.detach(),
+            mask,
+            scale.detach(),
+            neg_valid,
+            lse,
+            *saved,
+            True,
+            False,
+            False,
+        ),
     )
 
 

@@ -527,6 +527,9 @@ def _tokens_bwd_kernel(
     sug,
     HAS_VALID: tl.constexpr,
     HAS_DLSE: tl.constexpr,
+    IMAGE_GRAD: tl.constexpr,
+    TEXT_GRAD: tl.constexpr,
+    SCALE_GRAD: tl.constexpr,
     BR: tl.constexpr,
     BP: tl.constexpr,
     BD: tl.constexpr,
@@ -536,6 +539,8 @@ def _tokens_bwd_kernel(
 ):
     """Program ``b * n_cols + c`` owns columns ``[c*BD, (c+1)*BD)`` of image ``b``'s gradients: ``dV_b``
     and ``dX`` of all its captions. ``dl = upstream * dLoss/dl`` (loss) or ``upstream`` (scores).
+    ``*_GRAD`` say which gradients are asked for: ``dX`` is stored for B (at rows only) when only
+    ``dV`` is, A is skipped when neither is, B when ``dV`` is not.
 
     A. Per block of the image's rows: ``Z = U V / sum(U)`` from the stored weights, then
        ``dX = coef (Z - x_proj X)``, stored. Positions that are not rows get an exact zero.
@@ -553,19 +558,20 @@ def _tokens_bwd_kernel(
     d_ok = offs_d < D
     offs_t = tl.arange(0, TP)
 
-    for g in range(0, G):
-        counted = _counted(
-            mask_ptr, valid_ptr, b, g + tl.arange(0, 1), G, T, smb, smg, smt, snb, snk, HAS_VALID, TP
-        )
-        zero_rows = (tl.sum(counted, axis=0) == 0) & (offs_t < T)
-        dx_cap = dx_ptr + ((b64 * G + g) * T + offs_t) * D
-        for z0 in range(0, BD, ZD):
-            offs_z = c * BD + z0 + tl.arange(0, ZD)
-            tl.store(
-                dx_cap[:, None] + offs_z[None, :],
-                tl.zeros((TP, ZD), dtype=dx_ptr.dtype.element_ty),
-                mask=zero_rows[:, None] & (offs_z < D)[None, :],
+    if TEXT_GRAD:
+        for g in range(0, G):
+            counted = _counted(
+                mask_ptr, valid_ptr, b, g + tl.arange(0, 1), G, T, smb, smg, smt, snb, snk, HAS_VALID, TP
             )
+            zero_rows = (tl.sum(counted, axis=0) == 0) & (offs_t < T)
+            dx_cap = dx_ptr + ((b64 * G + g) * T + offs_t) * D
+            for z0 in range(0, BD, ZD):
+                offs_z = c * BD + z0 + tl.arange(0, ZD)
+                tl.store(
+                    dx_cap[:, None] + offs_z[None, :],
+                    tl.zeros((TP, ZD), dtype=dx_ptr.dtype.element_ty),
+                    mask=zero_rows[:, None] & (offs_z < D)[None, :],
+                )
 
     n_rows = tl.load(nrows_ptr + b)
     n_tiles = tl.cdiv(P, BP)
@@ -578,48 +584,66 @@ def _tokens_bwd_kernel(
             n_slots, scale, sxb, sxg, sxt, sub, sug, HAS_DLSE, BR,
         )  # fmt: skip
         dscale += tl.sum(da * cos, axis=0)
-        z = _pooled_block(
-            w_ptr, v_img, b, slot, row_ok, n_tiles, S, P, svp, svd, offs_d, d_ok, BP, BR, BD, DOT_PRECISION
-        )
-        z = z * inv_sum[:, None]
-        tile_ok = row_ok[:, None] & d_ok[None, :]
-        x = tl.load(x_rows[:, None] + offs_d.to(tl.int64)[None, :] * sxd, mask=tile_ok, other=0.0)
-        x = x.to(tl.float32)
-        dx = coef[:, None] * (z - x_proj[:, None] * x)
-        tl.store(dx_rows[:, None] + offs_d[None, :], dx.to(dx_ptr.dtype.element_ty), mask=tile_ok)
-    tl.debug_barrier()  # B reads back the dX that other threads of this program stored
-
-    for j in range(0, n_tiles):
-        offs_p = j * BP + tl.arange(0, BP)
-        p_ok = offs_p < P
-        dv = tl.zeros((BP, BD), dtype=tl.float32)
-        for first in range(0, n_rows, BR):
-            slot, row_ok, x_rows, dx_rows, da, cos, coef, z_proj, x_proj, inv_sum = _bwd_rows(
-                rows_ptr, x_ptr, dx_ptr, stats_ptr, lse_ptr, up_ptr, dlse_ptr, b, first, n_rows, G, T, D, S,
-                n_slots, scale, sxb, sxg, sxt, sub, sug, HAS_DLSE, BR,
-            )  # fmt: skip
+        if TEXT_GRAD or IMAGE_GRAD:
+            z = _pooled_block(
+                w_ptr,
+                v_img,
+                b,
+                slot,
+                row_ok,
+                n_tiles,
+                S,
+                P,
+                svp,
+                svd,
+                offs_d,
+                d_ok,
+                BP,
+                BR,
+                BD,
+                DOT_PRECISION,
+            )
+            z = z * inv_sum[:, None]
             tile_ok = row_ok[:, None] & d_ok[None, :]
             x = tl.load(x_rows[:, None] + offs_d.to(tl.int64)[None, :] * sxd, mask=tile_ok, other=0.0)
             x = x.to(tl.float32)
-            dx = tl.load(dx_rows[:, None] + offs_d[None, :], mask=tile_ok, other=0.0).to(tl.float32)
-            dz = (coef * (1.0 - z_proj * x_proj))[:, None] * x - z_proj[:, None] * dx
-            u = tl.load(
-                w_ptr + (b64 * S + slot)[:, None] * P + offs_p[None, :],
-                mask=row_ok[:, None] & p_ok[None, :],
-                other=0.0,
+            dx = coef[:, None] * (z - x_proj[:, None] * x)
+            tl.store(dx_rows[:, None] + offs_d[None, :], dx.to(dx_ptr.dtype.element_ty), mask=tile_ok)
+    tl.debug_barrier()  # B reads back the dX that other threads of this program stored
+
+    if IMAGE_GRAD:
+        for j in range(0, n_tiles):
+            offs_p = j * BP + tl.arange(0, BP)
+            p_ok = offs_p < P
+            dv = tl.zeros((BP, BD), dtype=tl.float32)
+            for first in range(0, n_rows, BR):
+                slot, row_ok, x_rows, dx_rows, da, cos, coef, z_proj, x_proj, inv_sum = _bwd_rows(
+                    rows_ptr, x_ptr, dx_ptr, stats_ptr, lse_ptr, up_ptr, dlse_ptr, b, first, n_rows, G, T,
+                    D, S, n_slots, scale, sxb, sxg, sxt, sub, sug, HAS_DLSE, BR,
+                )  # fmt: skip
+                tile_ok = row_ok[:, None] & d_ok[None, :]
+                x = tl.load(x_rows[:, None] + offs_d.to(tl.int64)[None, :] * sxd, mask=tile_ok, other=0.0)
+                x = x.to(tl.float32)
+                dx = tl.load(dx_rows[:, None] + offs_d[None, :], mask=tile_ok, other=0.0).to(tl.float32)
+                dz = (coef * (1.0 - z_proj * x_proj))[:, None] * x - z_proj[:, None] * dx
+                u = tl.load(
+                    w_ptr + (b64 * S + slot)[:, None] * P + offs_p[None, :],
+                    mask=row_ok[:, None] & p_ok[None, :],
+                    other=0.0,
+                )
+                # The 16-bit operands are W = U / sum(U), in [0, 1], and dZ, of the text gradient's
+                # magnitude: dZ / sum(U) (sum(U) is 1e4 and more with minmax) would fall below fp16's
+                # normal range long before the image gradient itself does.
+                w = u.to(tl.float32) * inv_sum[:, None]
+                dtype = x_ptr.dtype.element_ty
+                dv = tl.dot(tl.trans(w.to(dtype)), dz.to(dtype), dv, input_precision=DOT_PRECISION)
+            tl.store(
+                dv_ptr + (b64 * P + offs_p)[:, None] * D + offs_d[None, :],
+                dv.to(dv_ptr.dtype.element_ty),
+                mask=p_ok[:, None] & d_ok[None, :],
             )
-            # The 16-bit operands are W = U / sum(U), in [0, 1], and dZ, of the text gradient's
-            # magnitude: dZ / sum(U) (sum(U) is 1e4 and more with minmax) would fall below fp16's
-            # normal range long before the image gradient itself does.
-            w = u.to(tl.float32) * inv_sum[:, None]
-            dtype = x_ptr.dtype.element_ty
-            dv = tl.dot(tl.trans(w.to(dtype)), dz.to(dtype), dv, input_precision=DOT_PRECISION)
-        tl.store(
-            dv_ptr + (b64 * P + offs_p)[:, None] * D + offs_d[None, :],
-            dv.to(dv_ptr.dtype.element_ty),
-            mask=p_ok[:, None] & d_ok[None, :],
-        )
-    tl.store(dscale_part_ptr + b, dscale, mask=c == 0)
+    if SCALE_GRAD:
+        tl.store(dscale_part_ptr + b, dscale, mask=c == 0)
 
 
 @triton.jit
@@ -728,6 +752,11 @@ def shared_bytes(tiles: Tiles, dtype: torch.dtype, groups: int, positions: int) 
 def _empty(shape, dtype, device) -> torch.Tensor:
     """Every buffer the host code allocates goes through here (tests fill them with NaN)."""
     return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _nothing(like: torch.Tensor) -> torch.Tensor:
+    """What the backward returns for a gradient not asked for (a custom op returns tensors)."""
+    return torch.empty((0,), dtype=like.dtype, device=like.device)
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -859,25 +888,31 @@ def _contrast_fwd(parts, neg_valid, focal_gamma, label_smoothing, dtype):
 
 
 def _local_hn_bwd(
-    grad, dlse, image_tokens, text_tokens, text_mask, logit_scale, neg_valid, lse, saved, tiles
+    grad, dlse, image_tokens, text_tokens, text_mask, logit_scale, neg_valid, lse, saved, tiles, wanted
 ):
     """Backward launches. ``grad`` is the upstream gradient: ``()`` for the loss (with ``dlse``
     its ``dLoss/dl``), ``(B, G)`` for the scores (``dlse`` None). ``saved`` is ``(weights, stats,
-    rows, n_rows)`` from :func:`_rows_fwd`. Returns the gradients of image_tokens ``(B, P, D)``,
-    text_tokens ``(B, G, T, D)`` and logit_scale ``()``, each in its input's dtype."""
+    rows, n_rows)`` from :func:`_rows_fwd`; ``wanted`` says which of the gradients of
+    image_tokens ``(B, P, D)``, text_tokens ``(B, G, T, D)`` and logit_scale ``()`` to compute.
+    Returns them, each in its input's dtype, and an empty tensor for each one not wanted."""
+    need_image, need_text, need_scale = wanted
     weights, stats, rows, n_rows = saved
     B, P, D = image_tokens.shape
     G, T = text_tokens.shape[1], text_tokens.shape[2]
     device = image_tokens.device
-    d_image = _empty((B, P, D), image_tokens.dtype, device)
-    d_text = _empty((B, G, T, D), text_tokens.dtype, device)
-    d_scale = _empty((), logit_scale.dtype, device)
-    dscale_part = _empty((B,), torch.float32, device)
+    d_image = _empty((B, P, D), image_tokens.dtype, device) if need_image else _nothing(image_tokens)
+    # The dV pass rebuilds dZ from dX: with dV alone wanted, dX of the rows is kept in this buffer.
+    d_text = (
+        _empty((B, G, T, D), text_tokens.dtype, device) if need_text or need_image else _nothing(text_tokens)
+    )
+    d_scale = _empty((), logit_scale.dtype, device) if need_scale else _nothing(logit_scale)
+    dscale_part = _empty((B,), torch.float32, device) if need_scale else lse
     mask = text_mask.view(torch.uint8)
     valid, snb, snk = _valid_args(neg_valid, mask)
     up_strides = grad.stride() if grad.dim() == 2 else (0, 0)
     block_t = triton.next_power_of_2(T)
-    n_cols = triton.cdiv(D, tiles.bwd_width)
+    # d logit_scale alone needs the row statistics only: one program per image.
+    n_cols = triton.cdiv(D, tiles.bwd_width) if need_image or need_text else 1
     _tokens_bwd_kernel[(B * n_cols,)](
         image_tokens,
         text_tokens,
@@ -891,8 +926,8 @@ def _local_hn_bwd(
         stats,
         rows,
         n_rows,
-        d_image,
-        d_text,
+        d_image if need_image else lse,
+        d_text if need_image or need_text else lse,
         dscale_part,
         G,
         T,
@@ -909,6 +944,9 @@ def _local_hn_bwd(
         *up_strides,
         HAS_VALID=neg_valid is not None,
         HAS_DLSE=dlse is not None,
+        IMAGE_GRAD=need_image,
+        TEXT_GRAD=need_text,
+        SCALE_GRAD=need_scale,
         BR=tiles.rows,
         BP=tiles.patches,
         BD=tiles.bwd_width,
@@ -918,10 +956,11 @@ def _local_hn_bwd(
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,
     )
-    _sum_kernel[(1,)](
-        dscale_part, d_scale, B, BLOCK=max(16, min(1024, triton.next_power_of_2(B))), num_warps=4
-    )
-    return d_image, d_text, d_scale
+    if need_scale:
+        _sum_kernel[(1,)](
+            dscale_part, d_scale, B, BLOCK=max(16, min(1024, triton.next_power_of_2(B))), num_warps=4
+        )
+    return d_image, d_text if need_text else _nothing(text_tokens), d_scale
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1024,8 +1063,12 @@ def _bwd_op(
     stats: torch.Tensor,
     rows: torch.Tensor,
     n_rows: torch.Tensor,
+    need_image: bool,
+    need_text: bool,
+    need_scale: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of image_tokens, text_tokens and logit_scale (see _local_hn_bwd)."""
+    """Gradients of image_tokens, text_tokens and logit_scale, the ones asked for (see
+    _local_hn_bwd)."""
     tiles = _tiles_for(image_tokens, text_tokens)
     return _local_hn_bwd(
         grad,
@@ -1038,6 +1081,7 @@ def _bwd_op(
         lse,
         (weights, stats, rows, n_rows),
         tiles,
+        (need_image, need_text, need_scale),
     )
 
 
@@ -1055,10 +1099,14 @@ def _bwd_fake(
     stats,
     rows,
     n_rows,
+    need_image,
+    need_text,
+    need_scale,
 ):
     # Contiguous, like the real gradients (empty_like would keep a grouped view's strides).
     return tuple(
-        torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (image_tokens, text_tokens, logit_scale)
+        torch.empty(t.shape, dtype=t.dtype, device=t.device) if need else _nothing(t)
+        for t, need in ((image_tokens, need_image), (text_tokens, need_text), (logit_scale, need_scale))
     )
 
 
@@ -1071,11 +1119,24 @@ def _setup_scores(ctx, inputs, output):
     ctx.save_for_backward(image_tokens, text_tokens, text_mask, logit_scale, lse, *saved)
 
 
+def _wanted(ctx) -> tuple[bool, bool, bool]:
+    """Which of image_tokens, text_tokens and logit_scale (inputs 0, 1 and 3) need a gradient: a
+    frozen tower's tokens do not, and their gradient is not computed."""
+    needs = ctx.needs_input_grad
+    return needs[0], needs[1], needs[3]
+
+
+def _given(grads, wanted):
+    return tuple(grad if need else None for grad, need in zip(grads, wanted, strict=True))
+
+
 def _scores_backward(ctx, grad_scores, *_):
     image_tokens, text_tokens, text_mask, logit_scale, lse, *saved = ctx.saved_tensors
-    d_image, d_text, d_scale = _bwd_op(
-        grad_scores, None, image_tokens, text_tokens, text_mask, logit_scale, None, lse, *saved
+    wanted = _wanted(ctx)
+    grads = _bwd_op(
+        grad_scores, None, image_tokens, text_tokens, text_mask, logit_scale, None, lse, *saved, *wanted
     )
+    d_image, d_text, d_scale = _given(grads, wanted)
     return d_image, d_text, None, d_scale, None, None
 
 
@@ -1089,9 +1150,11 @@ def _setup_loss(ctx, inputs, output):
 
 def _loss_backward(ctx, grad_loss, *_):
     image_tokens, text_tokens, text_mask, logit_scale, neg_valid, dlse, lse, *saved = ctx.saved_tensors
-    d_image, d_text, d_scale = _bwd_op(
-        grad_loss, dlse, image_tokens, text_tokens, text_mask, logit_scale, neg_valid, lse, *saved
+    wanted = _wanted(ctx)
+    grads = _bwd_op(
+        grad_loss, dlse, image_tokens, text_tokens, text_mask, logit_scale, neg_valid, lse, *saved, *wanted
     )
+    d_image, d_text, d_scale = _given(grads, wanted)
     return d_image, d_text, None, d_scale, None, None, None, None, None
 
 
