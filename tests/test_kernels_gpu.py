@@ -271,3 +271,23 @@ def test_launch_counts():
     _, backward = kernels(lambda: torch.autograd.grad(loss, (args[0], args[1], args[3]), grad))
     assert len(forward) == 2, forward
     assert len(backward) == 2, backward
+
+
+def loss_and_grads(args):
+    """``step``'s loss and its gradients w.r.t. the image tokens, text tokens and scale."""
+    loss = step(*args)
+    return (loss, *torch.autograd.grad(loss, (args[0], args[1], args[3])))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_inputs_on_another_device_than_the_current_one():
+    """Tensors on cuda:1 while device 0 is current (DDP without set_device, device_map="auto"):
+    the kernels launch on cuda:1, on its stream, and give what they give with cuda:1 current."""
+    args = leaves_of([t.to("cuda:1") for t in make_inputs(*SHAPES["B32"], seed=15)], torch.bfloat16)
+    with torch.cuda.device(1):
+        want = loss_and_grads(args)
+    assert torch.cuda.current_device() == 0
+    got = loss_and_grads(args)
+    torch.cuda.synchronize(1)
+    for g, w in zip(got, want, strict=True):
+        assert g.device == torch.device("cuda:1") and torch.equal(g, w)

@@ -20,6 +20,7 @@ backward 2 (token gradients, then the ``logit_scale`` reduction).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import NamedTuple
@@ -759,6 +760,13 @@ def _nothing(like: torch.Tensor) -> torch.Tensor:
     return torch.empty((0,), dtype=like.dtype, device=like.device)
 
 
+def _on_device(tensor: torch.Tensor):
+    """Triton launches on the current CUDA device, on its current stream: make them the inputs'
+    (tensors on ``cuda:1`` while device 0 is current, as DDP without ``set_device`` or
+    ``device_map="auto"`` leave them). Allocations name their device anyway."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
+
+
 def _dot_precision(dtype: torch.dtype) -> str:
     # The similarity map decides the weights: TF32's 10-bit mantissa would move them visibly.
     return "ieee" if dtype == torch.float32 else "tf32"
@@ -993,10 +1001,11 @@ def _scores_op(
     """``scores (B, G)`` in the tokens' dtype, ``l (B, G)`` fp32, then what the backward needs
     (see _rows_fwd)."""
     tiles = _tiles_for(image_tokens, text_tokens)
-    *saved, parts = _rows_fwd(
-        image_tokens, text_tokens, text_mask, logit_scale, None, normalizer, sparsify, tiles
-    )
-    scores, lse = _scores_fwd(parts, text_tokens.dtype)
+    with _on_device(image_tokens):
+        *saved, parts = _rows_fwd(
+            image_tokens, text_tokens, text_mask, logit_scale, None, normalizer, sparsify, tiles
+        )
+        scores, lse = _scores_fwd(parts, text_tokens.dtype)
     return scores, lse, *saved
 
 
@@ -1023,10 +1032,11 @@ def _loss_op(
     """``loss ()`` in the tokens' dtype, ``dLoss/dl (B, G)`` and ``l (B, G)`` fp32, then what
     _rows_fwd saves."""
     tiles = _tiles_for(image_tokens, text_tokens)
-    *saved, parts = _rows_fwd(
-        image_tokens, text_tokens, text_mask, logit_scale, neg_valid, normalizer, sparsify, tiles
-    )
-    loss, lse, dlse = _contrast_fwd(parts, neg_valid, focal_gamma, label_smoothing, text_tokens.dtype)
+    with _on_device(image_tokens):
+        *saved, parts = _rows_fwd(
+            image_tokens, text_tokens, text_mask, logit_scale, neg_valid, normalizer, sparsify, tiles
+        )
+        loss, lse, dlse = _contrast_fwd(parts, neg_valid, focal_gamma, label_smoothing, text_tokens.dtype)
     return loss, dlse, lse, *saved
 
 
@@ -1070,19 +1080,20 @@ def _bwd_op(
     """Gradients of image_tokens, text_tokens and logit_scale, the ones asked for (see
     _local_hn_bwd)."""
     tiles = _tiles_for(image_tokens, text_tokens)
-    return _local_hn_bwd(
-        grad,
-        dlse,
-        image_tokens,
-        text_tokens,
-        text_mask,
-        logit_scale,
-        neg_valid,
-        lse,
-        (weights, stats, rows, n_rows),
-        tiles,
-        (need_image, need_text, need_scale),
-    )
+    with _on_device(image_tokens):
+        return _local_hn_bwd(
+            grad,
+            dlse,
+            image_tokens,
+            text_tokens,
+            text_mask,
+            logit_scale,
+            neg_valid,
+            lse,
+            (weights, stats, rows, n_rows),
+            tiles,
+            (need_image, need_text, need_scale),
+        )
 
 
 @_bwd_op.register_fake
