@@ -54,6 +54,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 @dataclass(frozen=True)
 class Cost:
     launch: str
+    kernel: str
     hbm: float  # bytes
     l2: float  # bytes read again from L2
     flops: float
@@ -95,43 +96,58 @@ def costs(shape: bench_local_hn.Shape, dtype_name: str, gpu: Gpu) -> tuple[local
     rows, padded = rows_per_image(G, shape.counted, tiles.rows)
     blocks = padded / tiles.rows
     n_tiles = -(-P // tiles.patches)
+    columns = -(-D // tiles.columns)
     padded_patches = n_tiles * tiles.patches
     image = B * P * D * e
     text_rows = B * rows * D * e
     weights = B * rows * P * e  # minmax / softmax store U in the tokens' dtype
-    slots = B * G * T
-    small = slots * (4 * 4 + 4) + B * G * T  # row statistics and list, the mask
+    tile_stats = 2 * B * n_tiles * rows * 4
+    parts = 3 * columns * B * rows * 4
+    row_stats = 6 * B * rows * 4
+    small = B * G * T * (4 + 1)  # the row list, the mask
     matmul = 2 * B * padded * padded_patches * D  # one rows x patches x width product
-    busy_blocks = B * blocks
-    # Pass 3 reads the image's patches again after pass 1 streamed those of every running program.
-    hit = cached(min(busy_blocks, gpu.sms) * P * D * e, gpu)
-    forward = Cost(
-        "forward: rows",
-        hbm=image + text_rows + weights + small + (1 - hit) * image,
-        # V again in pass 3 and per extra block; X per patch tile and once more (pass 3, which
-        # also takes its norms); U fixed up, then read once per D chunk.
-        l2=image * (2 * blocks - 2 + hit) + text_rows * n_tiles + weights * (1 + D / tiles.width),
-        flops=2 * matmul,
-        busy=busy_blocks,
+    similarity = Cost(
+        "forward: similarity",
+        "_similarity_kernel",
+        hbm=image + text_rows + weights + tile_stats + small,
+        # An image's rows again per patch tile; its patches again per extra row block.
+        l2=text_rows * (n_tiles - 1) + image * (blocks - 1),
+        flops=matmul,
+        busy=B * n_tiles,
     )
-    combine = Cost(
-        "forward: log-sum-exp, contrast",
-        hbm=B * (-(-G * T // tiles.rows)) * G * 8 + B * G * 12,
-        l2=0,
+    # The pooling reads what the similarity launch streamed, last image first: the most recent
+    # bytes, the ones the L2 still holds.
+    again = image + text_rows + weights
+    hit = cached(again, gpu)
+    pooling = Cost(
+        "forward: pooling",
+        "_pool_kernel",
+        hbm=(1 - hit) * again + tile_stats + parts + row_stats,
+        # U again per extra column block, V per extra row block.
+        l2=hit * again + weights * (columns - 1) + image * (blocks - 1),
+        flops=matmul,
+        busy=B * columns,
+    )
+    finish = Cost(
+        "forward: weights' fix-up, row statistics",
+        "_finish_kernel",
+        hbm=weights + tile_stats + row_stats + B * G * 4,
+        l2=weights + parts,
         flops=0,
-        busy=1,
+        busy=B * n_tiles,
     )
-    columns = -(-D // tiles.bwd_width)
+    contrast = Cost("forward: contrast", "_contrast_fwd_kernel", hbm=B * G * 12, l2=0, flops=0, busy=1)
     backward = Cost(
         "backward: token gradients",
-        hbm=image + weights + text_rows + B * G * T * D * e + image + small,
+        "_tokens_bwd_kernel",
+        hbm=image + weights + text_rows + B * G * T * D * e + image + row_stats + small,
         # U twice per column block; X once in A and per patch tile in B; dX rows per patch tile.
         l2=weights * (2 * columns - 1) + text_rows * (n_tiles + n_tiles),
         flops=2 * matmul,
         busy=B * columns,
     )
-    reduce = Cost("backward: logit_scale sum", hbm=B * 4, l2=0, flops=0, busy=1)
-    return tiles, [forward, combine, backward, reduce]
+    reduce = Cost("backward: logit_scale sum", "_sum_kernel", hbm=B * 4, l2=0, flops=0, busy=1)
+    return tiles, [similarity, pooling, finish, contrast, backward, reduce]
 
 
 def occupancy(busy: float, gpu: Gpu) -> float:
@@ -198,13 +214,13 @@ def report(counted: tuple[int, int]) -> str:
                 )
         lines += [
             "",
-            "| shape | dtype | tiles (rows, patches, width, bwd width) | fwd + bwd bound us | "
+            "| shape | dtype | tiles (rows, patches, width, columns) | fwd + bwd bound us | "
             "HBM floor padded us | bound / padded floor | with L2 us | with L2 / padded floor | "
             "HBM floor counted us |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for name, dtype_name, total, with_l2, floor_us, counted_us, tiles in totals:
-            sizes = f"{tiles.rows}, {tiles.patches}, {tiles.width}, {tiles.bwd_width}"
+            sizes = f"{tiles.rows}, {tiles.patches}, {tiles.width}, {tiles.columns}"
             lines.append(
                 f"| {name} | {dtype_name} | {sizes} | {total:,.1f} | {floor_us:,.1f} | "
                 f"{total / floor_us:.2f} | {with_l2:,.1f} | {with_l2 / floor_us:.2f} | {counted_us:,.1f} |"

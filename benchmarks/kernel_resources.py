@@ -58,8 +58,9 @@ SHAPES = (
     ("limits", (8, 16, 256, 1024, 1280)),
 )
 KERNEL_NAMES = (
-    "_rows_fwd_kernel",
-    "_scores_kernel",
+    "_similarity_kernel",
+    "_pool_kernel",
+    "_finish_kernel",
     "_contrast_fwd_kernel",
     "_tokens_bwd_kernel",
     "_sum_kernel",
@@ -128,15 +129,16 @@ def plan_launches(shape, dtype: torch.dtype, arch: int, normalizer: str, sparsif
     with recorded_launches() as launches:
         for op in ops:
             valid = torch.empty(B, G - 1, dtype=torch.bool, **meta) if op == "loss" else None
-            *saved, parts = local_hn._rows_fwd(image, text, mask, scale, valid, normalizer, sparsify, tiles)
+            lse, _, saved = local_hn._forward(
+                image, text, mask, scale, valid, normalizer, sparsify, tiles, scores=op == "scores"
+            )
             if op == "loss":
-                _, lse, dlse = local_hn._contrast_fwd(parts, valid, 2.0, 0.02, dtype)
+                _, dlse = local_hn._contrast(lse, valid, 2.0, 0.02, dtype)
                 grad = torch.empty((), dtype=dtype, **meta)
             else:
-                _, lse = local_hn._scores_fwd(parts, dtype)
                 grad, dlse = torch.empty(B, G, dtype=dtype, **meta), None
             wanted = (True, True, True)
-            local_hn._local_hn_bwd(grad, dlse, image, text, mask, scale, valid, lse, saved, tiles, wanted)
+            local_hn._backward(grad, dlse, image, text, mask, scale, valid, lse, saved, tiles, wanted)
     return dispatch, tiles, launches
 
 

@@ -21,8 +21,15 @@ pytest.importorskip("triton")
 
 ROOT = Path(__file__).resolve().parents[1]
 COVER = {80: ("bf16", "fp16", "fp32"), 86: ("bf16", "fp32"), 89: ("fp16",), 90: ("bf16", "fp16", "fp32")}
-DOT_KERNELS = {"_rows_fwd_kernel", "_tokens_bwd_kernel"}
-LOSS_KERNELS = ("_rows_fwd_kernel", "_contrast_fwd_kernel", "_tokens_bwd_kernel", "_sum_kernel")
+DOT_KERNELS = {"_similarity_kernel", "_pool_kernel", "_tokens_bwd_kernel"}
+LOSS_KERNELS = (
+    "_similarity_kernel",
+    "_pool_kernel",
+    "_finish_kernel",
+    "_contrast_fwd_kernel",
+    "_tokens_bwd_kernel",
+    "_sum_kernel",
+)
 ANCHORS = {"ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14-336"}
 
 pytestmark = pytest.mark.slow

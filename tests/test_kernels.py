@@ -479,7 +479,7 @@ def test_offsets_past_2_31_elements_on_strided_views(tmp_path):
     )
 
 
-SMALL_TILES = local_hn.Tiles(rows=16, patches=16, width=16, bwd_width=16, num_warps=4, num_stages=1)
+SMALL_TILES = local_hn.Tiles(rows=16, patches=16, width=16, columns=16, num_warps=4, num_stages=1)
 
 
 def use_tiles(monkeypatch, tiles):
@@ -509,8 +509,9 @@ def test_row_blocks_patch_tiles_and_column_blocks(monkeypatch, dtype, normalizer
         sparsify=sparsify,
         **PAPER_SCR,
     )
-    assert ("_rows_fwd_kernel", (2 * 5,)) in launches.grids  # 80 positions per image, 16 rows a block
-    assert ("_tokens_bwd_kernel", (2 * 3,)) in launches.grids  # 3 column blocks per image
+    assert ("_similarity_kernel", (2 * 3,)) in launches.grids  # 3 patch tiles per image
+    assert ("_pool_kernel", (2 * 3,)) in launches.grids  # 3 column blocks per image
+    assert ("_tokens_bwd_kernel", (2 * 3,)) in launches.grids
 
 
 @pytest.mark.parametrize("order", ["rising", "falling"])
@@ -622,8 +623,9 @@ class KernelLaunches:
     """Counts launches of the module's Triton kernels and keeps their grids."""
 
     NAMES = (
-        "_rows_fwd_kernel",
-        "_scores_kernel",
+        "_similarity_kernel",
+        "_pool_kernel",
+        "_finish_kernel",
         "_contrast_fwd_kernel",
         "_tokens_bwd_kernel",
         "_sum_kernel",
@@ -670,13 +672,13 @@ def test_launch_counts_and_one_op_per_direction(monkeypatch):
     grad_loss, grad_scores = torch.tensor(0.7, device=DEVICE), torch.randn(2, 3, device=DEVICE)
     with AtenOps() as ops:
         loss = local_hn.local_hn_loss(image, text, mask, scale, neg_valid, "minmax", False, 2.0, 0.02)
-    assert ops.ops == ["fsc_losses::local_hn_loss"] and launches.take() == 2
+    assert ops.ops == ["fsc_losses::local_hn_loss"] and launches.take() == 4
     with AtenOps() as ops:
         torch.autograd.grad(loss, (image, text, scale), grad_loss)
     assert ops.ops == ["fsc_losses::local_hn_bwd"] and launches.take() == 2
     with AtenOps() as ops:
         scores = local_hn.local_hn_scores(image, text, mask, scale, "softmax", False)
-    assert ops.ops == ["fsc_losses::local_hn_scores"] and launches.take() == 2
+    assert ops.ops == ["fsc_losses::local_hn_scores"] and launches.take() == 3
     with AtenOps() as ops:
         torch.autograd.grad(scores, (image, text, scale), grad_scores)
     assert ops.ops == ["fsc_losses::local_hn_bwd"] and launches.take() == 2

@@ -269,7 +269,7 @@ def test_launch_counts():
 
     loss, forward = kernels(lambda: step(*args))
     _, backward = kernels(lambda: torch.autograd.grad(loss, (args[0], args[1], args[3]), grad))
-    assert len(forward) == 2, forward
+    assert len(forward) == 4, forward
     assert len(backward) == 2, backward
 
 
