@@ -404,15 +404,15 @@ def ulp(x, dtype):
 ULPS = 8
 
 
-def assert_within_ulps_per_image(got, exact, dtype, name):
-    """Each image's gradient (``got[b]``) is within ``ULPS`` ulps, at that image's largest
+def assert_within_ulps_per_image(got, exact, dtype, name, ulps=ULPS):
+    """Each image's gradient (``got[b]``) is within ``ulps`` ulps, at that image's largest
     ``|exact[b]|``, of the float64 gradient: the bound scales with the image, as its output's
     rounding does, not with the batch's largest value."""
     assert torch.isfinite(exact).all(), f"{name}: the float64 reference is not finite"
     for b in range(exact.shape[0]):
         err = (got[b].double() - exact[b]).abs().max().item()
         unit = ulp(exact[b].abs().max(), dtype).item()
-        assert err <= ULPS * unit, f"{name}[{b}]: largest error {err:.3g} = {err / unit:.3g} ulps > {ULPS}"
+        assert err <= ulps * unit, f"{name}[{b}]: largest error {err:.3g} = {err / unit:.3g} ulps > {ulps}"
 
 
 def test_half_gradients_per_image_at_a_real_shape():

@@ -9,7 +9,9 @@ large shapes) the float32 one takes its place: no bound rests on a non-finite re
 import pytest
 import torch
 
-from fsc_losses import reference
+from fsc_losses import functional, reference
+
+from .test_kernels import assert_within_ulps_per_image
 
 local_hn = pytest.importorskip("fsc_losses.kernels.local_hn")
 
@@ -45,11 +47,13 @@ def make_inputs(B, P, D, seed=0, logit_scale=100.0):
     return image, text, mask, scale, neg_valid
 
 
-def loss_fn(impl):
+def loss_fn(impl, normalizer="minmax", sparsify=False):
     def fn(image, text, mask, scale, neg_valid):
         if impl == "kernel":
-            return local_hn.local_hn_loss(image, text, mask, scale, neg_valid, "minmax", False, 2.0, 0.02)
-        scores = reference.local_hn_scores(image, text, mask, scale, "minmax", False)
+            return local_hn.local_hn_loss(
+                image, text, mask, scale, neg_valid, normalizer, sparsify, 2.0, 0.02
+            )
+        scores = reference.local_hn_scores(image, text, mask, scale, normalizer, sparsify)
         return reference.hn_contrast_loss(scores, neg_valid, 2.0, 0.02)
 
     return fn
@@ -112,8 +116,9 @@ def assert_three_way(kernel, low, exact, dtype, name, magnitude=None):
 
 
 def check_three_way(fn_of, shape, dtype, seed=0):
+    """``fn_of(impl)`` is the loss or the scores of ``impl``, ``"kernel"`` or ``"reference"``."""
     inputs = make_inputs(*SHAPES[shape], seed=seed)
-    out_shape = () if fn_of is loss_fn else inputs[2].shape[:2]
+    out_shape = () if fn_of is not scores_fn else inputs[2].shape[:2]
     gen = torch.Generator(device="cuda").manual_seed(seed + 1)
     upstream = torch.randn(out_shape, generator=gen, device="cuda", dtype=torch.float64)
     kernel = evaluate(fn_of("kernel"), *inputs, dtype, upstream)
@@ -143,10 +148,43 @@ def test_loss_three_way(shape, dtype):
     check_three_way(loss_fn, shape, dtype)
 
 
+@pytest.mark.parametrize("normalizer, sparsify", [("minmax", True), ("softmax", False)])
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_loss_three_way_other_normalizers(shape, dtype, normalizer, sparsify):
+    """minmax with sparsify and softmax in 16 bits at the anchor shapes, which the interpreter
+    suite only runs at tiny ones."""
+    check_three_way(lambda impl: loss_fn(impl, normalizer, sparsify), shape, dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", ["B32", "L14_336"])
 def test_scores_three_way(shape, dtype):
     check_three_way(scores_fn, shape, dtype)
+
+
+# Per image, ulps at the largest element. Measured under the interpreter in fp16 at the anchor
+# shapes, this test's inputs (all images of L/14, 8 to 32 of the others): image tokens 2.9 / 4.1 /
+# 7.0 / 4.6 at B/32, B/16, L/14, L/14-336, text tokens 2.5 / 15.4 / 13.6 / 2.7; the reference
+# run in fp16 is 30 to 146 ulps off, and not finite at L/14-336. The text gradient inherits the
+# forward's 16-bit rounding of the weights, which logit_scale = 100 amplifies before exp. In
+# ulps, bf16's rounding should count about as much (relative errors scale with the epsilon).
+HALF_ULPS = {"image_tokens": 16, "text_tokens": 32}
+
+
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_half_gradients_per_image(shape, dtype):
+    """Each image's 16-bit gradients within a few ulps (at its largest element) of float64, with
+    the upstream gradient of the batch's mean loss: the image gradient must not lose what its
+    output dtype can hold (test_kernels.py's interpreter test, at every anchor shape)."""
+    image, text, mask, scale, neg_valid = make_inputs(*SHAPES[shape], seed=17)
+    upstream = torch.ones((), device="cuda", dtype=torch.float64)
+    kernel = evaluate(loss_fn("kernel"), image, text, mask, scale, neg_valid, dtype, upstream)
+    rounded = [image.to(dtype).double(), text.to(dtype).double(), mask, scale, neg_valid]
+    exact = evaluate(loss_fn("reference"), *rounded, torch.float64, upstream)
+    for name in LEAVES[:2]:
+        assert_within_ulps_per_image(kernel[name], exact[name], dtype, name, HALF_ULPS[name])
 
 
 def leaves_of(inputs, dtype):
@@ -291,3 +329,103 @@ def test_inputs_on_another_device_than_the_current_one():
     torch.cuda.synchronize(1)
     for g, w in zip(got, want, strict=True):
         assert g.device == torch.device("cuda:1") and torch.equal(g, w)
+
+
+def test_side_stream_equals_default_stream():
+    """Inputs made on the default stream, the loss on a side stream: the kernels run on the
+    current stream (the side one), in order with what it waits for; the results are bitwise
+    those of the default stream."""
+    args = leaves_of(make_inputs(*SHAPES["B32"], seed=19), torch.bfloat16)
+    want = loss_and_grads(args)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        got = loss_and_grads(args)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
+
+
+def test_a_view_past_2_31_elements():
+    """A bf16 (P, B, D) layout permuted to (B, P, D) with (P - 1) * B * D > 2^31 (ViT-L/14-336's
+    577 tokens, width 1024, 3,640 images: 4.3 GB), three of its images through the kernels:
+    bitwise what a compact copy of them gives, and close to the float64 reference."""
+    P, D, batch = 577, 1024, 3640
+    assert (P - 1) * batch * D >= 2**31
+    gen = torch.Generator(device="cuda").manual_seed(23)
+    layout = torch.empty(P, batch, D, device="cuda", dtype=torch.bfloat16)
+    image = layout.permute(1, 0, 2)[-3:]
+    image.copy_(torch.randn(image.shape, generator=gen, device="cuda"))
+    text = torch.randn(3, 1 + K, T, D, generator=gen, device="cuda").to(torch.bfloat16)
+    mask = torch.arange(T, device="cuda") < 16
+    mask = mask.expand(3, 1 + K, T)
+    scale = torch.tensor(100.0, device="cuda")
+    results = []
+    for tokens in (image, image.contiguous()):
+        leaves = [
+            tokens.detach().requires_grad_(),
+            text.detach().requires_grad_(),
+            scale.clone().requires_grad_(),
+        ]
+        loss = local_hn.local_hn_loss(leaves[0], leaves[1], mask, leaves[2], None, "minmax", False, 2.0, 0.02)
+        results.append((loss, *torch.autograd.grad(loss, leaves)))
+    for got, want in zip(*results, strict=True):
+        assert torch.equal(got, want)
+    exact = reference.hn_contrast_loss(
+        reference.local_hn_scores(image.double(), text.double(), mask, scale.double(), "minmax", False),
+        None,
+        2.0,
+        0.02,
+    )
+    torch.testing.assert_close(results[0][0].double(), exact, rtol=2e-2, atol=2e-2)
+
+
+def test_scores_of_70000_images():
+    """70,000 tiny images in one call (an evaluation set): more than the 65,535 blocks CUDA allows
+    on grid axes 1 and 2."""
+    B, P, D = 70_000, 4, 16
+    gen = torch.Generator(device="cuda").manual_seed(29)
+    image = torch.randn(B, P, D, generator=gen, device="cuda", requires_grad=True)
+    text = torch.randn(B, 2, 8, D, generator=gen, device="cuda", requires_grad=True)
+    mask = (torch.arange(8, device="cuda") < 5).expand(B, 2, 8)
+    scale = torch.tensor(10.0, device="cuda", requires_grad=True)
+    upstream = torch.randn(B, 2, generator=gen, device="cuda")
+    results = []
+    for scores_of in (local_hn.local_hn_scores, reference.local_hn_scores):
+        scores = scores_of(image, text, mask, scale, "minmax", False)
+        results.append((scores, *torch.autograd.grad(scores, (image, text, scale), upstream)))
+    for name, got, want in zip(("scores", *LEAVES), *results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_a_python_float_scale_neither_syncs_nor_breaks_graph_capture():
+    """``logit_scale=100.0`` through the public function: its tensor is made once, so a later call
+    does not synchronise and a CUDA graph can capture it."""
+    image, text, mask, _, neg_valid = leaves_of(make_inputs(*SHAPES["B32"], seed=31), torch.bfloat16)
+
+    def fwd_bwd():
+        loss = functional.local_hn_loss(
+            image, text, mask, 100.0, neg_valid, backend="triton", check_inputs=False
+        )
+        return (loss, *torch.autograd.grad(loss, (image, text)))
+
+    want = fwd_bwd()  # makes the scale's tensor, and compiles
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fwd_bwd()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fwd_bwd()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = fwd_bwd()
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, expected in zip(captured, want, strict=True):
+        assert torch.equal(got, expected)
