@@ -1426,7 +1426,7 @@ def local_hn_loss(
     label_smoothing: float,
 ) -> torch.Tensor:
     """``reference.hn_contrast_loss(reference.local_hn_scores(...), neg_valid, focal_gamma,
-    label_smoothing)`` in two launches.
+    label_smoothing)`` in four launches.
 
     Args:
         as :func:`local_hn_scores`, plus ``neg_valid (B, G-1)`` bool or None (all present),
