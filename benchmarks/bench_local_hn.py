@@ -28,6 +28,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -43,13 +44,10 @@ PROVIDERS = ("fused", "compiled", "reference")
 MODES = ("fwd", "bwd", "fwd+bwd")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 NORMALIZERS = ("minmax", "softmax")
-LAYOUTS = ("flat", "grouped")
 SUITES = ("anchors", "batch", "length")
-
 LOGIT_SCALE = 100.0
 COUNTED = (10, 20)  # counted positions per caption, as real captions of 10 to 20 tokens give
 MIN_INPUT_SETS = 4
-
 # GEMMs of N x P x D (N counted caption positions) each mode must do at least: forward
 # S = X V^T and Z = W V; backward dV = W^T dZ plus Z once more, which dZ needs through Z / |Z|.
 # Rebuilding W as well (a third backward GEMM) is avoidable by keeping it (N * P values), so it
@@ -113,14 +111,8 @@ def suite_shapes(suite: str, counted: tuple[int, int]) -> list[Shape]:
     return [replace(base, name=f"{base.name} L={n}", counted=(n, n)) for n in LENGTH_SWEEP]
 
 
-def custom_shape(sizes: tuple[int, ...], counted: tuple[int, int]) -> Shape:
-    batch, negatives, length, patches, dim = sizes
-    name = f"B={batch},K={negatives},T={length},P={patches},D={dim}"
-    return Shape(name, "custom", batch, negatives, length, patches, dim, counted)
-
-
 # ----------------------------------------------------------------------------------------------
-# Inputs
+# Inputs and floors
 
 
 def caption_masks(shape: Shape, generator: torch.Generator) -> torch.Tensor:
@@ -132,35 +124,28 @@ def caption_masks(shape: Shape, generator: torch.Generator) -> torch.Tensor:
     return (positions >= 1) & (positions <= counts)
 
 
-@dataclass
-class InputSet:
+class Inputs(NamedTuple):
     image_tokens: torch.Tensor
     text_tokens: torch.Tensor
     text_mask: torch.Tensor
     logit_scale: torch.Tensor
 
     @property
-    def args(self) -> tuple[torch.Tensor, ...]:
-        return self.image_tokens, self.text_tokens, self.text_mask, self.logit_scale
-
-    @property
     def leaves(self) -> tuple[torch.Tensor, ...]:
         return self.image_tokens, self.text_tokens, self.logit_scale
 
 
-def make_input_set(
-    shape: Shape, dtype: torch.dtype, device: torch.device, layout: str, seed: int
-) -> InputSet:
+def make_inputs(shape: Shape, dtype: torch.dtype, device: torch.device, grouped: bool, seed: int) -> Inputs:
     """Random tokens of ``shape``; text in the trainers' flat layout (``B`` true captions, then
-    ``K`` blocks of ``B`` negatives) or grouped ``(B, G, T, D)`` and contiguous."""
+    ``K`` blocks of ``B`` negatives), or grouped ``(B, G, T, D)`` and contiguous."""
     generator = torch.Generator().manual_seed(seed)
     image = torch.randn(shape.batch, shape.patches, shape.dim, generator=generator)
     text = torch.randn(shape.captions, shape.length, shape.dim, generator=generator)
     mask = caption_masks(shape, generator)
-    if layout == "grouped":
+    if grouped:
         text = group_captions(text, shape.batch).contiguous()
         mask = group_captions(mask, shape.batch).contiguous()
-    return InputSet(
+    return Inputs(
         image.to(device, dtype).requires_grad_(),
         text.to(device, dtype).requires_grad_(),
         mask.to(device),
@@ -168,13 +153,17 @@ def make_input_set(
     )
 
 
-def input_bytes(shape: Shape, dtype: torch.dtype) -> int:
-    elem = torch.finfo(dtype).bits // 8
-    tokens = (shape.batch * shape.patches + shape.captions * shape.length) * shape.dim
-    return tokens * elem + shape.captions * shape.length
+def input_set_count(shape: Shape, dtype: torch.dtype, device: torch.device) -> int:
+    """Enough input sets that cycling through them overflows the L2 cache twice, so a small shape
+    is not timed on inputs that stay cached from one repetition to the next."""
+    if device.type != "cuda":
+        return MIN_INPUT_SETS
+    tokens = (shape.batch * shape.patches + shape.captions * shape.length) * shape.dim * dtype.itemsize
+    l2 = torch.cuda.get_device_properties(device).L2_cache_size
+    return max(MIN_INPUT_SETS, math.ceil(2 * l2 / (tokens + shape.captions * shape.length)))
 
 
-def output_bytes(inputs: InputSet, mode: str) -> int:
+def output_bytes(inputs: Inputs, mode: str) -> int:
     """What the timed call hands back: the gradients (one per leaf, of its size and dtype) when
     the mode has a backward, else the scalar loss. Every provider must allocate this, so it is a
     part of each one's peak extra memory that no implementation can avoid."""
@@ -183,57 +172,35 @@ def output_bytes(inputs: InputSet, mode: str) -> int:
     return sum(leaf.numel() * leaf.element_size() for leaf in inputs.leaves)
 
 
-def input_set_count(shape: Shape, dtype: torch.dtype, device: torch.device) -> int:
-    """Enough input sets that cycling through them overflows the L2 cache twice, so a small shape
-    is not timed on inputs that stay cached from one repetition to the next."""
-    if device.type != "cuda":
-        return MIN_INPUT_SETS
-    l2 = torch.cuda.get_device_properties(device).L2_cache_size
-    return max(MIN_INPUT_SETS, math.ceil(2 * l2 / input_bytes(shape, dtype)))
+class Machine(NamedTuple):
+    """Throughputs measured in this run: copy bandwidth (bytes/s, read + written) and matmul rate
+    per dtype name (FLOP/s)."""
 
-
-# ----------------------------------------------------------------------------------------------
-# Floors
-
-
-@dataclass(frozen=True)
-class Machine:
-    """Throughputs measured in this run: copy bandwidth and matmul rate per dtype."""
-
-    bandwidth: float  # bytes / s, read + written
-    matmul: dict[str, float]  # dtype name -> flop / s
-
-
-def measure_bandwidth(device: torch.device, plan: common.TimingPlan) -> float:
-    numel = (1 << 30) if device.type == "cuda" else (32 << 20)
-    src = torch.empty(numel, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    timing = common.time_calls(lambda i: functools.partial(dst.copy_, src), device, plan)
-    return 2 * numel / (timing.median_us * 1e-6)
-
-
-def measure_matmul(device: torch.device, dtype_name: str, plan: common.TimingPlan) -> float:
-    """Rate of a large square matmul in ``dtype``. fp32 runs with TF32 off: IEEE fp32 is what
-    every provider computes in (PyTorch's default, and the kernels' fp32 dots), and a TF32 rate
-    would set a floor that none of them is built to reach."""
-    n = 8192 if device.type == "cuda" else 512
-    a = torch.randn(n, n, device=device).to(DTYPES[dtype_name])
-    b = torch.randn(n, n, device=device).to(DTYPES[dtype_name])
-    out = torch.empty_like(a)
-    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        timing = common.time_calls(lambda i: functools.partial(torch.matmul, a, b, out=out), device, plan)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-    return 2 * n**3 / (timing.median_us * 1e-6)
+    bandwidth: float
+    matmul: dict[str, float]
 
 
 def measure_machine(device: torch.device, dtype_names: Sequence[str], plan: common.TimingPlan) -> Machine:
-    return Machine(
-        measure_bandwidth(device, plan),
-        {name: measure_matmul(device, name, plan) for name in dtype_names},
-    )
+    """Copy bandwidth, and the rate of a large square matmul per dtype. fp32 runs with TF32 off:
+    IEEE fp32 is what every provider computes in (PyTorch's default, and the kernels' fp32 dots),
+    and a TF32 rate would set a floor that none of them is built to reach."""
+    numel = (1 << 30) if device.type == "cuda" else (32 << 20)
+    src = torch.empty(numel, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    copy = common.time_calls(lambda i: functools.partial(dst.copy_, src), device, plan)
+    n = 8192 if device.type == "cuda" else 512
+    rates = {}
+    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for name in dtype_names:
+            a, b = (torch.randn(n, n, device=device).to(DTYPES[name]) for _ in range(2))
+            matmul = functools.partial(torch.matmul, a, b, out=torch.empty_like(a))
+            timing = common.time_calls(lambda i, matmul=matmul: matmul, device, plan)
+            rates[name] = 2 * n**3 / (timing.median_us * 1e-6)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    return Machine(2 * numel / (copy.median_us * 1e-6), rates)
 
 
 def floor_bytes(shape: Shape, dtype: torch.dtype, mode: str, text_positions: float) -> float:
@@ -242,18 +209,12 @@ def floor_bytes(shape: Shape, dtype: torch.dtype, mode: str, text_positions: flo
     ``text_positions`` is ``B*G*T`` for the padded floor, or the counted positions for the floor
     of a kernel that touches nothing else; the mask is read whole either way.
     """
-    elem = torch.finfo(dtype).bits // 8
-    tokens = (shape.batch * shape.patches + text_positions) * shape.dim * elem
+    tokens = (shape.batch * shape.patches + text_positions) * shape.dim * dtype.itemsize
     mask = shape.captions * shape.length
     return tokens + mask + (tokens if mode != "fwd" else 0)
 
 
-def gemm_flops(shape: Shape, mode: str, counted_positions: float) -> float:
-    return GEMMS[mode] * 2 * counted_positions * shape.patches * shape.dim
-
-
-@dataclass(frozen=True)
-class Floors:
+class Floors(NamedTuple):
     hbm_padded_us: float
     hbm_counted_us: float
     matmul_us: float
@@ -268,10 +229,11 @@ def floors(shape: Shape, dtype_name: str, mode: str, counted_positions: float, m
     dtype = DTYPES[dtype_name]
     padded = floor_bytes(shape, dtype, mode, shape.captions * shape.length)
     counted = floor_bytes(shape, dtype, mode, counted_positions)
+    flops = GEMMS[mode] * 2 * counted_positions * shape.patches * shape.dim
     return Floors(
         1e6 * padded / machine.bandwidth,
         1e6 * counted / machine.bandwidth,
-        1e6 * gemm_flops(shape, mode, counted_positions) / machine.matmul[dtype_name],
+        1e6 * flops / machine.matmul[dtype_name],
     )
 
 
@@ -280,8 +242,9 @@ def floors(shape: Shape, dtype_name: str, mode: str, counted_positions: float, m
 
 
 def build_loss(provider: str, normalizer: str):
-    backend = "triton" if provider == "fused" else "reference"
-    module = LocalHNLoss(normalizer=normalizer, backend=backend, check_inputs=False)
+    module = LocalHNLoss(
+        normalizer=normalizer, backend="triton" if provider == "fused" else "reference", check_inputs=False
+    )
     if provider != "compiled":
         return module
     # Every closure below shares one code object, so without a reset its compilations for earlier
@@ -295,156 +258,92 @@ def build_loss(provider: str, normalizer: str):
     return torch.compile(local_hn, fullgraph=True, dynamic=False)
 
 
-def make_call(loss_fn, sets: Sequence[InputSet], mode: str) -> common.MakeCall:
+def make_call(loss_fn, sets: Sequence[Inputs], mode: str) -> common.MakeCall:
     """Repetition ``i`` runs on input set ``i mod len(sets)``."""
 
-    def forward(i: int) -> torch.Tensor:
-        return loss_fn(*sets[i % len(sets)].args)
+    def call(i: int):
+        inputs = sets[i % len(sets)]
+        if mode == "fwd":
+            return lambda: loss_fn(*inputs)
+        if mode == "bwd":
+            loss = loss_fn(*inputs)
+            return lambda: torch.autograd.grad(loss, inputs.leaves)
+        return lambda: torch.autograd.grad(loss_fn(*inputs), inputs.leaves)
 
-    def leaves(i: int) -> tuple[torch.Tensor, ...]:
-        return sets[i % len(sets)].leaves
-
-    if mode == "fwd":
-        return lambda i: functools.partial(forward, i)
-    if mode == "bwd":
-
-        def backward_only(i: int):
-            loss = forward(i)
-            return lambda: torch.autograd.grad(loss, leaves(i))
-
-        return backward_only
-    return lambda i: lambda: torch.autograd.grad(forward(i), leaves(i))
+    return call
 
 
-@dataclass
-class Config:
-    shapes: list[Shape]
-    providers: list[str]
-    modes: list[str]
-    dtypes: list[str]
-    normalizers: list[str]
-    layout: str
-    device: torch.device
-    plan: common.TimingPlan
-    seed: int
-
-
-def measurement_row(
-    shape: Shape,
-    dtype_name: str,
-    normalizer: str,
-    provider: str,
-    mode: str,
-    sets: Sequence[InputSet],
-    counted: float,
-    timing: common.Timing,
-    peak: float | None,
-    fl: Floors,
-    machine: Machine,
-    config: Config,
-) -> dict[str, object]:
-    return {
-        "suite": shape.suite,
-        "shape": shape.name,
-        "B": shape.batch,
-        "K": shape.negatives,
-        "T": shape.length,
-        "P": shape.patches,
-        "D": shape.dim,
-        "counted_min": shape.counted[0],
-        "counted_max": shape.counted[1],
-        "counted_per_caption": common.fmt(counted / shape.captions, 2),
-        "layout": config.layout,
-        "input_sets": len(sets),
-        "provider": provider,
-        "mode": mode,
-        "dtype": dtype_name,
-        "normalizer": normalizer,
-        "reps": timing.reps,
-        "median_us": common.fmt(timing.median_us, 2),
-        "p20_us": common.fmt(timing.p20_us, 2),
-        "p80_us": common.fmt(timing.p80_us, 2),
-        "peak_extra_mib": common.fmt(peak, 2),
-        "outputs_mib": common.fmt(output_bytes(sets[0], mode) / common.MIB, 4),
-        "hbm_floor_padded_us": common.fmt(fl.hbm_padded_us, 4),
-        "hbm_floor_counted_us": common.fmt(fl.hbm_counted_us, 4),
-        "matmul_floor_us": common.fmt(fl.matmul_us, 4),
-        "x_floor": common.fmt(timing.median_us / fl.floor_us, 2),
-        "bandwidth_gbps": common.fmt(machine.bandwidth / 1e9, 1),
-        "matmul_tflops": common.fmt(machine.matmul[dtype_name] / 1e12, 2),
-    }
-
-
-def run(config: Config, notes: list[str]) -> list[dict[str, object]]:
-    """Measure every (shape, dtype, normalizer, provider, mode); returns one row per measurement.
-
-    Providers that cannot run here are skipped, with the reason appended to ``notes``.
-    """
-    device = config.device
-    meta = common.run_metadata(device)
-    machine = measure_machine(device, config.dtypes, config.plan)
-    rows: list[dict[str, object]] = []
+def measure(
+    shape: Shape, dtype_name: str, args, device, plan, machine: Machine, notes: list[str]
+) -> list[dict]:
+    """Rows of every (normaliser, provider, mode) of ``args`` at one shape and dtype; providers
+    that cannot run here are skipped, with the reason in ``notes``."""
+    dtype = DTYPES[dtype_name]
+    sets = [
+        make_inputs(shape, dtype, device, args.layout == "grouped", args.seed + i)
+        for i in range(input_set_count(shape, dtype, device))
+    ]
+    counted = sum(int(s.text_mask.sum()) for s in sets) / len(sets)
+    rows = []
 
     def note(text: str) -> None:
         if text not in notes:
             notes.append(text)
             print(f"note: {text}", flush=True)
 
-    for shape in config.shapes:
-        for dtype_name in config.dtypes:
-            dtype = DTYPES[dtype_name]
-            sets = [
-                make_input_set(shape, dtype, device, config.layout, config.seed + i)
-                for i in range(input_set_count(shape, dtype, device))
-            ]
-            counted = sum(int(s.text_mask.sum()) for s in sets) / len(sets)
-            mode_floors = {m: floors(shape, dtype_name, m, counted, machine) for m in config.modes}
-            for normalizer in config.normalizers:
-                for provider in config.providers:
-                    if provider == "fused":
-                        reason = common.fused_skip_reason(
-                            functional.prepare_local_inputs(*sets[0].args, None)
-                        )
-                        if reason is not None:
-                            note(f"fused skipped for {shape.name} {dtype_name}: {reason}")
-                            continue
-                    loss_fn = build_loss(provider, normalizer)
-                    reason = common.skip_reason(provider, make_call(loss_fn, sets, "fwd+bwd")(0), device)
-                    if reason is not None:
-                        note(f"{provider} skipped: {reason}")
-                        continue
-                    for mode in config.modes:
-                        calls = make_call(loss_fn, sets, mode)
-                        timing = common.time_calls(calls, device, config.plan)
-                        peak = common.peak_extra_mib(calls, device)
-                        rows.append(
-                            {
-                                **meta,
-                                **measurement_row(
-                                    shape,
-                                    dtype_name,
-                                    normalizer,
-                                    provider,
-                                    mode,
-                                    sets,
-                                    counted,
-                                    timing,
-                                    peak,
-                                    mode_floors[mode],
-                                    machine,
-                                    config,
-                                ),
-                            }
-                        )
-                        print(
-                            f"{shape.name} {dtype_name} {normalizer} {mode} {provider}: "
-                            f"{timing.median_us:,.1f} us",
-                            flush=True,
-                        )
-            # Free this shape's inputs before the next shape allocates its own.
-            del sets
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+    for normalizer in args.normalizer:
+        for provider in args.provider:
+            if provider == "fused":
+                reason = common.fused_skip_reason(functional.prepare_local_inputs(*sets[0], None))
+                if reason is not None:
+                    note(f"fused skipped for {shape.name} {dtype_name}: {reason}")
+                    continue
+            loss_fn = build_loss(provider, normalizer)
+            reason = common.skip_reason(provider, make_call(loss_fn, sets, "fwd+bwd")(0), device)
+            if reason is not None:
+                note(f"{provider} skipped: {reason}")
+                continue
+            for mode in args.mode:
+                calls = make_call(loss_fn, sets, mode)
+                timing = common.time_calls(calls, device, plan)
+                peak = common.peak_extra_mib(calls, device)
+                floor = floors(shape, dtype_name, mode, counted, machine)
+                rows.append(
+                    {
+                        "suite": shape.suite,
+                        "shape": shape.name,
+                        "B": shape.batch,
+                        "K": shape.negatives,
+                        "T": shape.length,
+                        "P": shape.patches,
+                        "D": shape.dim,
+                        "counted_min": shape.counted[0],
+                        "counted_max": shape.counted[1],
+                        "counted_per_caption": common.fmt(counted / shape.captions, 2),
+                        "layout": args.layout,
+                        "input_sets": len(sets),
+                        "provider": provider,
+                        "mode": mode,
+                        "dtype": dtype_name,
+                        "normalizer": normalizer,
+                        "reps": timing.reps,
+                        "median_us": common.fmt(timing.median_us, 2),
+                        "p20_us": common.fmt(timing.p20_us, 2),
+                        "p80_us": common.fmt(timing.p80_us, 2),
+                        "peak_extra_mib": common.fmt(peak, 2),
+                        "outputs_mib": common.fmt(output_bytes(sets[0], mode) / common.MIB, 4),
+                        "hbm_floor_padded_us": common.fmt(floor.hbm_padded_us, 4),
+                        "hbm_floor_counted_us": common.fmt(floor.hbm_counted_us, 4),
+                        "matmul_floor_us": common.fmt(floor.matmul_us, 4),
+                        "x_floor": common.fmt(timing.median_us / floor.floor_us, 2),
+                        "bandwidth_gbps": common.fmt(machine.bandwidth / 1e9, 1),
+                        "matmul_tflops": common.fmt(machine.matmul[dtype_name] / 1e12, 2),
+                    }
+                )
+                print(
+                    f"{shape.name} {dtype_name} {normalizer} {mode} {provider}: {timing.median_us:,.1f} us",
+                    flush=True,
+                )
     return rows
 
 
@@ -452,16 +351,12 @@ def run(config: Config, notes: list[str]) -> list[dict[str, object]]:
 # Report
 
 
-def _config_key(row: dict) -> tuple:
-    return row["suite"], row["shape"], row["dtype"], row["normalizer"], row["mode"]
-
-
 def floors_table(rows: Sequence[dict]) -> str:
-    seen: dict[tuple, dict] = {}
+    first: dict[tuple, dict] = {}
     for row in rows:
-        seen.setdefault((row["suite"], row["shape"], row["dtype"], row["mode"]), row)
+        first.setdefault((row["suite"], row["shape"], row["dtype"], row["mode"]), row)
     return common.format_table(
-        list(seen.values()),
+        list(first.values()),
         [
             ("shape", lambda r: r["shape"]),
             ("dtype", lambda r: r["dtype"]),
@@ -479,11 +374,10 @@ def results_table(rows: Sequence[dict]) -> str:
     return common.format_table(
         rows,
         [
-            ("shape", lambda r: r["shape"]),
-            ("dtype", lambda r: r["dtype"]),
-            ("normalizer", lambda r: r["normalizer"]),
-            ("mode", lambda r: r["mode"]),
-            ("provider", lambda r: r["provider"]),
+            *(
+                (key, lambda r, key=key: r[key])
+                for key in ("shape", "dtype", "normalizer", "mode", "provider")
+            ),
             ("median us", lambda r: f"{float(r['median_us']):,.1f}"),
             ("p20 us", lambda r: f"{float(r['p20_us']):,.1f}"),
             ("p80 us", lambda r: f"{float(r['p80_us']):,.1f}"),
@@ -498,18 +392,8 @@ def speedups(rows: Sequence[dict]) -> list[dict]:
     """Per configuration: each provider's median and the fused kernels' speed-ups."""
     by_config: dict[tuple, dict] = {}
     for row in rows:
-        entry = by_config.setdefault(
-            _config_key(row),
-            {
-                "suite": row["suite"],
-                "shape": row["shape"],
-                "B": row["B"],
-                "dtype": row["dtype"],
-                "normalizer": row["normalizer"],
-                "mode": row["mode"],
-            },
-        )
-        entry[row["provider"]] = float(row["median_us"])
+        config = {k: row[k] for k in ("suite", "shape", "B", "dtype", "normalizer", "mode")}
+        by_config.setdefault(tuple(config.values()), config)[row["provider"]] = float(row["median_us"])
     for entry in by_config.values():
         for base in ("compiled", "reference"):
             if "fused" in entry and base in entry:
@@ -518,29 +402,24 @@ def speedups(rows: Sequence[dict]) -> list[dict]:
 
 
 def speedup_table(entries: Sequence[dict]) -> str:
-    def us(name):
-        return lambda e: f"{e[name]:,.1f}" if name in e else ""
-
-    def ratio(name):
-        return lambda e: f"{e[name]:.3g}x" if name in e else ""
+    def cell(name, text):
+        return lambda e: text.format(e[name]) if name in e else ""
 
     return common.format_table(
         entries,
         [
-            ("shape", lambda e: e["shape"]),
-            ("dtype", lambda e: e["dtype"]),
-            ("normalizer", lambda e: e["normalizer"]),
-            ("mode", lambda e: e["mode"]),
-            *((f"{p} us", us(p)) for p in PROVIDERS),
-            ("fused vs compiled", ratio("vs_compiled")),
-            ("fused vs reference", ratio("vs_reference")),
+            *((key, lambda e, key=key: e[key]) for key in ("shape", "dtype", "normalizer", "mode")),
+            *((f"{p} us", cell(p, "{:,.1f}")) for p in PROVIDERS),
+            ("fused vs compiled", cell("vs_compiled", "{:.3g}x")),
+            ("fused vs reference", cell("vs_reference", "{:.3g}x")),
         ],
     )
 
 
 def plot_results(rows: Sequence[dict], plot_dir: Path) -> list[Path]:
-    """PNG charts: time against batch size per provider (batch sweep rows), and the fused
-    kernels' speed-up over compiled and reference per shape. Returns the files written."""
+    """PNG charts per dtype and normaliser: time against batch size per provider (batch sweep
+    rows), and the fused kernels' speed-up over compiled and reference per shape. Returns the
+    files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -548,65 +427,49 @@ def plot_results(rows: Sequence[dict], plot_dir: Path) -> list[Path]:
 
     plot_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+
+    def save(entries, name, draw, tag):
+        modes = list(dict.fromkeys(e["mode"] for e in entries))
+        fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 4), squeeze=False)
+        for ax, mode in zip(axes[0], modes, strict=True):
+            draw(ax, [e for e in entries if e["mode"] == mode])
+            ax.set_title(f"{mode}, {tag}")
+            ax.legend(fontsize="small")
+        fig.tight_layout()
+        fig.savefig(plot_dir / name, dpi=120)
+        plt.close(fig)
+        written.append(plot_dir / name)
+
+    def time_vs_batch(ax, entries):
+        points = sorted(entries, key=lambda e: e["B"])
+        for provider in PROVIDERS:
+            xy = [(e["B"], e[provider]) for e in points if provider in e]
+            if xy:
+                ax.plot(*zip(*xy, strict=True), marker="o", label=provider)
+        ax.set(xscale="log", yscale="log", xlabel=f"batch size B ({SWEEP_BASE.name})", ylabel="median us")
+        ax.set_xticks([e["B"] for e in points], [str(e["B"]) for e in points], minor=False)
+        ax.set_xticks([], minor=True)
+
+    def speedup(ax, entries):
+        for offset, base in ((-0.2, "compiled"), (0.2, "reference")):
+            bars = [e.get(f"vs_{base}", math.nan) for e in entries]
+            ax.bar([x + offset for x in range(len(entries))], bars, width=0.4, label=f"over {base}")
+        ax.axhline(1, color="gray", linewidth=0.8)
+        ax.set_xticks(range(len(entries)), [e["shape"] for e in entries], rotation=30, ha="right")
+        ax.set(yscale="log", ylabel="speed-up of fused (x)")
+
     entries = speedups(rows)
     for dtype in dict.fromkeys(r["dtype"] for r in rows):
         for normalizer in dict.fromkeys(r["normalizer"] for r in rows):
             picked = [e for e in entries if e["dtype"] == dtype and e["normalizer"] == normalizer]
-            modes = list(dict.fromkeys(e["mode"] for e in picked))
-            tag = f"{dtype}_{normalizer}"
-
             sweep = [e for e in picked if e["suite"] == "batch"]
-            if sweep:
-                fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 4), squeeze=False)
-                for ax, mode in zip(axes[0], modes, strict=True):
-                    points = sorted((e for e in sweep if e["mode"] == mode), key=lambda e: e["B"])
-                    for provider in PROVIDERS:
-                        xy = [(e["B"], e[provider]) for e in points if provider in e]
-                        if xy:
-                            ax.plot(*zip(*xy, strict=True), marker="o", label=provider)
-                    ax.set(
-                        xscale="log",
-                        yscale="log",
-                        xlabel="batch size B",
-                        ylabel="median us",
-                        title=f"{SWEEP_BASE.name} {mode}, {dtype}, {normalizer}",
-                    )
-                    sizes = [e["B"] for e in points]
-                    ax.set_xticks(sizes, [str(b) for b in sizes], minor=False)
-                    ax.set_xticks([], minor=True)
-                    ax.legend(fontsize="small")
-                written.append(_save(fig, plot_dir / f"time_vs_batch_{tag}.png"))
-
             compared = [e for e in picked if "vs_compiled" in e or "vs_reference" in e]
+            tag = f"{dtype}, {normalizer}"
+            if sweep:
+                save(sweep, f"time_vs_batch_{dtype}_{normalizer}.png", time_vs_batch, tag)
             if compared:
-                fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 4), squeeze=False)
-                for ax, mode in zip(axes[0], modes, strict=True):
-                    bars = [e for e in compared if e["mode"] == mode]
-                    xs = range(len(bars))
-                    for offset, base in ((-0.2, "compiled"), (0.2, "reference")):
-                        ax.bar(
-                            [x + offset for x in xs],
-                            [e.get(f"vs_{base}", math.nan) for e in bars],
-                            width=0.4,
-                            label=f"over {base}",
-                        )
-                    ax.axhline(1, color="gray", linewidth=0.8)
-                    ax.set_xticks(list(xs), [e["shape"] for e in bars], rotation=30, ha="right")
-                    ax.set(
-                        yscale="log", ylabel="speed-up of fused (x)", title=f"{mode}, {dtype}, {normalizer}"
-                    )
-                    ax.legend(fontsize="small")
-                written.append(_save(fig, plot_dir / f"speedup_{tag}.png"))
+                save(compared, f"speedup_{dtype}_{normalizer}.png", speedup, tag)
     return written
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -619,9 +482,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--suite",
         nargs="+",
         choices=SUITES,
-        help="shape sets: anchors (the four ANCHORS.md models), batch (ViT-B/16, "
-        "B = 32..512), length (ViT-B/16, 5..76 counted positions); default anchors "
-        "unless --shape is given",
+        help="shape sets: anchors (the four ANCHORS.md models), batch (ViT-B/16, B = 32..512), length "
+        "(ViT-B/16, 5..76 counted positions); default anchors unless --shape is given",
     )
     parser.add_argument(
         "--shape",
@@ -635,8 +497,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--counted",
         type=common.int_tuple(2, "LO,HI"),
         metavar="LO,HI",
-        help=f"counted positions per caption, uniform (default {COUNTED[0]},"
-        f"{COUNTED[1]}; the length suite sets its own)",
+        help=f"counted positions per caption, uniform (default {COUNTED[0]},{COUNTED[1]}; the length suite "
+        "sets its own)",
     )
     parser.add_argument("--provider", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
     parser.add_argument("--mode", nargs="+", choices=MODES, default=list(MODES))
@@ -648,10 +510,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--layout",
-        choices=LAYOUTS,
+        choices=("flat", "grouped"),
         default="flat",
-        help="text inputs flat (B*G, T, D) as trainers produce them, or grouped "
-        "(B, G, T, D) contiguous (default flat)",
+        help="text inputs flat (B*G, T, D) as trainers produce them, or grouped (B, G, T, D) contiguous "
+        "(default flat)",
     )
     parser.add_argument(
         "--rep-ms",
@@ -670,43 +532,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="tiny shape on the CPU in seconds, to keep this script working; the "
-        "fused kernels run only under TRITON_INTERPRET=1",
+        help="tiny shape on the CPU in seconds, to keep this script working; the fused kernels run only "
+        "under TRITON_INTERPRET=1",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.dtype = args.dtype or (["fp32"] if args.smoke else ["bf16", "fp32"])
+    args.normalizer = args.normalizer or (["minmax"] if args.smoke else list(NORMALIZERS))
+    return args
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
+def shapes_of(args: argparse.Namespace) -> list[Shape]:
     counted = args.counted or COUNTED
-    shapes = [custom_shape(sizes, counted) for sizes in args.shape]
-    suites = args.suite or ([] if shapes or args.smoke else ["anchors"])
-    for suite in suites:
+    shapes = [
+        Shape(f"B={b},K={k},T={t},P={p},D={d}", "custom", b, k, t, p, d, counted)
+        for b, k, t, p, d in args.shape
+    ]
+    for suite in args.suite or ([] if shapes or args.smoke else ["anchors"]):
         shapes += suite_shapes(suite, counted)
-    if not shapes:  # --smoke alone
-        shapes = [replace(SMOKE_SHAPE, counted=args.counted or SMOKE_SHAPE.counted)]
-    if args.smoke:
-        device = torch.device("cpu")
-        plan = common.TimingPlan(min_warmup=1, warmup_ms=0, min_reps=3, max_reps=3)
-    else:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        plan = common.TimingPlan(min_warmup=3, warmup_ms=100, min_reps=30, max_reps=2000, rep_ms=args.rep_ms)
-    return Config(
-        shapes=shapes,
-        providers=args.provider,
-        modes=args.mode,
-        dtypes=args.dtype or (["fp32"] if args.smoke else ["bf16", "fp32"]),
-        normalizers=args.normalizer or (["minmax"] if args.smoke else list(NORMALIZERS)),
-        layout=args.layout,
-        device=device,
-        plan=plan,
-        seed=args.seed,
-    )
+    return shapes or [replace(SMOKE_SHAPE, counted=args.counted or SMOKE_SHAPE.counted)]  # --smoke alone
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
     args = parse_args(argv)
     try:
-        config = config_from_args(args)
+        shapes = shapes_of(args)
     except ValueError as err:  # a shape that cannot be built from the options
         sys.exit(f"bench_local_hn.py: error: {err}")
     if args.smoke:
@@ -717,13 +566,27 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
 
         torch.set_num_threads(1)
         inductor_config.cpp.vec_isa_ok = False
-    if config.device.type != "cuda" and not args.smoke:
-        print("note: no CUDA device; timing on the CPU, which says nothing about GPU speed")
+        device = torch.device("cpu")
+        plan = common.TimingPlan(min_warmup=1, warmup_ms=0, min_reps=3, max_reps=3)
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        plan = common.TimingPlan(min_warmup=3, warmup_ms=100, min_reps=30, max_reps=2000, rep_ms=args.rep_ms)
+        if device.type != "cuda":
+            print("note: no CUDA device; timing on the CPU, which says nothing about GPU speed")
 
+    meta = common.run_metadata(device)
+    machine = measure_machine(device, args.dtype, plan)
     notes: list[str] = []
-    rows = run(config, notes)
-    device = rows[0]["device"] if rows else common.device_name(config.device)
-    print(f"\nlocal HN loss on {device}, torch {torch.__version__}, triton {common.triton_version()}")
+    rows = []
+    for shape in shapes:
+        for dtype_name in args.dtype:
+            rows += [
+                {**meta, **row} for row in measure(shape, dtype_name, args, device, plan, machine, notes)
+            ]
+            if device.type == "cuda":  # free this shape's inputs before the next one allocates its own
+                torch.cuda.empty_cache()
+
+    print(f"\nlocal HN loss on {meta['device']}, torch {torch.__version__}, triton {common.triton_version()}")
     print(
         "\nFloors (HBM: inputs read + gradients written once at the measured copy bandwidth; "
         "matmul: GEMM flops on counted positions at the measured matmul rate)\n"

@@ -4,7 +4,8 @@ Compiles ahead of time, with the installed Triton, every kernel launch the host 
 shape, dtype and target architecture (both custom ops, forward and backward, on meta tensors), and
 reads from the compiled code what each launch needs: registers and spill stores per thread (the
 bundled ``ptxas -v``), shared memory per block (Triton's launch metadata) and the count of
-tensor-core instructions (``mma`` / ``wgmma`` in the PTX).
+tensor-core instructions (``mma`` / ``wgmma`` in the PTX); and whether each launch's grid is within
+CUDA's limits (``2^31 - 1`` blocks on axis 0, 65,535 on axes 1 and 2).
 
     python benchmarks/kernel_resources.py                       # anchors + limits, sm_80/86/89/90
     python benchmarks/kernel_resources.py --arch 90 --dtype bf16 --shape 64,4,77,576,768 --json
@@ -57,13 +58,23 @@ SHAPES = (
     ("limits", (8, 16, 256, 1024, 1280)),
 )
 KERNEL_NAMES = (
-    "_rows_fwd_kernel",
-    "_scores_kernel",
+    "_similarity_kernel",
+    "_pool_kernel",
+    "_finish_kernel",
     "_contrast_fwd_kernel",
     "_tokens_bwd_kernel",
     "_sum_kernel",
 )
 PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+# CUDA's grid limits: blocks along axis 0, and along axes 1 and 2.
+GRID_LIMITS = (2**31 - 1, 65535, 65535)
+
+
+def grid_fits(grid: tuple) -> bool:
+    """Whether a launch grid is within CUDA's limits on every axis."""
+    return len(grid) <= 3 and all(
+        1 <= size <= limit for size, limit in zip(grid, GRID_LIMITS[: len(grid)], strict=True)
+    )
 
 
 @dataclass(frozen=True)
@@ -118,14 +129,16 @@ def plan_launches(shape, dtype: torch.dtype, arch: int, normalizer: str, sparsif
     with recorded_launches() as launches:
         for op in ops:
             valid = torch.empty(B, G - 1, dtype=torch.bool, **meta) if op == "loss" else None
-            *saved, parts = local_hn._rows_fwd(image, text, mask, scale, valid, normalizer, sparsify, tiles)
+            lse, _, saved = local_hn._forward(
+                image, text, mask, scale, valid, normalizer, sparsify, tiles, scores=op == "scores"
+            )
             if op == "loss":
-                _, lse, dlse = local_hn._contrast_fwd(parts, valid, 2.0, 0.02, dtype)
+                _, dlse = local_hn._contrast(lse, valid, 2.0, 0.02, dtype)
                 grad = torch.empty((), dtype=dtype, **meta)
             else:
-                _, lse = local_hn._scores_fwd(parts, dtype)
                 grad, dlse = torch.empty(B, G, dtype=dtype, **meta), None
-            local_hn._local_hn_bwd(grad, dlse, image, text, mask, scale, valid, lse, saved, tiles)
+            wanted = (True, True, True)
+            local_hn._backward(grad, dlse, image, text, mask, scale, valid, lse, saved, tiles, wanted)
     return dispatch, tiles, launches
 
 
@@ -206,6 +219,7 @@ def report_one(job) -> list[dict]:
                 sparsify=sparsify,
                 tiles=tiles._asdict(),
                 grid=list(launch.grid),
+                grid_fits=grid_fits(launch.grid),
                 **usage,
                 shared_limit=SHARED_LIMIT[arch],
                 shared_bound=local_hn.shared_bytes(tiles, dtype, shape[1], shape[2]),
@@ -274,6 +288,7 @@ def main(argv=None) -> int:
         "dispatch",
         "tensor_core_ops",
         "wgmma",
+        "grid_fits",
     )
     if not args.json:
         print(" | ".join(columns))

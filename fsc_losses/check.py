@@ -134,16 +134,19 @@ def timed(fn, device: torch.device, reps: int):
 
 
 def error_ratios(got, expected, dtype, upstream) -> list[float]:
-    """Largest ``|got - expected| / allowed`` of the loss and each gradient (inf where not finite)."""
+    """Largest ``|got - expected| / allowed`` of the loss and each gradient; inf where either is
+    not finite (a tolerance scaled by a non-finite reference would pass anything)."""
     atol, rtol = TOLERANCES[dtype]
     ratios = []
     for name, g, e in zip(("value", *LEAVES), got, expected, strict=True):
         g, e = g.detach().double(), e.detach().double()
+        if not (torch.isfinite(g).all() and torch.isfinite(e).all()):
+            ratios.append(float("inf"))
+            continue
         # d/d(scale) sums a cancelling product over every position: measured against |upstream|
         magnitude = upstream.abs() if name == "logit_scale" else e.abs().max()
         allowed = atol * magnitude + rtol * e.abs()
-        ratio = ((g - e).abs() / allowed).max()
-        ratios.append(ratio.item() if torch.isfinite(g).all() else float("inf"))
+        ratios.append(((g - e).abs() / allowed).max().item())
     return ratios
 
 

@@ -8,6 +8,7 @@ CUDA-graph capture and when the caller passes ``check_inputs=False``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -62,14 +63,29 @@ def require_same_device(**tensors: torch.Tensor | None) -> None:
 
 
 def as_scale(name: str, value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-    """A 0-dim tensor from a scalar tensor (any shape with one element) or a Python number."""
+    """A 0-dim tensor from a scalar tensor (any shape with one element) or a Python number.
+
+    A number becomes a float32 tensor on ``like``'s device, made once per value and device and
+    then reused: making it is a copy from pageable host memory, which synchronises with the device
+    and cannot run during CUDA-graph capture (a first call outside the capture makes it). Under
+    ``torch.compile`` it is a constant of the graph instead.
+    """
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return torch.tensor(float(value), device=like.device, dtype=torch.float32)
+        if torch.compiler.is_compiling():
+            return torch.tensor(float(value), device=like.device, dtype=torch.float32)
+        return _constant_scale(float(value), like.device, torch.is_inference_mode_enabled())
     value = require_tensor(name, value)
     if value.numel() != 1:
         raise ValueError(f"{name} must be a scalar tensor, got shape {_shape(value)}")
     require_float(name, value)
     return value.reshape(())
+
+
+@functools.lru_cache(maxsize=64)
+def _constant_scale(value: float, device: torch.device, inference: bool) -> torch.Tensor:
+    # One per inference mode too: a tensor made under torch.inference_mode cannot be saved for a
+    # backward outside it.
+    return torch.tensor(value, device=device, dtype=torch.float32)
 
 
 def check_normalizer(normalizer: str, sparsify: bool) -> None:

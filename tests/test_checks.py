@@ -1,4 +1,5 @@
-"""Every bad input raises before computing, with a message naming the argument."""
+"""Every bad input raises before computing, with a message naming the argument; a number given
+as logit_scale becomes a tensor once."""
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from fsc_losses import (
     GlobalHNLoss,
     LocalHNLoss,
     SelectiveCalibratedReg,
+    checks,
     group_captions,
     local_hn_scores,
     unpack_negatives,
@@ -185,3 +187,23 @@ def test_triton_backend_on_cpu_without_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="TRITON_INTERPRET"):
         LocalHNLoss(backend="triton")(**good())
+
+
+def test_a_number_as_logit_scale_becomes_a_tensor_once(monkeypatch):
+    """Making a tensor of a Python number on a GPU is a synchronising copy (and fails during
+    CUDA-graph capture): once per value and device, not per call."""
+    made = []
+    tensor = torch.tensor
+    monkeypatch.setattr(
+        torch, "tensor", lambda *args, **kwargs: made.append(args[0]) or tensor(*args, **kwargs)
+    )
+    value = 12.375  # no other test uses it, so the first call below makes it
+    inputs = good()
+    scores = [local_hn_scores(**{**inputs, "logit_scale": value}) for _ in range(3)]
+    assert made.count(value) == 1
+    torch.testing.assert_close(scores[2], local_hn_scores(**{**inputs, "logit_scale": tensor(value)}))
+    like = torch.zeros(())
+    assert checks.as_scale("logit_scale", value, like) is checks.as_scale("logit_scale", value, like)
+    with torch.inference_mode():  # an inference tensor could not be saved for a backward later
+        inference = checks.as_scale("logit_scale", value, like)
+    assert inference.is_inference() and not checks.as_scale("logit_scale", value, like).is_inference()

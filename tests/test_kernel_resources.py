@@ -15,13 +15,21 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("triton")
 
 ROOT = Path(__file__).resolve().parents[1]
 COVER = {80: ("bf16", "fp16", "fp32"), 86: ("bf16", "fp32"), 89: ("fp16",), 90: ("bf16", "fp16", "fp32")}
-DOT_KERNELS = {"_rows_fwd_kernel", "_tokens_bwd_kernel"}
-LOSS_KERNELS = ("_rows_fwd_kernel", "_contrast_fwd_kernel", "_tokens_bwd_kernel", "_sum_kernel")
+DOT_KERNELS = {"_similarity_kernel", "_pool_kernel", "_tokens_bwd_kernel"}
+LOSS_KERNELS = (
+    "_similarity_kernel",
+    "_pool_kernel",
+    "_finish_kernel",
+    "_contrast_fwd_kernel",
+    "_tokens_bwd_kernel",
+    "_sum_kernel",
+)
 ANCHORS = {"ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14-336"}
 
 pytestmark = pytest.mark.slow
@@ -75,6 +83,23 @@ def test_spills(rows):
     for row in rows:
         limit = 256 if row["dtype"] == "fp32" else 32  # a few spilled values are harmless
         assert row["spill_bytes"] <= limit, f"{label(row)}: {row['spill_bytes']} bytes"
+
+
+def test_grids_fit(rows):
+    for row in rows:
+        assert row["grid_fits"], f"{label(row)}: grid {row['grid']}"
+
+
+def test_grids_fit_a_batch_beyond_65535_images():
+    """CUDA caps grid axes 1 and 2 at 65,535 blocks: 70,000 images (an evaluation set scored in
+    one call) must be on axis 0. Planning the launches compiles nothing."""
+    from benchmarks import kernel_resources
+
+    for dtype in (torch.bfloat16, torch.float32):
+        _, _, launches = kernel_resources.plan_launches((70_000, 4, 77, 49, 512), dtype, 90, "minmax", False)
+        assert {launch.kernel for launch in launches} == set(kernel_resources.KERNEL_NAMES)
+        for launch in launches:
+            assert kernel_resources.grid_fits(launch.grid), f"{launch.kernel}: grid {launch.grid}"
 
 
 def test_16bit_dots_run_on_tensor_cores(rows):

@@ -389,6 +389,54 @@ def test_scores_with_an_expanded_upstream_gradient():
         assert_close_verbose(grads[name], ref_grads[name], **TOLERANCES[torch.float32], name=name)
 
 
+def ulp(x, dtype):
+    """The spacing of ``dtype``'s values at ``|x|`` (float64): its epsilon times the binade, and
+    the subnormal spacing below the normal range. Storing a value in ``dtype`` rounds it by up to
+    half of this, the least error any output in ``dtype`` can have."""
+    info = torch.finfo(dtype)
+    return info.eps * torch.exp2(torch.floor(torch.log2(x.abs().clamp(min=info.tiny))))
+
+
+# Per image, a 16-bit gradient's largest error, in ulps at its largest element. Measured at the
+# shape below over 12 seeds (24 images, fp16, logit_scale 100): at most 5 (the 16-bit weights and
+# pooled tokens of the forward, amplified by the scale); v2's image gradient, whose dot operand
+# dZ / sum(U) fell below fp16's normal range, was 15 to 227.
+ULPS = 8
+
+
+def assert_within_ulps_per_image(got, exact, dtype, name, ulps=ULPS):
+    """Each image's gradient (``got[b]``) is within ``ulps`` ulps, at that image's largest
+    ``|exact[b]|``, of the float64 gradient: the bound scales with the image, as its output's
+    rounding does, not with the batch's largest value."""
+    assert torch.isfinite(exact).all(), f"{name}: the float64 reference is not finite"
+    for b in range(exact.shape[0]):
+        err = (got[b].double() - exact[b]).abs().max().item()
+        unit = ulp(exact[b].abs().max(), dtype).item()
+        assert err <= ulps * unit, f"{name}[{b}]: largest error {err:.3g} = {err / unit:.3g} ulps > {ulps}"
+
+
+def test_half_gradients_per_image_at_a_real_shape():
+    """ViT-L/14's image (P = 256, D = 768) with its captions (K = 3, T = 77, 10 to 20 counted
+    positions each), logit_scale 100 and the upstream gradient the mean over a batch of 64 images
+    sends (1/64 each). The dots' 16-bit operands must not fall below the range of the gradients
+    they make: each image's gradients stay within a few ulps of float64."""
+    shape = check.Shape("ViT-L/14", B=2, K=3, T=77, P=256, D=768)
+    image, text, mask, neg_valid, _ = check.make_inputs(shape, torch.device("cpu"))
+    case = dict(
+        image_base=image,
+        text_base=text,
+        views=lambda image, text: (image, text),
+        mask=mask,
+        scale=torch.tensor(100.0, dtype=torch.float64),
+    )
+    options = dict(neg_valid=neg_valid, normalizer="minmax", sparsify=False, **PAPER_SCR)
+    upstream = torch.tensor(shape.B / 64)
+    _, grads, _ = run(case, kernel_loss, torch.float16, reference_impl=False, upstream=upstream, **options)
+    _, exact, _ = run(case, reference_loss, torch.float16, reference_impl=True, upstream=upstream, **options)
+    for name in LEAVES[:2]:
+        assert_within_ulps_per_image(grads[name], exact[name], torch.float16, name)
+
+
 @pytest.mark.parametrize("scale_dtype", [torch.float32, torch.float16], ids=str)
 def test_half_tokens_with_a_scale_of_either_dtype(scale_dtype):
     case = make_case(B=2, K=2, seed=17)
@@ -405,7 +453,33 @@ def test_half_tokens_with_a_scale_of_either_dtype(scale_dtype):
     )
 
 
-SMALL_TILES = local_hn.Tiles(rows=16, patches=16, width=16, bwd_width=16, num_warps=4, num_stages=1)
+@pytest.mark.skipif(DEVICE == "cuda", reason="the GPU suite has its own (test_kernels_gpu.py)")
+def test_offsets_past_2_31_elements_on_strided_views(tmp_path):
+    """Views whose strides reach elements more than 2^31 elements from their first: two images of
+    a (P, B, D) layout of 715,827,712 images, permuted to (B, P, D), and text tokens of a
+    (D, B, G, T) layout. An int32 offset wraps there, to 1024 elements before the view. The views'
+    storage spans 16 GiB of addresses: a sparse file mapped with torch.from_file, of which only
+    the touched pages exist (as_strided cannot reach past a smaller storage)."""
+    P, D, stride = 3, 3, 2**31 - 512  # (P-1) * stride = 2^32 - 1024
+    size = 2 * stride + 2**16
+    path = tmp_path / "sparse.bin"
+    with open(path, "wb") as f:
+        f.truncate(4 * size)
+    storage = torch.from_file(str(path), shared=True, size=size, dtype=torch.float32)
+    case = make_case(B=2, K=1, T=5, P=P, D=D, seed=43)
+    image = storage.as_strided((2, P, D), (D, stride, 1), 4096)
+    text = storage.as_strided((2, 2, 5, D), (10, 5, 1, stride), 8192)
+    image.copy_(case["image_base"])
+    text.copy_(case["text_base"])
+    case.update(image_base=image, text_base=text)  # fp32: run() takes them as they are
+    kwargs = dict(normalizer="minmax", sparsify=False)
+    check_against_reference(case, kernel_scores, reference_scores, torch.float32, **kwargs)
+    check_against_reference(
+        case, kernel_loss, reference_loss, torch.float32, neg_valid=None, **kwargs, **PAPER_SCR
+    )
+
+
+SMALL_TILES = local_hn.Tiles(rows=16, patches=16, width=16, columns=16, num_warps=4, num_stages=1)
 
 
 def use_tiles(monkeypatch, tiles):
@@ -435,8 +509,9 @@ def test_row_blocks_patch_tiles_and_column_blocks(monkeypatch, dtype, normalizer
         sparsify=sparsify,
         **PAPER_SCR,
     )
-    assert ("_rows_fwd_kernel", (5, 2)) in launches.grids  # 80 positions per image, 16 rows a block
-    assert ("_tokens_bwd_kernel", (3, 2)) in launches.grids  # 3 column blocks per image
+    assert ("_similarity_kernel", (2 * 3,)) in launches.grids  # 3 patch tiles per image
+    assert ("_pool_kernel", (2 * 3,)) in launches.grids  # 3 column blocks per image
+    assert ("_tokens_bwd_kernel", (2 * 3,)) in launches.grids
 
 
 @pytest.mark.parametrize("order", ["rising", "falling"])
@@ -527,12 +602,30 @@ def test_deterministic():
         assert torch.equal(grads[name], grads_again[name]), name
 
 
+def test_a_three_way_bound_never_rests_on_a_non_finite_reference():
+    """The GPU suite's three-way check (test_kernels_gpu.py) on made-up values: a reference in
+    fp16 that overflows is replaced by the float32 one, and a non-finite reference fails."""
+    from .test_kernels_gpu import assert_three_way, bound_reference
+
+    exact = dict(value=torch.tensor([1.0, 2.0], dtype=torch.float64))
+    runs = {torch.float16: dict(value=torch.tensor([1.0, float("inf")])), torch.float32: exact}
+    assert bound_reference(runs.get, torch.float16, exact)[0] == torch.float32
+    with pytest.raises(AssertionError, match="not finite"):  # both overflow
+        bound_reference(lambda dtype: runs[torch.float16], torch.float16, exact)
+    kernel = torch.tensor([1.0, 5.0])  # off by 3 where the fp16 reference is infinite
+    with pytest.raises(AssertionError, match="not finite"):
+        assert_three_way(kernel, runs[torch.float16]["value"], exact["value"], torch.float16, "value")
+    with pytest.raises(AssertionError, match="kernel error 3 > 2 x reference error 0"):
+        assert_three_way(kernel, exact["value"], exact["value"], torch.float16, "value")
+
+
 class KernelLaunches:
     """Counts launches of the module's Triton kernels and keeps their grids."""
 
     NAMES = (
-        "_rows_fwd_kernel",
-        "_scores_kernel",
+        "_similarity_kernel",
+        "_pool_kernel",
+        "_finish_kernel",
         "_contrast_fwd_kernel",
         "_tokens_bwd_kernel",
         "_sum_kernel",
@@ -579,16 +672,66 @@ def test_launch_counts_and_one_op_per_direction(monkeypatch):
     grad_loss, grad_scores = torch.tensor(0.7, device=DEVICE), torch.randn(2, 3, device=DEVICE)
     with AtenOps() as ops:
         loss = local_hn.local_hn_loss(image, text, mask, scale, neg_valid, "minmax", False, 2.0, 0.02)
-    assert ops.ops == ["fsc_losses::local_hn_loss"] and launches.take() == 2
+    assert ops.ops == ["fsc_losses::local_hn_loss"] and launches.take() == 4
     with AtenOps() as ops:
         torch.autograd.grad(loss, (image, text, scale), grad_loss)
     assert ops.ops == ["fsc_losses::local_hn_bwd"] and launches.take() == 2
     with AtenOps() as ops:
         scores = local_hn.local_hn_scores(image, text, mask, scale, "softmax", False)
-    assert ops.ops == ["fsc_losses::local_hn_scores"] and launches.take() == 2
+    assert ops.ops == ["fsc_losses::local_hn_scores"] and launches.take() == 3
     with AtenOps() as ops:
         torch.autograd.grad(scores, (image, text, scale), grad_scores)
     assert ops.ops == ["fsc_losses::local_hn_bwd"] and launches.take() == 2
+
+
+def test_the_backward_computes_only_the_gradients_asked_for(monkeypatch):
+    """Tokens of a frozen tower (requires_grad False) get no gradient computed: no (B, P, D)
+    buffer without the image's gradient; without the text's, none of its padding is zeroed (dV
+    still needs dX, at the rows only); without the scale's, no reduction launch. What is computed
+    is bitwise what the whole backward gives."""
+    buffers = []
+
+    def recorded(shape, dtype, device):
+        buffers.append(torch.full(shape, float("nan") if dtype.is_floating_point else 2**30, dtype=dtype))
+        return buffers[-1]
+
+    monkeypatch.setattr(local_hn, "_empty", recorded)
+    launches = KernelLaunches(monkeypatch)
+    case = make_case(B=2, K=2, seed=47)
+    neg_valid = NEG_VALID[:2, :2]
+    rows = case["mask"] & torch.cat([torch.ones(2, 1, dtype=torch.bool), neg_valid], dim=1)[..., None]
+
+    def backward(*wanted):
+        image, text, mask, scale = fp32_leaves(case)
+        leaves = dict(zip(LEAVES, (image, text, scale), strict=True))
+        for name, leaf in leaves.items():
+            leaf.requires_grad_(name in wanted)
+        loss = kernel_loss(image, text, mask, scale, neg_valid.to(DEVICE), "minmax", False, 2.0, 0.02)
+        buffers.clear(), launches.take()
+        grads = torch.autograd.grad(loss, [leaves[name] for name in wanted])
+        shapes = [tuple(buffer.shape) for buffer in buffers]
+        return dict(zip(wanted, grads, strict=True)), shapes, launches.take()
+
+    image_shape, text_shape = (2, 7, 12), (2, 3, 9, 12)
+    every, shapes, count = backward(*LEAVES)
+    assert image_shape in shapes and text_shape in shapes and (2,) in shapes and count == 2
+    for wanted in [
+        ("text_tokens", "logit_scale"),
+        ("image_tokens", "logit_scale"),
+        ("image_tokens",),
+        ("logit_scale",),
+    ]:
+        grads, shapes, count = backward(*wanted)
+        for name, grad in grads.items():
+            assert torch.equal(grad, every[name]), (wanted, name)
+        assert (image_shape in shapes) == ("image_tokens" in wanted), wanted
+        assert (text_shape in shapes) == ("image_tokens" in wanted or "text_tokens" in wanted), wanted
+        assert ((2,) in shapes) == ("logit_scale" in wanted) and count == 1 + ("logit_scale" in wanted), (
+            wanted
+        )
+        if "image_tokens" in wanted and "text_tokens" not in wanted:
+            d_text = buffers[shapes.index(text_shape)]
+            assert torch.isnan(d_text[~rows]).all() and torch.isfinite(d_text[rows]).all()
 
 
 def test_torch_compile_fullgraph_traces_the_custom_ops():
@@ -629,7 +772,37 @@ def test_opcheck_of_the_custom_ops(monkeypatch):
     grad = torch.tensor(0.7, device=DEVICE)
     torch.library.opcheck(
         local_hn._bwd_op,
-        (grad, dlse, image.detach(), text.detach(), mask, scale.detach(), neg_valid, lse, *saved),
+        (
+            grad,
+            dlse,
+            image.detach(),
+            text.detach(),
+            mask,
+            scale.detach(),
+            neg_valid,
+            lse,
+            *saved,
+            True,
+            True,
+            True,
+        ),
+    )
+    torch.library.opcheck(
+        local_hn._bwd_op,
+        (
+            grad,
+            dlse,
+            image.detach(),
+            text.detach(),
+            mask,
+            scale.detach(),
+            neg_valid,
+            lse,
+            *saved,
+            True,
+            False,
+            False,
+        ),
     )
 
 

@@ -93,3 +93,17 @@ def test_an_unsupported_shape_is_reported_not_failed(kernels, monkeypatch, capsy
     monkeypatch.setattr(kernels, "unsupported_reason", lambda image, text: "width 12 (a test's limit)")
     assert check.main(["--quick"]) == 0
     assert "kernels:   not run: they do not support width 12 (a test's limit)" in capsys.readouterr().out
+
+
+def test_a_non_finite_reference_fails_the_comparison():
+    """A tolerance scaled by an infinite reference would allow any error: such a comparison fails."""
+    exact = [
+        torch.tensor(1.0, dtype=torch.float64),
+        torch.tensor([[float("inf"), 1.0]]),
+        torch.ones(2),
+        torch.ones(()),
+    ]
+    got = [torch.tensor(1.0), torch.tensor([[1e30, 1.0]]), torch.ones(2), torch.ones(())]
+    assert check.error_ratios(got, exact, torch.float16, torch.ones(())) == [0.0, float("inf"), 0.0, 0.0]
+    exact[2] = torch.tensor([float("nan"), 1.0])
+    assert check.error_ratios(got, exact, torch.float16, torch.ones(()))[2] == float("inf")

@@ -5,21 +5,24 @@ positions, ``P`` patches, ``D`` embedding width. A caption's *rows* are its coun
 (mask set, caption present); an image's rows are those of all its captions, numbered caption after
 caption (at most ``S = G*T``). Only rows are ever loaded, multiplied or written with real values.
 
-The work is per image: a block of up to ``BR`` of its rows meets the image's patches tile by tile
-(``BP`` patches), so that one pass over the image serves every caption and the patch axis costs
-what it holds, not a power of two. The pooling weights ``W`` (rows x P) are the one intermediate
-kept in memory: the forward writes them, the backward reads them back.
+The work is per image, in tiles that keep every program busy whatever the rows: the similarity
+launch gives each patch tile of an image its own program, which meets all the image's rows; the
+pooling launch and the backward give each block of columns of ``D`` its own. The pooling weights
+``U`` (rows x P) are the one intermediate kept in memory, each tile shifted by its own statistic
+and fixed up by the row's final ones wherever it is read (flash-attention style).
 
 Layers, bottom to top: ``@triton.jit`` kernels, the launch plan (tile sizes per dtype and device,
-grids, strides), host ``*_fwd`` / ``*_bwd`` functions, the ``torch.library`` custom ops with their
-fake implementations and autograd, then the functions the functional layer calls.
+grids, strides), host functions, the ``torch.library`` custom ops with their fake implementations
+and autograd, then the functions the functional layer calls.
 
-Launches: forward 2 (rows, then the log-sum-exp of each caption and, for the loss, the contrast),
-backward 2 (token gradients, then the ``logit_scale`` reduction).
+Launches: forward 3 (similarity; pooling; the weights' fix-up with the row statistics and the
+captions' log-sum-exps, which are the scores) and a 4th for the loss (the contrast); backward 2
+(token gradients, then the ``logit_scale`` reduction).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import NamedTuple
@@ -36,7 +39,7 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Triton 3.6's interpreter cannot loop to a bound read from memory or derived from the program id
 # (compiled kernels can); 3.8's can.
 _INTERPRETER_TOO_OLD = tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 8)
-_ROW_STATS = 4  # per row: <Z,X>, |Z|^2 and |X|^2 of the normalised pooled token Z, and sum(U)
+_ROW_STATS = 4  # per row: <Z,X>, |Z|^2 and |X|^2 of the pooled token Z and text token X, sum(U)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,71 +48,157 @@ _ROW_STATS = 4  # per row: <Z,X>, |Z|^2 and |X|^2 of the normalised pooled token
 
 
 @triton.jit
-def _counted(
-    mask_ptr, valid_ptr, b, offs_g, G, T, smb, smg, smt, snb, snk, HAS_VALID: tl.constexpr, TP: tl.constexpr
-):
-    """``(len(offs_g), TP)`` int32 0/1: which positions of captions ``offs_g`` of image ``b`` are
-    rows (mask set and caption present)."""
-    offs_t = tl.arange(0, TP)
-    inside = (offs_g[:, None] < G) & (offs_t[None, :] < T)
-    image = b.to(tl.int64) * smb
-    counted = (
-        tl.load(mask_ptr + image + offs_g[:, None] * smg + offs_t[None, :] * smt, mask=inside, other=0) != 0
-    )
+def _counted(mask_ptr, valid_ptr, b64, g, t, G, T, smb, smg, smt, snb, snk, HAS_VALID: tl.constexpr):
+    """int32 0/1 in the broadcast shape of ``g`` and ``t``: whether position ``t`` of caption ``g``
+    of image ``b`` is a row (mask set and caption present)."""
+    at = b64 * smb + tl.cast(g, tl.int64) * smg + tl.cast(t, tl.int64) * smt
+    counted = tl.load(mask_ptr + at, mask=(g < G) & (t < T), other=0) != 0
     if HAS_VALID:
         # Column 0 (the true caption) is always present; neg_valid has one column per negative.
         valid = tl.load(
-            valid_ptr + b.to(tl.int64) * snb + (offs_g - 1) * snk, mask=(offs_g > 0) & (offs_g < G), other=1
+            valid_ptr + b64 * snb + tl.cast(g - 1, tl.int64) * snk, mask=(g > 0) & (g < G), other=1
         )
-        counted = counted & (valid != 0)[:, None]
+        counted = counted & (valid != 0)
     return counted.to(tl.int32)
 
 
 @triton.jit
-def _block_rows(rows_ptr, b, first, n_rows, S, T, x_ptr, sxb, sxg, sxt, BR: tl.constexpr):
-    """Rows ``first .. first+BR`` of image ``b``: their slots, which exist, their positions
-    ``q = g*T + t`` and pointers to their text tokens."""
+def _row_positions(mask_ptr, valid_ptr, b64, slot, G, T, smb, smg, smt, snb, snk, HAS_VALID: tl.constexpr):
+    """The positions ``q = g*T + t`` of image ``b``'s rows ``slot (BR,)``, from its mask: the
+    number of positions, caption after caption, that fewer than ``slot + 1`` rows reach. No row
+    list is read back, so any program numbers rows itself; 32 positions at a time keep the
+    comparison's registers few (all at once doubled the similarity kernel's)."""
+    offs = tl.arange(0, 32)
+    q = tl.zeros(slot.shape, dtype=tl.int32)
+    reached = 0  # rows before the chunk
+    for g in range(0, G):
+        for t0 in range(0, T, 32):
+            t = t0 + offs
+            counted = _counted(mask_ptr, valid_ptr, b64, g, t, G, T, smb, smg, smt, snb, snk, HAS_VALID)
+            upto = reached + tl.cumsum(counted, axis=0)
+            q += tl.sum(((upto[None, :] <= slot[:, None]) & (t < T)[None, :]).to(tl.int32), axis=1)
+            reached += tl.sum(counted, axis=0)
+    return q
+
+
+@triton.jit
+def _text_rows(x_ptr, b64, q, T, sxb, sxg, sxt):
+    """Pointers to the text tokens of image ``b``'s positions ``q = g*T + t``."""
+    return x_ptr + b64 * sxb + (q // T).to(tl.int64) * sxg + (q % T).to(tl.int64) * sxt
+
+
+@triton.jit
+def _block_rows(rows_ptr, b64, first, n_rows, S, T, x_ptr, sxb, sxg, sxt, BR: tl.constexpr):
+    """Rows ``first .. first+BR`` of image ``b`` from its row list: their slots, which exist, their
+    positions ``q = g*T + t`` and pointers to their text tokens."""
     slot = first + tl.arange(0, BR)
     row_ok = slot < n_rows
-    q = tl.load(rows_ptr + b.to(tl.int64) * S + slot, mask=row_ok, other=0)
-    x_rows = x_ptr + b.to(tl.int64) * sxb + (q // T).to(tl.int64) * sxg + (q % T).to(tl.int64) * sxt
-    return slot, row_ok, q, x_rows
+    q = tl.load(rows_ptr + b64 * S + slot, mask=row_ok, other=0)
+    return slot, row_ok, q, _text_rows(x_ptr, b64, q, T, sxb, sxg, sxt)
+
+
+@triton.jit
+def _row_range(tstat_ptr, b64, slot, row_ok, B, S, NT, BR: tl.constexpr):
+    """The rows' final statistics from their tiles': the smallest tile shift (``minmax``: the
+    row's minimum) and the largest tile maximum (the row's maximum)."""
+    lo = tl.full((BR,), float("inf"), dtype=tl.float32)
+    hi = tl.full((BR,), float("-inf"), dtype=tl.float32)
+    for j in range(0, NT):
+        lo = tl.minimum(lo, tl.load(tstat_ptr + (b64 * NT + j) * S + slot, mask=row_ok, other=float("inf")))
+        hi = tl.maximum(
+            hi, tl.load(tstat_ptr + ((B + b64) * NT + j) * S + slot, mask=row_ok, other=float("-inf"))
+        )
+    return lo, hi
+
+
+@triton.jit
+def _weights(
+    w_ptr,
+    tstat_ptr,
+    b64,
+    slot,
+    row_ok,
+    j,
+    lo,
+    hi,
+    S,
+    P,
+    NT,
+    SOFTMAX: tl.constexpr,
+    SPARSIFY: tl.constexpr,
+    BP: tl.constexpr,
+):
+    """``U (BR, BP)`` fp32 of patch tile ``j``: the stored tile, which is shifted by its own
+    statistic, fixed up by the row's final ones (the flash-attention rescaling): ``minmax`` adds
+    ``tile minimum - row minimum``, drops entries below ``spread / P`` with sparsify and gives a
+    row whose scores are all equal uniform weights (SPEC 6.2); ``softmax`` multiplies by
+    ``exp(tile maximum - row maximum)``. Zero outside the rows and patches; also the patches."""
+    offs_p = j * BP + tl.arange(0, BP)
+    p_ok = offs_p < P
+    tile_ok = row_ok[:, None] & p_ok[None, :]
+    stored = tl.load(w_ptr + (b64 * S + slot)[:, None] * P + offs_p[None, :], mask=tile_ok, other=0.0)
+    shift = tl.load(tstat_ptr + (b64 * NT + j) * S + slot, mask=row_ok, other=0.0)
+    if SOFTMAX:
+        u = stored.to(tl.float32) * tl.exp(shift - hi)[:, None]
+    else:
+        u = stored.to(tl.float32) + (shift - lo)[:, None]
+        if SPARSIFY:
+            u = tl.where(u >= ((hi - lo) / P)[:, None], u, 0.0)
+        u = tl.where((hi == lo)[:, None], 1.0, u)
+    return tl.where(tile_ok, u, 0.0), offs_p, p_ok
 
 
 @triton.jit
 def _pooled_block(
     w_ptr,
+    tstat_ptr,
     v_img,
-    b,
+    b64,
     slot,
     row_ok,
-    n_tiles,
+    lo,
+    hi,
     S,
     P,
+    NT,
     svp,
     svd,
     offs_d,
     d_ok,
+    FIXUP: tl.constexpr,
+    SOFTMAX: tl.constexpr,
+    SPARSIFY: tl.constexpr,
     BP: tl.constexpr,
     BR: tl.constexpr,
     BD: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """``U V`` for the block's rows and columns ``offs_d``: ``(BR, BD)`` fp32, where ``U`` are the
-    unnormalised pooling weights the forward stored (``Z = U V / sum(U)``)."""
+    """``U V`` for the block's rows and columns ``offs_d``: ``(BR, BD)`` fp32, and ``sum(U)``
+    ``(BR,)`` (``Z = U V / sum(U)``). With ``FIXUP`` the stored tiles are still shifted by their
+    own statistic and are fixed up as they are loaded (:func:`_weights`); else they hold ``U``."""
     acc = tl.zeros((BR, BD), dtype=tl.float32)
-    w_rows = w_ptr + (b.to(tl.int64) * S + slot) * P
-    for j in range(0, n_tiles):
-        offs_p = j * BP + tl.arange(0, BP)
-        p_ok = offs_p < P
-        u = tl.load(w_rows[:, None] + offs_p[None, :], mask=row_ok[:, None] & p_ok[None, :], other=0.0)
+    u_sum = tl.zeros((BR,), dtype=tl.float32)
+    for j in range(0, NT):
+        if FIXUP:
+            u, offs_p, p_ok = _weights(
+                w_ptr, tstat_ptr, b64, slot, row_ok, j, lo, hi, S, P, NT, SOFTMAX, SPARSIFY, BP
+            )
+        else:
+            offs_p = j * BP + tl.arange(0, BP)
+            p_ok = offs_p < P
+            u = tl.load(
+                w_ptr + (b64 * S + slot)[:, None] * P + offs_p[None, :],
+                mask=row_ok[:, None] & p_ok[None, :],
+                other=0.0,
+            )
         v = tl.load(
-            v_img + offs_p[:, None] * svp + offs_d[None, :] * svd,
+            v_img + offs_p.to(tl.int64)[:, None] * svp + offs_d.to(tl.int64)[None, :] * svd,
             mask=p_ok[:, None] & d_ok[None, :],
             other=0.0,
         )
         acc = tl.dot(u.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
-    return acc
+        u_sum += tl.sum(u.to(tl.float32), axis=1)
+    return acc, u_sum
 
 
 @triton.jit
@@ -119,25 +208,22 @@ def _cosine(zx, zz, xx):
 
 
 @triton.jit
-def _rows_fwd_kernel(
+def _similarity_kernel(
     v_ptr,
     x_ptr,
     mask_ptr,
     valid_ptr,
-    scale_ptr,
     w_ptr,
-    stats_ptr,
+    tstat_ptr,
     rows_ptr,
     nrows_ptr,
-    part_ptr,
+    B,
     G,
     T,
     P,
     D,
     S,
-    n_slots,
-    n_blocks,
-    n_parts,
+    NT,
     svb,
     svp,
     svd,
@@ -152,185 +238,229 @@ def _rows_fwd_kernel(
     snk,
     HAS_VALID: tl.constexpr,
     SOFTMAX: tl.constexpr,
-    SPARSIFY: tl.constexpr,
     BR: tl.constexpr,
     BP: tl.constexpr,
     BD: tl.constexpr,
     GP: tl.constexpr,
     TP: tl.constexpr,
-    NTP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """Program ``(rb, b)``: rows ``rb*BR ..`` of image ``b``.
+    """Program ``b * NT + j``: patch tile ``j`` of image ``b`` against every row of the image.
 
-    1. Numbers the image's rows (a cumulative sum over its mask) and writes its block's part of
-       the row list ``rows (B, S)`` (slot -> ``g*T + t``, -1 past the last row).
-    2. Pass over the patch tiles: ``S = X V^T`` (``BR x BP``, accumulated over D chunks), the
-       tile's minimum (``minmax``) or maximum (``softmax``) per row, and ``S`` shifted by it
-       stored into ``W (B, S, P)``.
-    3. Fix-up pass over the stored tiles: shift by the row's final statistic instead (the
-       flash-attention rescaling, applied once at the end), sparsify, degenerate rows; this gives
-       ``U``, ``W = U / sum(U)``, stored back in place.
-    4. Pass over D chunks: ``Z = U V / sum(U)`` (``BR x BD``), accumulating ``<Z,X>`` and ``|Z|^2``.
-    5. Writes the row statistics and, per caption, the block's partial log-sum-exp of
-       ``a = logit_scale * cos(Z, X)`` (max and sum of exp), combined by the second launch.
+    Numbers the image's rows from its mask (the tile-0 program writes the row list ``(B, S)``,
+    slot -> ``g*T + t`` and -1 past the last row, and the row count). Per block of ``BR`` rows:
+    ``S = X V^T`` (``BR x BP``, accumulated over D chunks of ``BD``), stored into the weights
+    ``U (B, S, P)`` shifted by the tile's own statistic per row (``S - min``, or ``exp(S - max)``
+    for ``softmax``), with that shift and the tile's maximum into the tile statistics
+    ``(2, B, NT, S)``. Every program has work: one per patch tile, not per row block.
     """
-    rb = tl.program_id(0)
-    b = tl.program_id(1)
+    # One axis, image-major: B may pass the 65,535 blocks CUDA allows on axes 1 and 2.
+    b = tl.program_id(0) // NT
+    j = tl.program_id(0) % NT
     b64 = b.to(tl.int64)
-    first = rb * BR
-
     offs_g = tl.arange(0, GP)
     offs_t = tl.arange(0, TP)
-    counted = _counted(mask_ptr, valid_ptr, b, offs_g, G, T, smb, smg, smt, snb, snk, HAS_VALID, TP)
+    counted = _counted(
+        mask_ptr, valid_ptr, b64, offs_g[:, None], offs_t[None, :], G, T, smb, smg, smt, snb, snk, HAS_VALID
+    )
     per_caption = tl.sum(counted, axis=1)
     n_rows = tl.sum(per_caption, axis=0)
     rank = (tl.cumsum(per_caption, axis=0) - per_caption)[:, None] + tl.cumsum(counted, axis=1) - counted
-    mine = (counted != 0) & (rank >= first) & (rank < first + BR)
-    tl.store(rows_ptr + b64 * S + rank, offs_g[:, None] * T + offs_t[None, :], mask=mine)
-    slot = first + tl.arange(0, BR)
-    tl.store(rows_ptr + b64 * S + slot, -1, mask=(slot >= n_rows) & (slot < S))
-    tl.store(nrows_ptr + b, n_rows, mask=rb == 0)
-    tl.debug_barrier()  # the row ids just stored are read back by other threads
+    position = offs_g[:, None] * T + offs_t[None, :]
+    inside = (offs_g[:, None] < G) & (offs_t[None, :] < T)
+    tl.store(rows_ptr + b64 * S + rank, position, mask=(counted != 0) & (j == 0))
+    tl.store(rows_ptr + b64 * S + position, -1, mask=inside & (position >= n_rows) & (j == 0))
+    tl.store(nrows_ptr + b, n_rows, mask=j == 0)
 
-    slot, row_ok, q, x_rows = _block_rows(rows_ptr, b, first, n_rows, S, T, x_ptr, sxb, sxg, sxt, BR)
-    g_row = q // T
-    busy = first < n_rows  # blocks past the image's rows skip every loop
-    n_tiles = tl.where(busy, tl.cdiv(P, BP), 0)
-    d_end = tl.where(busy, D, 0)
-    v_img = v_ptr + b64 * svb
-    w_rows = w_ptr + (b64 * S + slot) * P
-
-    # Pass 1: S tile by tile; each tile is stored shifted by its own statistic.
-    offs_j = tl.arange(0, NTP)
-    tile_stat = tl.zeros((BR, NTP), dtype=tl.float32)
-    lo = tl.full((BR,), float("inf"), dtype=tl.float32)
-    hi = tl.full((BR,), float("-inf"), dtype=tl.float32)
-    for j in range(0, n_tiles):
-        offs_p = j * BP + tl.arange(0, BP)
-        p_ok = offs_p < P
+    offs_p = j * BP + tl.arange(0, BP)
+    p_ok = offs_p < P
+    v_tile = v_ptr + b64 * svb + offs_p.to(tl.int64)[:, None] * svp
+    for first in range(0, n_rows, BR):
+        slot = first + tl.arange(0, BR)
+        row_ok = slot < n_rows
+        q = _row_positions(mask_ptr, valid_ptr, b64, slot, G, T, smb, smg, smt, snb, snk, HAS_VALID)
+        x_rows = _text_rows(x_ptr, b64, q, T, sxb, sxg, sxt)
         s = tl.zeros((BR, BP), dtype=tl.float32)
         for d0 in range(0, D, BD):
             offs_d = d0 + tl.arange(0, BD)
             d_ok = offs_d < D
             x = tl.load(
-                x_rows[:, None] + offs_d[None, :] * sxd, mask=row_ok[:, None] & d_ok[None, :], other=0.0
+                x_rows[:, None] + offs_d.to(tl.int64)[None, :] * sxd,
+                mask=row_ok[:, None] & d_ok[None, :],
+                other=0.0,
             )
             v = tl.load(
-                v_img + offs_p[:, None] * svp + offs_d[None, :] * svd,
-                mask=p_ok[:, None] & d_ok[None, :],
-                other=0.0,
+                v_tile + offs_d.to(tl.int64)[None, :] * svd, mask=p_ok[:, None] & d_ok[None, :], other=0.0
             )
             s = tl.dot(x, tl.trans(v), s, input_precision=DOT_PRECISION)
         tile_max = tl.max(tl.where(p_ok[None, :], s, float("-inf")), axis=1)
-        hi = tl.maximum(hi, tile_max)
         if SOFTMAX:
-            stat = tile_max
-            stored = tl.where(p_ok[None, :], tl.exp(s - stat[:, None]), 0.0)
+            shift = tile_max
+            stored = tl.exp(s - shift[:, None])
         else:
-            stat = tl.min(tl.where(p_ok[None, :], s, float("inf")), axis=1)
-            lo = tl.minimum(lo, stat)
-            stored = tl.where(p_ok[None, :], s - stat[:, None], 0.0)
-        tile_stat = tl.where(offs_j[None, :] == j, stat[:, None], tile_stat)
+            shift = tl.min(tl.where(p_ok[None, :], s, float("inf")), axis=1)
+            stored = s - shift[:, None]
         tl.store(
-            w_rows[:, None] + offs_p[None, :],
+            w_ptr + (b64 * S + slot)[:, None] * P + offs_p[None, :],
             stored.to(w_ptr.dtype.element_ty),
             mask=row_ok[:, None] & p_ok[None, :],
         )
-
-    # Pass 2 (fix-up): U from the stored tiles and the rows' final statistics, in place.
-    tl.debug_barrier()  # the tiles were stored in the dot's layout and are read in another
-    degenerate = hi == lo  # minmax: all scores equal, uniform weights instead of 0/0
-    u_sum = tl.zeros((BR,), dtype=tl.float32)
-    for j in range(0, n_tiles):
-        offs_p = j * BP + tl.arange(0, BP)
-        p_ok = offs_p < P
-        tile_ok = row_ok[:, None] & p_ok[None, :]
-        stored = tl.load(w_rows[:, None] + offs_p[None, :], mask=tile_ok, other=0.0).to(tl.float32)
-        stat = tl.sum(tl.where(offs_j[None, :] == j, tile_stat, 0.0), axis=1)
-        if SOFTMAX:
-            u = stored * tl.exp(stat - hi)[:, None]
-        else:
-            u = tl.where(p_ok[None, :], stored + (stat - lo)[:, None], 0.0)
-            if SPARSIFY:
-                u = tl.where(u >= ((hi - lo) / P)[:, None], u, 0.0)
-            u = tl.where(degenerate[:, None] & p_ok[None, :], 1.0, u)
-        u_sum += tl.sum(u, axis=1)
-        tl.debug_barrier()  # every thread has read the tile before any overwrites it
-        tl.store(w_rows[:, None] + offs_p[None, :], u.to(w_ptr.dtype.element_ty), mask=tile_ok)
-    tl.debug_barrier()
-    u_sum = tl.where(row_ok, u_sum, 0.0)
-    inv_sum = 1.0 / tl.where(row_ok, u_sum, 1.0)
-
-    # Pass 3: Z = U V / sum(U), D chunk by D chunk, with the row norms of X from the same loads.
-    zx = tl.zeros((BR,), dtype=tl.float32)
-    zz = tl.zeros((BR,), dtype=tl.float32)
-    xx = tl.zeros((BR,), dtype=tl.float32)
-    for d0 in range(0, d_end, BD):
-        offs_d = d0 + tl.arange(0, BD)
-        d_ok = offs_d < D
-        z = _pooled_block(
-            w_ptr, v_img, b, slot, row_ok, n_tiles, S, P, svp, svd, offs_d, d_ok, BP, BR, BD, DOT_PRECISION
-        )
-        z = z * inv_sum[:, None]
-        x = tl.load(x_rows[:, None] + offs_d[None, :] * sxd, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        xf = x.to(tl.float32)
-        zx += tl.sum(z * xf, axis=1)
-        zz += tl.sum(z * z, axis=1)
-        xx += tl.sum(xf * xf, axis=1)
-
-    in_list = slot < S
-    tl.store(stats_ptr + b64 * S + slot, zx, mask=in_list)
-    tl.store(stats_ptr + n_slots + b64 * S + slot, zz, mask=in_list)
-    tl.store(stats_ptr + 2 * n_slots + b64 * S + slot, xx, mask=in_list)
-    tl.store(stats_ptr + 3 * n_slots + b64 * S + slot, u_sum, mask=in_list)
-
-    scale = tl.load(scale_ptr).to(tl.float32)
-    a = tl.where(row_ok, scale * _cosine(zx, zz, xx), float("-inf"))
-    of_caption = row_ok[:, None] & (g_row[:, None] == offs_g[None, :])
-    a_g = tl.where(of_caption, a[:, None], float("-inf"))
-    a_max = tl.max(a_g, axis=0)
-    a_sum = tl.sum(tl.where(of_caption, tl.exp(a_g - a_max[None, :]), 0.0), axis=0)
-    part = (b64 * n_blocks + rb) * G + offs_g
-    tl.store(part_ptr + part, a_max, mask=offs_g < G)
-    tl.store(part_ptr + n_parts + part, a_sum, mask=offs_g < G)
+        tl.store(tstat_ptr + (b64 * NT + j) * S + slot, shift, mask=row_ok)
+        tl.store(tstat_ptr + ((B + b64) * NT + j) * S + slot, tile_max, mask=row_ok)
 
 
 @triton.jit
-def _caption_lse(part_ptr, images, B, G, n_blocks, n_parts, GP: tl.constexpr):
-    """Log-sum-exp ``l (BB, GP)`` of the captions of ``images (BB,)``, from the row blocks'
-    partials (``-inf`` for a caption without rows, and outside the batch)."""
-    offs_g = tl.arange(0, GP)
-    ok = (images < B)[:, None] & (offs_g < G)[None, :]
-    run_max = tl.full(ok.shape, float("-inf"), dtype=tl.float32)
-    run_sum = tl.zeros(ok.shape, dtype=tl.float32)
-    for rb in range(0, n_blocks):
-        part = (images[:, None].to(tl.int64) * n_blocks + rb) * G + offs_g[None, :]
-        blk_max = tl.load(part_ptr + part, mask=ok, other=float("-inf"))
-        blk_sum = tl.load(part_ptr + n_parts + part, mask=ok, other=0.0)
-        new_max = tl.maximum(run_max, blk_max)
-        finite = new_max > float("-inf")
-        safe_max = tl.where(finite, new_max, 0.0)
-        run_sum = run_sum * tl.exp(tl.where(finite, run_max - safe_max, 0.0)) + blk_sum * tl.exp(
-            tl.where(blk_max > float("-inf"), blk_max - safe_max, 0.0)
-        )
-        run_max = new_max
-    return tl.where(run_sum > 0.0, run_max + tl.log(tl.where(run_sum > 0.0, run_sum, 1.0)), float("-inf"))
-
-
-@triton.jit
-def _scores_kernel(
-    part_ptr, lse_ptr, scores_ptr, B, G, n_blocks, n_parts, BB: tl.constexpr, GP: tl.constexpr
+def _pool_kernel(
+    v_ptr,
+    x_ptr,
+    w_ptr,
+    tstat_ptr,
+    rows_ptr,
+    nrows_ptr,
+    stats_ptr,
+    range_ptr,
+    part_ptr,
+    B,
+    T,
+    P,
+    D,
+    S,
+    NT,
+    NC,
+    svb,
+    svp,
+    svd,
+    sxb,
+    sxg,
+    sxt,
+    sxd,
+    SOFTMAX: tl.constexpr,
+    SPARSIFY: tl.constexpr,
+    BR: tl.constexpr,
+    BP: tl.constexpr,
+    BD: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
-    """Program ``i``: images ``i*BB ..``: their captions' local scores, fp32 (saved for the
-    backward) and in the tokens' dtype (the output)."""
-    images = tl.program_id(0) * BB + tl.arange(0, BB)
-    offs_g = tl.arange(0, GP)
-    lse = _caption_lse(part_ptr, images, B, G, n_blocks, n_parts, GP)
-    out = images[:, None].to(tl.int64) * G + offs_g[None, :]
-    ok = (images < B)[:, None] & (offs_g < G)[None, :]
-    tl.store(lse_ptr + out, lse, mask=ok)
-    tl.store(scores_ptr + out, lse.to(scores_ptr.dtype.element_ty), mask=ok)
+    """Program ``(B-1-b) * NC + c``: columns ``[c*BD, (c+1)*BD)`` of image ``b``'s pooled tokens.
+
+    Per block of the image's rows: the rows' final statistics from the tiles', ``Z = U V / sum(U)``
+    for its columns (``U`` fixed up from the stored tiles as they are loaded), and the columns'
+    parts of ``<Z,X>``, ``|Z|^2`` and ``|X|^2`` into ``(3, NC, B, S)``; column block 0 also
+    writes ``sum(U)`` into the row statistics and the row's smallest and largest similarity into
+    ``(2, B, S)`` (for the fix-up of the stored weights, launch 3). The last image
+    comes first: its patches are the ones the similarity launch read last, the likeliest still in
+    the L2 when the batch's patches are larger than it.
+    """
+    b = B - 1 - tl.program_id(0) // NC
+    c = tl.program_id(0) % NC
+    b64 = b.to(tl.int64)
+    offs_d = c * BD + tl.arange(0, BD)
+    d_ok = offs_d < D
+    n_rows = tl.load(nrows_ptr + b)
+    v_img = v_ptr + b64 * svb
+    for first in range(0, n_rows, BR):
+        slot, row_ok, q, x_rows = _block_rows(rows_ptr, b64, first, n_rows, S, T, x_ptr, sxb, sxg, sxt, BR)
+        lo, hi = _row_range(tstat_ptr, b64, slot, row_ok, B, S, NT, BR)
+        z, u_sum = _pooled_block(
+            w_ptr, tstat_ptr, v_img, b64, slot, row_ok, lo, hi, S, P, NT, svp, svd, offs_d, d_ok,
+            True, SOFTMAX, SPARSIFY, BP, BR, BD, DOT_PRECISION,
+        )  # fmt: skip
+        z = z * (1.0 / tl.where(row_ok, u_sum, 1.0))[:, None]
+        x = tl.load(
+            x_rows[:, None] + offs_d.to(tl.int64)[None, :] * sxd,
+            mask=row_ok[:, None] & d_ok[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        tl.store(part_ptr + (c * B + b64) * S + slot, tl.sum(z * x, axis=1), mask=row_ok)
+        tl.store(part_ptr + ((NC + c) * B + b64) * S + slot, tl.sum(z * z, axis=1), mask=row_ok)
+        tl.store(part_ptr + ((2 * NC + c) * B + b64) * S + slot, tl.sum(x * x, axis=1), mask=row_ok)
+        mine = row_ok & (c == 0)
+        tl.store(stats_ptr + (3 * B + b64) * S + slot, u_sum, mask=mine)
+        tl.store(range_ptr + b64 * S + slot, lo, mask=mine)
+        tl.store(range_ptr + (B + b64) * S + slot, hi, mask=mine)
+
+
+@triton.jit
+def _finish_kernel(
+    part_ptr,
+    w_ptr,
+    tstat_ptr,
+    stats_ptr,
+    range_ptr,
+    rows_ptr,
+    nrows_ptr,
+    scale_ptr,
+    lse_ptr,
+    scores_ptr,
+    B,
+    G,
+    T,
+    P,
+    S,
+    NT,
+    NC,
+    SOFTMAX: tl.constexpr,
+    SPARSIFY: tl.constexpr,
+    SCORES: tl.constexpr,
+    BR: tl.constexpr,
+    BP: tl.constexpr,
+    GP: tl.constexpr,
+):
+    """Program ``b * NT + j``: patch tile ``j`` of image ``b``'s weights fixed up in place, for the
+    backward (the pooling launch, which read them shifted, is done). Program ``j = 0`` also
+    makes the image's row statistics ``<Z,X>``, ``|Z|^2``, ``|X|^2`` (the column blocks' parts
+    summed in column order) and each caption's local score ``l = logsumexp over its rows of
+    a = logit_scale * cos(Z, X)``, fp32 (saved for the backward; ``-inf`` without rows) and, for
+    the scores, in the tokens' dtype."""
+    b = tl.program_id(0) // NT
+    j = tl.program_id(0) % NT
+    b64 = b.to(tl.int64)
+    n_rows = tl.load(nrows_ptr + b)
+    for first in range(0, n_rows, BR):
+        slot = first + tl.arange(0, BR)
+        row_ok = slot < n_rows
+        lo = tl.load(range_ptr + b64 * S + slot, mask=row_ok, other=0.0)
+        hi = tl.load(range_ptr + (B + b64) * S + slot, mask=row_ok, other=0.0)
+        u, offs_p, p_ok = _weights(
+            w_ptr, tstat_ptr, b64, slot, row_ok, j, lo, hi, S, P, NT, SOFTMAX, SPARSIFY, BP
+        )
+        tl.debug_barrier()  # every thread has read the tile before any overwrites it
+        tl.store(
+            w_ptr + (b64 * S + slot)[:, None] * P + offs_p[None, :],
+            u.to(w_ptr.dtype.element_ty),
+            mask=row_ok[:, None] & p_ok[None, :],
+        )
+    if j == 0:
+        scale = tl.load(scale_ptr).to(tl.float32)
+        offs_g = tl.arange(0, GP)
+        run_max = tl.full((GP,), float("-inf"), dtype=tl.float32)
+        run_sum = tl.zeros((GP,), dtype=tl.float32)
+        for first in range(0, n_rows, BR):
+            slot = first + tl.arange(0, BR)
+            row_ok = slot < n_rows
+            q = tl.load(rows_ptr + b64 * S + slot, mask=row_ok, other=0)
+            zx = tl.zeros((BR,), dtype=tl.float32)
+            zz = tl.zeros((BR,), dtype=tl.float32)
+            xx = tl.zeros((BR,), dtype=tl.float32)
+            for c in range(0, NC):
+                zx += tl.load(part_ptr + (c * B + b64) * S + slot, mask=row_ok, other=0.0)
+                zz += tl.load(part_ptr + ((NC + c) * B + b64) * S + slot, mask=row_ok, other=0.0)
+                xx += tl.load(part_ptr + ((2 * NC + c) * B + b64) * S + slot, mask=row_ok, other=0.0)
+            tl.store(stats_ptr + b64 * S + slot, zx, mask=row_ok)
+            tl.store(stats_ptr + (B + b64) * S + slot, zz, mask=row_ok)
+            tl.store(stats_ptr + (2 * B + b64) * S + slot, xx, mask=row_ok)
+            a = tl.where(row_ok, scale * _cosine(zx, zz, xx), float("-inf"))
+            of_caption = row_ok[:, None] & ((q // T)[:, None] == offs_g[None, :])
+            new_max = tl.maximum(run_max, tl.max(tl.where(of_caption, a[:, None], float("-inf")), axis=0))
+            safe_max = tl.where(new_max > float("-inf"), new_max, 0.0)
+            run_sum = run_sum * tl.exp(tl.where(run_max > float("-inf"), run_max - safe_max, 0.0)) + tl.sum(
+                tl.where(of_caption, tl.exp(a[:, None] - safe_max[None, :]), 0.0), axis=0
+            )
+            run_max = new_max
+        lse = tl.where(run_sum > 0.0, run_max + tl.log(tl.where(run_sum > 0.0, run_sum, 1.0)), float("-inf"))
+        tl.store(lse_ptr + b64 * G + offs_g, lse, mask=offs_g < G)
+        if SCORES:
+            tl.store(scores_ptr + b64 * G + offs_g, lse.to(scores_ptr.dtype.element_ty), mask=offs_g < G)
 
 
 @triton.jit
@@ -344,7 +474,7 @@ def _contrast_rows(
     present = (images < B)[:, None] & (offs_g < G)[None, :]
     if HAS_VALID:
         valid = tl.load(
-            valid_ptr + images[:, None].to(tl.int64) * snb + (offs_g[None, :] - 1) * snk,
+            valid_ptr + images.to(tl.int64)[:, None] * snb + (offs_g - 1).to(tl.int64)[None, :] * snk,
             mask=present & (offs_g[None, :] > 0),
             other=1,
         )
@@ -376,15 +506,12 @@ def _contrast_rows(
 
 @triton.jit
 def _contrast_fwd_kernel(
-    part_ptr,
-    valid_ptr,
     lse_ptr,
+    valid_ptr,
     loss_ptr,
     dlse_ptr,
     B,
     G,
-    n_blocks,
-    n_parts,
     snb,
     snk,
     gamma,
@@ -393,17 +520,18 @@ def _contrast_fwd_kernel(
     BB: tl.constexpr,
     GP: tl.constexpr,
 ):
-    """A single program: every caption's local score ``l (B, G)`` fp32 (saved), the mean image
-    loss over counted images and ``dLoss/dl (B, G)`` fp32, so the backward only scales it by the
-    upstream gradient. Images are summed in a fixed order."""
+    """A single program: from every caption's local score ``l (B, G)``, the mean image loss over
+    counted images and ``dLoss/dl (B, G)`` fp32, so the backward only scales it by the upstream
+    gradient. Images are summed in a fixed order."""
     offs_g = tl.arange(0, GP)
     total = 0.0
     n_counted = 0
     for b0 in range(0, B, BB):
         images = b0 + tl.arange(0, BB)
-        lse = _caption_lse(part_ptr, images, B, G, n_blocks, n_parts, GP)
         ok = (images < B)[:, None] & (offs_g < G)[None, :]
-        tl.store(lse_ptr + images[:, None].to(tl.int64) * G + offs_g[None, :], lse, mask=ok)
+        lse = tl.load(
+            lse_ptr + images.to(tl.int64)[:, None] * G + offs_g[None, :], mask=ok, other=float("-inf")
+        )
         row_loss, _, counted = _contrast_rows(
             lse, valid_ptr, images, B, G, snb, snk, gamma, eps, HAS_VALID, GP
         )
@@ -411,11 +539,10 @@ def _contrast_fwd_kernel(
         n_counted += tl.sum(counted.to(tl.int32), axis=0)
     inv_count = 1.0 / tl.maximum(n_counted, 1).to(tl.float32)
     tl.store(loss_ptr, (total * inv_count).to(loss_ptr.dtype.element_ty))
-    tl.debug_barrier()  # l is read back by other threads than those that stored it
     for b0 in range(0, B, BB):
         images = b0 + tl.arange(0, BB)
         ok = (images < B)[:, None] & (offs_g < G)[None, :]
-        out = images[:, None].to(tl.int64) * G + offs_g[None, :]
+        out = images.to(tl.int64)[:, None] * G + offs_g[None, :]
         lse = tl.load(lse_ptr + out, mask=ok, other=float("-inf"))
         _, d_logits, _ = _contrast_rows(lse, valid_ptr, images, B, G, snb, snk, gamma, eps, HAS_VALID, GP)
         tl.store(dlse_ptr + out, d_logits * inv_count, mask=ok)
@@ -430,14 +557,14 @@ def _bwd_rows(
     lse_ptr,
     up_ptr,
     dlse_ptr,
-    b,
+    b64,
     first,
     n_rows,
+    B,
     G,
     T,
     D,
     S,
-    n_slots,
     scale,
     sxb,
     sxg,
@@ -450,22 +577,20 @@ def _bwd_rows(
     """Rows ``first .. first+BR`` of image ``b`` and what their gradients need: slots, which
     exist, pointers to their text tokens and to their rows of ``dX``; ``da = dl * exp(a - l)`` (the
     gradient of ``a``), ``cos``, ``coef = da * scale / (max(|Z|,eps) max(|X|,eps))``, the
-    projections ``z_proj = [|Z| > eps] <Z,X>/|Z|^2`` and ``x_proj = [|X| > eps] <Z,X>/|X|^2``, and
-    ``1/sum(U)``.
+    projections ``z_proj = [|Z| > eps] <Z,X>/|Z|^2`` and ``x_proj = [|X| > eps] <Z,X>/|X|^2``,
+    and ``1/sum(U)``.
 
     F.normalize's clamp_min passes no gradient at or below eps, hence the indicators."""
-    slot, row_ok, q, x_rows = _block_rows(rows_ptr, b, first, n_rows, S, T, x_ptr, sxb, sxg, sxt, BR)
-    b64 = b.to(tl.int64)
+    slot, row_ok, q, x_rows = _block_rows(rows_ptr, b64, first, n_rows, S, T, x_ptr, sxb, sxg, sxt, BR)
     dx_rows = dx_ptr + (b64 * G * T + q) * D
-    at = b64 * S + slot
-    zx = tl.load(stats_ptr + at, mask=row_ok, other=0.0)
-    zz = tl.load(stats_ptr + n_slots + at, mask=row_ok, other=0.0)
-    xx = tl.load(stats_ptr + 2 * n_slots + at, mask=row_ok, other=0.0)
-    u_sum = tl.load(stats_ptr + 3 * n_slots + at, mask=row_ok, other=1.0)
+    zx = tl.load(stats_ptr + b64 * S + slot, mask=row_ok, other=0.0)
+    zz = tl.load(stats_ptr + (B + b64) * S + slot, mask=row_ok, other=0.0)
+    xx = tl.load(stats_ptr + (2 * B + b64) * S + slot, mask=row_ok, other=0.0)
+    u_sum = tl.load(stats_ptr + (3 * B + b64) * S + slot, mask=row_ok, other=1.0)
     cos = _cosine(zx, zz, xx)
     g_row = q // T
     cap = b64 * G + g_row
-    dl = tl.load(up_ptr + b64 * sub + g_row * sug, mask=row_ok, other=0.0).to(tl.float32)
+    dl = tl.load(up_ptr + b64 * sub + g_row.to(tl.int64) * sug, mask=row_ok, other=0.0).to(tl.float32)
     if HAS_DLSE:
         dl = dl * tl.load(dlse_ptr + cap, mask=row_ok, other=0.0)
     lse = tl.load(lse_ptr + cap, mask=row_ok, other=0.0)
@@ -496,12 +621,14 @@ def _tokens_bwd_kernel(
     dv_ptr,
     dx_ptr,
     dscale_part_ptr,
+    B,
     G,
     T,
     P,
     D,
     S,
-    n_slots,
+    NT,
+    NC,
     svb,
     svp,
     svd,
@@ -518,6 +645,9 @@ def _tokens_bwd_kernel(
     sug,
     HAS_VALID: tl.constexpr,
     HAS_DLSE: tl.constexpr,
+    IMAGE_GRAD: tl.constexpr,
+    TEXT_GRAD: tl.constexpr,
+    SCALE_GRAD: tl.constexpr,
     BR: tl.constexpr,
     BP: tl.constexpr,
     BD: tl.constexpr,
@@ -525,8 +655,10 @@ def _tokens_bwd_kernel(
     ZD: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """Program ``(c, b)`` owns columns ``[c*BD, (c+1)*BD)`` of image ``b``'s gradients: ``dV_b``
-    and ``dX`` of all its captions. ``dl = upstream * dLoss/dl`` (loss) or ``upstream`` (scores).
+    """Program ``b * NC + c`` owns columns ``[c*BD, (c+1)*BD)`` of image ``b``'s gradients:
+    ``dV_b`` and ``dX`` of all its captions. ``dl = upstream * dLoss/dl`` (loss) or ``upstream``
+    (scores). ``*_GRAD`` say which gradients are asked for: ``dX`` is stored for B (at rows only)
+    when only ``dV`` is, A is skipped when neither is, B when ``dV`` is not.
 
     A. Per block of the image's rows: ``Z = U V / sum(U)`` from the stored weights, then
        ``dX = coef (Z - x_proj X)``, stored. Positions that are not rows get an exact zero.
@@ -535,76 +667,82 @@ def _tokens_bwd_kernel(
        ``dZ = coef (1 - z_proj x_proj) X - z_proj dX``.
     Column block 0 also writes the image's ``sum da * cos`` (the ``logit_scale`` partial).
     """
-    c = tl.program_id(0)  # an image's column blocks run side by side and share its weights in L2
-    b = tl.program_id(1)
+    # One axis, image-major: B may pass 65,535, and an image's column blocks run side by side,
+    # sharing its weights in L2.
+    b = tl.program_id(0) // NC
+    c = tl.program_id(0) % NC
     b64 = b.to(tl.int64)
     offs_d = c * BD + tl.arange(0, BD)
     d_ok = offs_d < D
     offs_t = tl.arange(0, TP)
 
-    for g in range(0, G):
-        counted = _counted(
-            mask_ptr, valid_ptr, b, g + tl.arange(0, 1), G, T, smb, smg, smt, snb, snk, HAS_VALID, TP
-        )
-        zero_rows = (tl.sum(counted, axis=0) == 0) & (offs_t < T)
-        dx_cap = dx_ptr + ((b64 * G + g) * T + offs_t) * D
-        for z0 in range(0, BD, ZD):
-            offs_z = c * BD + z0 + tl.arange(0, ZD)
-            tl.store(
-                dx_cap[:, None] + offs_z[None, :],
-                tl.zeros((TP, ZD), dtype=dx_ptr.dtype.element_ty),
-                mask=zero_rows[:, None] & (offs_z < D)[None, :],
-            )
+    if TEXT_GRAD:
+        for g in range(0, G):
+            counted = _counted(mask_ptr, valid_ptr, b64, g, offs_t, G, T, smb, smg, smt, snb, snk, HAS_VALID)
+            zero_rows = (counted == 0) & (offs_t < T)
+            dx_cap = dx_ptr + ((b64 * G + g) * T + offs_t) * D
+            for z0 in range(0, BD, ZD):
+                offs_z = c * BD + z0 + tl.arange(0, ZD)
+                tl.store(
+                    dx_cap[:, None] + offs_z[None, :],
+                    tl.zeros((TP, ZD), dtype=dx_ptr.dtype.element_ty),
+                    mask=zero_rows[:, None] & (offs_z < D)[None, :],
+                )
 
     n_rows = tl.load(nrows_ptr + b)
-    n_tiles = tl.cdiv(P, BP)
     scale = tl.load(scale_ptr).to(tl.float32)
     v_img = v_ptr + b64 * svb
     dscale = 0.0
     for first in range(0, n_rows, BR):
         slot, row_ok, x_rows, dx_rows, da, cos, coef, z_proj, x_proj, inv_sum = _bwd_rows(
-            rows_ptr, x_ptr, dx_ptr, stats_ptr, lse_ptr, up_ptr, dlse_ptr, b, first, n_rows, G, T, D, S,
-            n_slots, scale, sxb, sxg, sxt, sub, sug, HAS_DLSE, BR,
+            rows_ptr, x_ptr, dx_ptr, stats_ptr, lse_ptr, up_ptr, dlse_ptr, b64, first, n_rows, B, G, T, D, S,
+            scale, sxb, sxg, sxt, sub, sug, HAS_DLSE, BR,
         )  # fmt: skip
         dscale += tl.sum(da * cos, axis=0)
-        z = _pooled_block(
-            w_ptr, v_img, b, slot, row_ok, n_tiles, S, P, svp, svd, offs_d, d_ok, BP, BR, BD, DOT_PRECISION
-        )
-        z = z * inv_sum[:, None]
-        tile_ok = row_ok[:, None] & d_ok[None, :]
-        x = tl.load(x_rows[:, None] + offs_d[None, :] * sxd, mask=tile_ok, other=0.0).to(tl.float32)
-        dx = coef[:, None] * (z - x_proj[:, None] * x)
-        tl.store(dx_rows[:, None] + offs_d[None, :], dx.to(dx_ptr.dtype.element_ty), mask=tile_ok)
+        if TEXT_GRAD or IMAGE_GRAD:
+            z, _ = _pooled_block(
+                w_ptr, w_ptr, v_img, b64, slot, row_ok, 0.0, 0.0, S, P, NT, svp, svd, offs_d, d_ok,
+                False, False, False, BP, BR, BD, DOT_PRECISION,
+            )  # fmt: skip
+            z = z * inv_sum[:, None]
+            tile_ok = row_ok[:, None] & d_ok[None, :]
+            x = tl.load(x_rows[:, None] + offs_d.to(tl.int64)[None, :] * sxd, mask=tile_ok, other=0.0)
+            dx = coef[:, None] * (z - x_proj[:, None] * x.to(tl.float32))
+            tl.store(dx_rows[:, None] + offs_d[None, :], dx.to(dx_ptr.dtype.element_ty), mask=tile_ok)
     tl.debug_barrier()  # B reads back the dX that other threads of this program stored
 
-    for j in range(0, n_tiles):
-        offs_p = j * BP + tl.arange(0, BP)
-        p_ok = offs_p < P
-        dv = tl.zeros((BP, BD), dtype=tl.float32)
-        for first in range(0, n_rows, BR):
-            slot, row_ok, x_rows, dx_rows, da, cos, coef, z_proj, x_proj, inv_sum = _bwd_rows(
-                rows_ptr, x_ptr, dx_ptr, stats_ptr, lse_ptr, up_ptr, dlse_ptr, b, first, n_rows, G, T, D, S,
-                n_slots, scale, sxb, sxg, sxt, sub, sug, HAS_DLSE, BR,
-            )  # fmt: skip
-            tile_ok = row_ok[:, None] & d_ok[None, :]
-            x = tl.load(x_rows[:, None] + offs_d[None, :] * sxd, mask=tile_ok, other=0.0).to(tl.float32)
-            dx = tl.load(dx_rows[:, None] + offs_d[None, :], mask=tile_ok, other=0.0).to(tl.float32)
-            # dZ / sum(U): W = U / sum(U) is folded into the rows of dZ.
-            x_part = coef * (1.0 - z_proj * x_proj) * inv_sum
-            dz = x_part[:, None] * x - (z_proj * inv_sum)[:, None] * dx
-            u = tl.load(
-                w_ptr + (b64 * S + slot)[:, None] * P + offs_p[None, :],
-                mask=row_ok[:, None] & p_ok[None, :],
-                other=0.0,
+    if IMAGE_GRAD:
+        for j in range(0, NT):
+            offs_p = j * BP + tl.arange(0, BP)
+            p_ok = offs_p < P
+            dv = tl.zeros((BP, BD), dtype=tl.float32)
+            for first in range(0, n_rows, BR):
+                slot, row_ok, x_rows, dx_rows, da, cos, coef, z_proj, x_proj, inv_sum = _bwd_rows(
+                    rows_ptr, x_ptr, dx_ptr, stats_ptr, lse_ptr, up_ptr, dlse_ptr, b64, first, n_rows, B,
+                    G, T, D, S, scale, sxb, sxg, sxt, sub, sug, HAS_DLSE, BR,
+                )  # fmt: skip
+                tile_ok = row_ok[:, None] & d_ok[None, :]
+                x = tl.load(x_rows[:, None] + offs_d.to(tl.int64)[None, :] * sxd, mask=tile_ok, other=0.0)
+                dx = tl.load(dx_rows[:, None] + offs_d[None, :], mask=tile_ok, other=0.0).to(tl.float32)
+                dz = (coef * (1.0 - z_proj * x_proj))[:, None] * x.to(tl.float32) - z_proj[:, None] * dx
+                u = tl.load(
+                    w_ptr + (b64 * S + slot)[:, None] * P + offs_p[None, :],
+                    mask=row_ok[:, None] & p_ok[None, :],
+                    other=0.0,
+                )
+                # The 16-bit operands are W = U / sum(U), in [0, 1], and dZ, of the text
+                # gradient's magnitude: dZ / sum(U) (sum(U) is 1e4 and more with minmax) would
+                # fall below fp16's normal range long before the image gradient itself does.
+                w = u.to(tl.float32) * inv_sum[:, None]
+                dtype = x_ptr.dtype.element_ty
+                dv = tl.dot(tl.trans(w.to(dtype)), dz.to(dtype), dv, input_precision=DOT_PRECISION)
+            tl.store(
+                dv_ptr + (b64 * P + offs_p)[:, None] * D + offs_d[None, :],
+                dv.to(dv_ptr.dtype.element_ty),
+                mask=p_ok[:, None] & d_ok[None, :],
             )
-            dtype = x_ptr.dtype.element_ty
-            dv = tl.dot(tl.trans(u.to(dtype)), dz.to(dtype), dv, input_precision=DOT_PRECISION)
-        tl.store(
-            dv_ptr + b64 * P * D + offs_p[:, None] * D + offs_d[None, :],
-            dv.to(dv_ptr.dtype.element_ty),
-            mask=p_ok[:, None] & d_ok[None, :],
-        )
-    tl.store(dscale_part_ptr + b, dscale, mask=c == 0)
+    if SCALE_GRAD:
+        tl.store(dscale_part_ptr + b, dscale, mask=c == 0)
 
 
 @triton.jit
@@ -635,15 +773,16 @@ INTERPRETER = DeviceSpec(shared_limit=1 << 30)
 class Tiles(NamedTuple):
     """Tile sizes of one launch plan.
 
-    rows (``BR``): rows per block, the M of the forward's and phase A's dots and the K of dV's;
-    patches (``BP``): patches per tile; width (``BD``): the forward's D chunk; bwd_width: the
-    columns each backward program owns; num_warps, num_stages: as Triton takes them.
+    rows (``BR``): rows per block, the M of the dots of the similarity, the pooling and phase A,
+    the K of dV's; patches (``BP``): patches per tile; width (``BD``): the similarity's D chunk;
+    columns: the columns of ``D`` each pooling and backward program owns; num_warps,
+    num_stages: as Triton takes them.
     """
 
     rows: int
     patches: int
     width: int
-    bwd_width: int
+    columns: int
     num_warps: int
     num_stages: int
 
@@ -692,17 +831,20 @@ def shared_bytes(tiles: Tiles, dtype: torch.dtype, groups: int, positions: int) 
     tokens of ``dtype`` and ``groups x positions`` text positions per image; the compiled kernels
     are checked against it for sm_80 to sm_90 (tests/test_kernel_resources.py).
 
-    Triton keeps ``num_stages`` copies of each pipelined dot's operand tiles (the forward's ``X``
-    and ``V`` chunks, or a weight tile, fp32 at most, with a ``V`` or ``dZ`` tile), converts an
-    fp32 accumulator's layout through shared memory. The row numbering's cumulative sums over the
-    image's ``G x T`` positions need scratch too, but before any of that is live: Triton reuses it.
+    Triton keeps ``num_stages`` copies of each pipelined dot's operand tiles (the similarity's
+    ``X`` and ``V`` chunks, or a weight tile, fp32 at most, with a ``V`` or ``dZ`` tile), converts
+    an fp32 accumulator's layout through shared memory, and the per-row values of a block (up to
+    eight fp32 vectors in the backward) into the dots' layouts. The row numbering's cumulative sums
+    over the image's ``G x T`` positions need scratch too, but before any of that is live: Triton
+    reuses it.
     """
     size = torch.finfo(dtype).bits // 8
-    br, bp, bd, bdb = tiles.rows, tiles.patches, tiles.width, tiles.bwd_width
-    operands = max((br + bp) * bd * size, br * bp * 4 + max(bp, br) * bdb * size)
-    accumulator = 4 * max(br * bp, br * bd, max(br, bp) * bdb)
+    br, bp, bd, bc = tiles.rows, tiles.patches, tiles.width, tiles.columns
+    operands = max((br + bp) * bd * size, br * bp * 4 + max(bp, br) * bc * size)
+    accumulator = 4 * max(br * bp, br * bd, max(br, bp) * bc)
+    row_vectors = 8 * 4 * br
     numbering = 8 * triton.next_power_of_2(max(groups, 2)) * triton.next_power_of_2(positions)
-    return max(tiles.num_stages * operands + accumulator, numbering)
+    return max(tiles.num_stages * operands + accumulator + row_vectors, numbering)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -713,6 +855,18 @@ def shared_bytes(tiles: Tiles, dtype: torch.dtype, groups: int, positions: int) 
 def _empty(shape, dtype, device) -> torch.Tensor:
     """Every buffer the host code allocates goes through here (tests fill them with NaN)."""
     return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _nothing(like: torch.Tensor) -> torch.Tensor:
+    """What the backward returns for a gradient not asked for (a custom op returns tensors)."""
+    return torch.empty((0,), dtype=like.dtype, device=like.device)
+
+
+def _on_device(tensor: torch.Tensor):
+    """Triton launches on the current CUDA device, on its current stream: make them the inputs'
+    (tensors on ``cuda:1`` while device 0 is current, as DDP without ``set_device`` or
+    ``device_map="auto"`` leave them). Allocations name their device anyway."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -741,41 +895,59 @@ def _tiles_for(image_tokens: torch.Tensor, text_tokens: torch.Tensor) -> Tiles:
     return tiles
 
 
-def _rows_fwd(image_tokens, text_tokens, text_mask, logit_scale, neg_valid, normalizer, sparsify, tiles):
-    """Launch 1. Returns the weights ``U (B, S, P)`` (tokens' dtype, fp32 with sparsify), the row
-    statistics ``(4, B, S)`` fp32, the row list ``(B, S)`` int32, the row counts ``(B,)`` int32
-    and the partial log-sum-exps ``(2, B, n_blocks, G)`` fp32."""
+def _saved_shapes(image_tokens: torch.Tensor, text_tokens: torch.Tensor, sparsify: bool):
+    """``(shape, dtype)`` of what the forward saves for the backward: the weights ``U (B, S, P)``,
+    the row statistics ``(4, B, S)``, the row list ``(B, S)`` and the row counts ``(B,)``."""
+    B, P, _ = image_tokens.shape
+    S = text_tokens.shape[1] * text_tokens.shape[2]
+    return (
+        ((B, S, P), _weights_dtype(text_tokens.dtype, sparsify)),
+        ((_ROW_STATS, B, S), torch.float32),
+        ((B, S), torch.int32),
+        ((B,), torch.int32),
+    )
+
+
+def _forward(
+    image_tokens, text_tokens, text_mask, logit_scale, neg_valid, normalizer, sparsify, tiles, scores
+):
+    """Launches 1 to 3. Returns ``l (B, G)`` fp32, the scores ``(B, G)`` in the tokens' dtype when
+    ``scores`` (else None) and the saved tensors of :func:`_saved_shapes`."""
     B, P, D = image_tokens.shape
     G, T = text_tokens.shape[1], text_tokens.shape[2]
     S = G * T
     device = image_tokens.device
-    n_blocks = triton.cdiv(S, tiles.rows)
-    weights = _empty((B, S, P), _weights_dtype(text_tokens.dtype, sparsify), device)
-    stats = _empty((_ROW_STATS, B, S), torch.float32, device)
-    rows = _empty((B, S), torch.int32, device)
-    n_rows = _empty((B,), torch.int32, device)
-    parts = _empty((2, B, n_blocks, G), torch.float32, device)
+    weights, stats, rows, n_rows = (
+        _empty(shape, dtype, device) for shape, dtype in _saved_shapes(image_tokens, text_tokens, sparsify)
+    )
+    n_tiles, n_cols = triton.cdiv(P, tiles.patches), triton.cdiv(D, tiles.columns)
+    # Forward-only: the tiles' statistics, the rows' smallest and largest similarity, and the
+    # column blocks' parts of the row statistics.
+    tile_stats = _empty((2, B, n_tiles, S), torch.float32, device)
+    ranges = _empty((2, B, S), torch.float32, device)
+    parts = _empty((3, n_cols, B, S), torch.float32, device)
+    lse = _empty((B, G), torch.float32, device)
+    out = _empty((B, G), text_tokens.dtype, device) if scores else lse
     mask = text_mask.view(torch.uint8)
     valid, snb, snk = _valid_args(neg_valid, mask)
-    _rows_fwd_kernel[(n_blocks, B)](
+    common = dict(num_warps=tiles.num_warps, num_stages=tiles.num_stages)
+    dots = dict(BR=tiles.rows, BP=tiles.patches, DOT_PRECISION=_dot_precision(text_tokens.dtype), **common)
+    _similarity_kernel[(B * n_tiles,)](
         image_tokens,
         text_tokens,
         mask,
         valid,
-        logit_scale,
         weights,
-        stats,
+        tile_stats,
         rows,
         n_rows,
-        parts,
+        B,
         G,
         T,
         P,
         D,
         S,
-        B * S,
-        n_blocks,
-        B * n_blocks * G,
+        n_tiles,
         *image_tokens.stride(),
         *text_tokens.stride(),
         *mask.stride(),
@@ -783,86 +955,126 @@ def _rows_fwd(image_tokens, text_tokens, text_mask, logit_scale, neg_valid, norm
         snk,
         HAS_VALID=neg_valid is not None,
         SOFTMAX=normalizer == "softmax",
-        SPARSIFY=bool(sparsify),
-        BR=tiles.rows,
-        BP=tiles.patches,
         BD=tiles.width,
         GP=max(2, triton.next_power_of_2(G)),
         TP=triton.next_power_of_2(T),
-        NTP=max(2, triton.next_power_of_2(triton.cdiv(P, tiles.patches))),
-        DOT_PRECISION=_dot_precision(text_tokens.dtype),
-        num_warps=tiles.num_warps,
-        num_stages=tiles.num_stages,
+        **dots,
     )
-    return weights, stats, rows, n_rows, parts
-
-
-def _combine_block(num_images: int) -> int:
-    return max(16, min(128, triton.next_power_of_2(num_images)))
-
-
-def _scores_fwd(parts, dtype):
-    """Launch 2 of the scores. Returns ``scores (B, G)`` in ``dtype`` and ``l (B, G)`` fp32."""
-    _, B, n_blocks, G = parts.shape
-    lse = _empty((B, G), torch.float32, parts.device)
-    scores = _empty((B, G), dtype, parts.device)
-    block = min(32, _combine_block(B))
-    _scores_kernel[(triton.cdiv(B, block),)](
-        parts, lse, scores, B, G, n_blocks, B * n_blocks * G, BB=block, GP=max(2, triton.next_power_of_2(G))
-    )
-    return scores, lse
-
-
-def _contrast_fwd(parts, neg_valid, focal_gamma, label_smoothing, dtype):
-    """Launch 2 of the loss. Returns ``loss ()`` in ``dtype``, ``l (B, G)`` and ``dLoss/dl
-    (B, G)`` fp32."""
-    _, B, n_blocks, G = parts.shape
-    lse = _empty((B, G), torch.float32, parts.device)
-    loss = _empty((), dtype, parts.device)
-    dlse = _empty((B, G), torch.float32, parts.device)
-    valid, snb, snk = _valid_args(neg_valid, parts)
-    _contrast_fwd_kernel[(1,)](
+    _pool_kernel[(B * n_cols,)](
+        image_tokens,
+        text_tokens,
+        weights,
+        tile_stats,
+        rows,
+        n_rows,
+        stats,
+        ranges,
         parts,
-        valid,
+        B,
+        T,
+        P,
+        D,
+        S,
+        n_tiles,
+        n_cols,
+        *image_tokens.stride(),
+        *text_tokens.stride(),
+        SOFTMAX=normalizer == "softmax",
+        SPARSIFY=bool(sparsify),
+        BD=tiles.columns,
+        **dots,
+    )
+    _finish_kernel[(B * n_tiles,)](
+        parts,
+        weights,
+        tile_stats,
+        stats,
+        ranges,
+        rows,
+        n_rows,
+        logit_scale,
         lse,
+        out,
+        B,
+        G,
+        T,
+        P,
+        S,
+        n_tiles,
+        n_cols,
+        SOFTMAX=normalizer == "softmax",
+        SPARSIFY=bool(sparsify),
+        SCORES=bool(scores),
+        BR=tiles.rows,
+        BP=tiles.patches,
+        GP=max(2, triton.next_power_of_2(G)),
+        num_warps=tiles.num_warps,
+    )
+    return lse, out if scores else None, (weights, stats, rows, n_rows)
+
+
+def _contrast(lse, neg_valid, focal_gamma, label_smoothing, dtype):
+    """Launch 4 of the loss. Returns ``loss ()`` in ``dtype`` and ``dLoss/dl (B, G)`` fp32."""
+    B, G = lse.shape
+    loss = _empty((), dtype, lse.device)
+    dlse = _empty((B, G), torch.float32, lse.device)
+    valid, snb, snk = _valid_args(neg_valid, lse)
+    _contrast_fwd_kernel[(1,)](
+        lse,
+        valid,
         loss,
         dlse,
         B,
         G,
-        n_blocks,
-        B * n_blocks * G,
         snb,
         snk,
         float(focal_gamma),
         float(label_smoothing),
         HAS_VALID=neg_valid is not None,
-        BB=_combine_block(B),
+        BB=max(16, min(128, triton.next_power_of_2(B))),
         GP=max(2, triton.next_power_of_2(G)),
         num_warps=4,
     )
-    return loss, lse, dlse
+    return loss, dlse
 
 
-def _local_hn_bwd(
-    grad, dlse, image_tokens, text_tokens, text_mask, logit_scale, neg_valid, lse, saved, tiles
+def _backward(
+    grad,
+    dlse,
+    image_tokens,
+    text_tokens,
+    text_mask,
+    logit_scale,
+    neg_valid,
+    lse,
+    saved,
+    tiles,
+    wanted,
 ):
     """Backward launches. ``grad`` is the upstream gradient: ``()`` for the loss (with ``dlse``
-    its ``dLoss/dl``), ``(B, G)`` for the scores (``dlse`` None). ``saved`` is ``(weights, stats,
-    rows, n_rows)`` from :func:`_rows_fwd`. Returns the gradients of image_tokens ``(B, P, D)``,
-    text_tokens ``(B, G, T, D)`` and logit_scale ``()``, each in its input's dtype."""
+    its ``dLoss/dl``), ``(B, G)`` for the scores (``dlse`` None). ``saved`` is what
+    :func:`_forward` saved; ``wanted`` says which of the gradients of image_tokens ``(B, P, D)``,
+    text_tokens ``(B, G, T, D)`` and logit_scale ``()`` to compute. Returns them, each in its
+    input's dtype, and an empty tensor for each one not wanted."""
+    need_image, need_text, need_scale = wanted
     weights, stats, rows, n_rows = saved
     B, P, D = image_tokens.shape
     G, T = text_tokens.shape[1], text_tokens.shape[2]
     device = image_tokens.device
-    d_image = _empty((B, P, D), image_tokens.dtype, device)
-    d_text = _empty((B, G, T, D), text_tokens.dtype, device)
-    d_scale = _empty((), logit_scale.dtype, device)
-    dscale_part = _empty((B,), torch.float32, device)
+    d_image = _empty((B, P, D), image_tokens.dtype, device) if need_image else _nothing(image_tokens)
+    # The dV pass rebuilds dZ from dX: with dV alone wanted, dX of the rows is kept in this buffer.
+    d_text = (
+        _empty((B, G, T, D), text_tokens.dtype, device) if need_text or need_image else _nothing(text_tokens)
+    )
+    d_scale = _empty((), logit_scale.dtype, device) if need_scale else _nothing(logit_scale)
+    dscale_part = _empty((B,), torch.float32, device) if need_scale else lse
     mask = text_mask.view(torch.uint8)
     valid, snb, snk = _valid_args(neg_valid, mask)
     up_strides = grad.stride() if grad.dim() == 2 else (0, 0)
     block_t = triton.next_power_of_2(T)
-    _tokens_bwd_kernel[(triton.cdiv(D, tiles.bwd_width), B)](
+    # d logit_scale alone needs the row statistics only: one program per image.
+    n_cols = triton.cdiv(D, tiles.columns) if need_image or need_text else 1
+    _tokens_bwd_kernel[(B * n_cols,)](
         image_tokens,
         text_tokens,
         mask,
@@ -875,15 +1087,17 @@ def _local_hn_bwd(
         stats,
         rows,
         n_rows,
-        d_image,
-        d_text,
+        d_image if need_image else lse,
+        d_text if need_image or need_text else lse,
         dscale_part,
+        B,
         G,
         T,
         P,
         D,
         G * T,
-        B * G * T,
+        triton.cdiv(P, tiles.patches),
+        n_cols,
         *image_tokens.stride(),
         *text_tokens.stride(),
         *mask.stride(),
@@ -892,19 +1106,23 @@ def _local_hn_bwd(
         *up_strides,
         HAS_VALID=neg_valid is not None,
         HAS_DLSE=dlse is not None,
+        IMAGE_GRAD=need_image,
+        TEXT_GRAD=need_text,
+        SCALE_GRAD=need_scale,
         BR=tiles.rows,
         BP=tiles.patches,
-        BD=tiles.bwd_width,
+        BD=tiles.columns,
         TP=block_t,
-        ZD=min(tiles.bwd_width, max(16, 4096 // block_t)),
+        ZD=min(tiles.columns, max(16, 4096 // block_t)),
         DOT_PRECISION=_dot_precision(text_tokens.dtype),
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,
     )
-    _sum_kernel[(1,)](
-        dscale_part, d_scale, B, BLOCK=max(16, min(1024, triton.next_power_of_2(B))), num_warps=4
-    )
-    return d_image, d_text, d_scale
+    if need_scale:
+        _sum_kernel[(1,)](
+            dscale_part, d_scale, B, BLOCK=max(16, min(1024, triton.next_power_of_2(B))), num_warps=4
+        )
+    return d_image, d_text if need_text else _nothing(text_tokens), d_scale
 
 
 # ---------------------------------------------------------------------------------------------
@@ -913,15 +1131,10 @@ def _local_hn_bwd(
 
 
 def _saved_like(image_tokens: torch.Tensor, text_tokens: torch.Tensor, sparsify: bool):
-    """Fake ``weights, stats, rows, n_rows`` with the shapes ``_rows_fwd`` returns."""
-    B, G, T = text_tokens.shape[:3]
-    P = image_tokens.shape[1]
-    device = image_tokens.device
-    return (
-        torch.empty((B, G * T, P), dtype=_weights_dtype(text_tokens.dtype, sparsify), device=device),
-        torch.empty((_ROW_STATS, B, G * T), dtype=torch.float32, device=device),
-        torch.empty((B, G * T), dtype=torch.int32, device=device),
-        torch.empty((B,), dtype=torch.int32, device=device),
+    """Fake saved tensors, with the shapes :func:`_forward` gives them."""
+    return tuple(
+        torch.empty(shape, dtype=dtype, device=image_tokens.device)
+        for shape, dtype in _saved_shapes(image_tokens, text_tokens, sparsify)
     )
 
 
@@ -935,12 +1148,12 @@ def _scores_op(
     sparsify: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``scores (B, G)`` in the tokens' dtype, ``l (B, G)`` fp32, then what the backward needs
-    (see _rows_fwd)."""
+    (see _saved_shapes)."""
     tiles = _tiles_for(image_tokens, text_tokens)
-    *saved, parts = _rows_fwd(
-        image_tokens, text_tokens, text_mask, logit_scale, None, normalizer, sparsify, tiles
-    )
-    scores, lse = _scores_fwd(parts, text_tokens.dtype)
+    with _on_device(image_tokens):
+        lse, scores, saved = _forward(
+            image_tokens, text_tokens, text_mask, logit_scale, None, normalizer, sparsify, tiles, scores=True
+        )
     return scores, lse, *saved
 
 
@@ -964,13 +1177,22 @@ def _loss_op(
     focal_gamma: float,
     label_smoothing: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``loss ()`` in the tokens' dtype, ``dLoss/dl (B, G)`` and ``l (B, G)`` fp32, then what
-    _rows_fwd saves."""
+    """``loss ()`` in the tokens' dtype, ``dLoss/dl (B, G)`` and ``l (B, G)`` fp32, then what the
+    backward needs (see _saved_shapes)."""
     tiles = _tiles_for(image_tokens, text_tokens)
-    *saved, parts = _rows_fwd(
-        image_tokens, text_tokens, text_mask, logit_scale, neg_valid, normalizer, sparsify, tiles
-    )
-    loss, lse, dlse = _contrast_fwd(parts, neg_valid, focal_gamma, label_smoothing, text_tokens.dtype)
+    with _on_device(image_tokens):
+        lse, _, saved = _forward(
+            image_tokens,
+            text_tokens,
+            text_mask,
+            logit_scale,
+            neg_valid,
+            normalizer,
+            sparsify,
+            tiles,
+            scores=False,
+        )
+        loss, dlse = _contrast(lse, neg_valid, focal_gamma, label_smoothing, text_tokens.dtype)
     return loss, dlse, lse, *saved
 
 
@@ -1007,21 +1229,27 @@ def _bwd_op(
     stats: torch.Tensor,
     rows: torch.Tensor,
     n_rows: torch.Tensor,
+    need_image: bool,
+    need_text: bool,
+    need_scale: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of image_tokens, text_tokens and logit_scale (see _local_hn_bwd)."""
+    """Gradients of image_tokens, text_tokens and logit_scale, the ones asked for (see
+    _backward)."""
     tiles = _tiles_for(image_tokens, text_tokens)
-    return _local_hn_bwd(
-        grad,
-        dlse,
-        image_tokens,
-        text_tokens,
-        text_mask,
-        logit_scale,
-        neg_valid,
-        lse,
-        (weights, stats, rows, n_rows),
-        tiles,
-    )
+    with _on_device(image_tokens):
+        return _backward(
+            grad,
+            dlse,
+            image_tokens,
+            text_tokens,
+            text_mask,
+            logit_scale,
+            neg_valid,
+            lse,
+            (weights, stats, rows, n_rows),
+            tiles,
+            (need_image, need_text, need_scale),
+        )
 
 
 @_bwd_op.register_fake
@@ -1038,10 +1266,14 @@ def _bwd_fake(
     stats,
     rows,
     n_rows,
+    need_image,
+    need_text,
+    need_scale,
 ):
     # Contiguous, like the real gradients (empty_like would keep a grouped view's strides).
     return tuple(
-        torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (image_tokens, text_tokens, logit_scale)
+        torch.empty(t.shape, dtype=t.dtype, device=t.device) if need else _nothing(t)
+        for t, need in ((image_tokens, need_image), (text_tokens, need_text), (logit_scale, need_scale))
     )
 
 
@@ -1054,11 +1286,24 @@ def _setup_scores(ctx, inputs, output):
     ctx.save_for_backward(image_tokens, text_tokens, text_mask, logit_scale, lse, *saved)
 
 
+def _wanted(ctx) -> tuple[bool, bool, bool]:
+    """Which of image_tokens, text_tokens and logit_scale (inputs 0, 1 and 3) need a gradient: a
+    frozen tower's tokens do not, and their gradient is not computed."""
+    needs = ctx.needs_input_grad
+    return needs[0], needs[1], needs[3]
+
+
+def _given(grads, wanted):
+    return tuple(grad if need else None for grad, need in zip(grads, wanted, strict=True))
+
+
 def _scores_backward(ctx, grad_scores, *_):
     image_tokens, text_tokens, text_mask, logit_scale, lse, *saved = ctx.saved_tensors
-    d_image, d_text, d_scale = _bwd_op(
-        grad_scores, None, image_tokens, text_tokens, text_mask, logit_scale, None, lse, *saved
+    wanted = _wanted(ctx)
+    grads = _bwd_op(
+        grad_scores, None, image_tokens, text_tokens, text_mask, logit_scale, None, lse, *saved, *wanted
     )
+    d_image, d_text, d_scale = _given(grads, wanted)
     return d_image, d_text, None, d_scale, None, None
 
 
@@ -1072,9 +1317,11 @@ def _setup_loss(ctx, inputs, output):
 
 def _loss_backward(ctx, grad_loss, *_):
     image_tokens, text_tokens, text_mask, logit_scale, neg_valid, dlse, lse, *saved = ctx.saved_tensors
-    d_image, d_text, d_scale = _bwd_op(
-        grad_loss, dlse, image_tokens, text_tokens, text_mask, logit_scale, neg_valid, lse, *saved
+    wanted = _wanted(ctx)
+    grads = _bwd_op(
+        grad_loss, dlse, image_tokens, text_tokens, text_mask, logit_scale, neg_valid, lse, *saved, *wanted
     )
+    d_image, d_text, d_scale = _given(grads, wanted)
     return d_image, d_text, None, d_scale, None, None, None, None, None
 
 
@@ -1179,7 +1426,7 @@ def local_hn_loss(
     label_smoothing: float,
 ) -> torch.Tensor:
     """``reference.hn_contrast_loss(reference.local_hn_scores(...), neg_valid, focal_gamma,
-    label_smoothing)`` in two launches.
+    label_smoothing)`` in four launches.
 
     Args:
         as :func:`local_hn_scores`, plus ``neg_valid (B, G-1)`` bool or None (all present),
