@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Everything a lent GPU (H100 / H200) has to check, in one command with an internal time limit:
+# the self-check, the GPU-marked tests, the kernel and dispatch tests on CUDA, the local HN
+# benchmark at the four anchor shapes in bf16 and fp32, and the training-step benchmark (ViT-B/32,
+# B = 256, K = 3, AMP bf16). Each step runs under its own limit, in the order that matters most
+# first, so the whole run ends inside GPU_CHECK_BUDGET_S (default 420 s) and one rerun still fits
+# a session's 15 minutes of device time. docs/benchmarks.md ("The GPU run") says how to use it.
+#
+#   scripts/gpu_check.sh OUT_DIR          # on the device: OUT_DIR="$OUT"
+#   GPU_CHECK_REHEARSAL=1 scripts/gpu_check.sh OUT_DIR   # on a CPU: the same steps at smoke sizes
+#
+# Wheels the device lacks are read from .whl/ (scripts/fetch_gpu_wheels.sh fills it) and installed
+# into /tmp/site. OUT_DIR receives at most 7 files, as the device tool returns at most 8.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+OUT_DIR=${1:?usage: scripts/gpu_check.sh OUT_DIR}
+BUDGET_S=${GPU_CHECK_BUDGET_S:-420}
+REHEARSAL=${GPU_CHECK_REHEARSAL:-0}
+mkdir -p "$OUT_DIR"
+SUMMARY="$OUT_DIR/summary.txt"
+START=$(date +%s)
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+
+say() { echo "$*" | tee -a "$SUMMARY"; }
+
+# step NAME LIMIT_S LOG COMMAND...: run COMMAND under min(LIMIT_S, what is left of the budget),
+# append its output to LOG, and record its exit status and time in the summary.
+failed=0
+step() {
+    local name=$1 limit=$2 log=$3
+    shift 3
+    local left=$((BUDGET_S - ($(date +%s) - START)))
+    if ((left < 10)); then
+        say "SKIP  $name: the budget of ${BUDGET_S} s is spent"
+        failed=1
+        return
+    fi
+    ((limit > left)) && limit=$left
+    local t0=$(date +%s)
+    echo "### $name: $*" >>"$OUT_DIR/$log"
+    timeout --kill-after=10 "$limit" "$@" >>"$OUT_DIR/$log" 2>&1
+    local rc=$?
+    local status=ok
+    ((rc == 124 || rc == 137)) && status="TIMEOUT after ${limit} s"
+    ((rc != 0 && rc != 124 && rc != 137)) && status="FAIL rc=$rc"
+    ((rc != 0)) && failed=1
+    say "$(printf '%-5s %-16s %4d s  (%s)' "${status%% *}" "$name" $(($(date +%s) - t0)) "$status")"
+}
+
+say "gpu_check at $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), budget ${BUDGET_S} s"
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+    step wheels 60 summary.txt python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+python3 - >>"$SUMMARY" 2>&1 <<'PY'
+import importlib.metadata as md, platform, torch
+print("python", platform.python_version(), "| torch", torch.__version__, "| cuda", torch.version.cuda)
+for name in ("triton", "open_clip_torch", "transformers", "einops"):
+    try:
+        print(name, md.version(name))
+    except md.PackageNotFoundError:
+        print(name, "MISSING")
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print("device", p.name, f"sm_{p.major}{p.minor}", p.multi_processor_count, "SMs", p.total_memory >> 30, "GiB")
+else:
+    print("device: no CUDA device")
+PY
+
+if [ "$REHEARSAL" = 1 ]; then
+    # CPU: the kernels run under Triton's interpreter, the GPU-marked tests skip themselves, the
+    # benchmarks run their smoke sizes; what is exercised is this script and every command line.
+    export TRITON_INTERPRET=1
+    BENCH=(--smoke)
+    TRAIN=(--smoke)
+    KERNEL_TESTS=(tests/test_dispatch.py)
+    XDIST=()
+else
+    BENCH=(--suite anchors)
+    TRAIN=(--model ViT-B-32 --batch 256 --negatives 3)
+    KERNEL_TESTS=(tests/test_kernels.py tests/test_dispatch.py)
+    # 16 CPU cores compile Triton and inductor kernels in parallel; pytest-xdist is on the device.
+    XDIST=(-n 8)
+fi
+
+step check 60 check.log python3 -m fsc_losses.check
+step gpu-tests 150 pytest_gpu.log python3 -m pytest -q -rs -m gpu "${XDIST[@]}" tests
+step kernel-tests 100 pytest_kernels.log python3 -m pytest -q -rs "${XDIST[@]}" "${KERNEL_TESTS[@]}"
+step bench-local-hn 150 bench.log python3 benchmarks/bench_local_hn.py "${BENCH[@]}" --dtype bf16 fp32 \
+    --normalizer minmax --mode fwd+bwd --rep-ms 100 --results "$OUT_DIR/local_hn.csv"
+step bench-train 60 bench.log python3 benchmarks/bench_train_step.py "${TRAIN[@]}" \
+    --results "$OUT_DIR/train_step.csv"
+
+say "total $(($(date +%s) - START)) s; $([ $failed = 0 ] && echo 'every step passed' || echo 'SOME STEPS FAILED')"
+exit $failed
