@@ -770,40 +770,9 @@ def test_opcheck_of_the_custom_ops(monkeypatch):
     torch.library.opcheck(local_hn._scores_op, (image, text, mask, scale, "softmax", True))
     _, dlse, lse, *saved = local_hn._loss_op(*loss_args)
     grad = torch.tensor(0.7, device=DEVICE)
-    torch.library.opcheck(
-        local_hn._bwd_op,
-        (
-            grad,
-            dlse,
-            image.detach(),
-            text.detach(),
-            mask,
-            scale.detach(),
-            neg_valid,
-            lse,
-            *saved,
-            True,
-            True,
-            True,
-        ),
-    )
-    torch.library.opcheck(
-        local_hn._bwd_op,
-        (
-            grad,
-            dlse,
-            image.detach(),
-            text.detach(),
-            mask,
-            scale.detach(),
-            neg_valid,
-            lse,
-            *saved,
-            True,
-            False,
-            False,
-        ),
-    )
+    inputs = (grad, dlse, image.detach(), text.detach(), mask, scale.detach(), neg_valid, lse, *saved)
+    for needs_grad in ((True, True, True), (True, False, False)):  # every gradient; the image's alone
+        torch.library.opcheck(local_hn._bwd_op, (*inputs, *needs_grad))
 
 
 def test_unsupported_reason(monkeypatch):
