@@ -83,6 +83,10 @@ def main(out: Path) -> None:
     train_and_save(trainer, out / "lvlm")
     if world_size > 1:
         fsdp_gradients(out, world_size)
+        # No process exits while the other may still use the group (rank 0 saves last): a gloo
+        # group torn down by interpreter exit aborts the process now and then.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

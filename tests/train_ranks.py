@@ -23,3 +23,7 @@ main()
 handle.remove()
 folder = os.environ["FSC_TEST_RANKS_DIR"]
 torch.save(models[0].state_dict(), os.path.join(folder, f"rank{os.environ['RANK']}.pt"))
+# open_clip's main leaves the gloo group up; one torn down by interpreter exit while the other rank
+# still uses it aborts the process now and then
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
