@@ -346,10 +346,14 @@ class Architecture:
     added_tokens: tuple = ()
 
     def require(self) -> None:
-        """Skip the test, naming the architecture, when this transformers does not ship it."""
+        """Skip the test, naming the architecture, when this transformers does not ship it (or,
+        for SmolVLM, when num2words, which its processor needs and the test extra installs, is
+        missing)."""
         missing = [c for c in (self.model_class, self.processor_class) if not hasattr(transformers, c)]
         if missing:
             pytest.skip(f"{self.name}: transformers {transformers.__version__} does not ship {missing}")
+        if self.processor_class == "SmolVLMProcessor":
+            pytest.importorskip("num2words", reason="SmolVLM: its processor needs num2words (the test extra)")
 
     def processor(self):
         tokenizer = lvlm_tokenizer(WORDS, self.special_tokens, self.added_tokens, self.with_bos)

@@ -21,6 +21,7 @@ pytest.importorskip("accelerate")
 if int(transformers.__version__.split(".")[0]) < 5:
     pytest.skip("the LVLM glue needs transformers >= 5", allow_module_level=True)
 
+from fsc_losses import ContrastiveNTPLoss  # noqa: E402
 from fsc_losses.functional import ntp_loss  # noqa: E402
 from fsc_losses.integrations.hf_trainer import ContrastiveNTPCollator, ContrastiveNTPTrainer  # noqa: E402
 from fsc_losses.integrations.lvlm import (  # noqa: E402
@@ -288,10 +289,15 @@ def test_trainer_trains_lora_and_soft_prompt_and_the_adapter_reloads(setup, tmp_
     steps move exactly the LoRA weights, the soft prompt and the temperature; the saved adapter,
     loaded into a fresh model, gives the trained model's loss."""
     model = dual_encoder(setup)
-    lora = {name for name, _ in model.named_modules() if name.endswith("lora_A")}
-    decoder = lora_target_modules(model.get_base_model()).split("\\.")[0]
-    assert lora and all(f".{decoder}." in name for name in lora)
-    assert not any(part in name for name in lora for part in ("vision", "visual", "projector", "connector"))
+    lvlm = model.get_base_model()
+    decoder = next(name for name, module in lvlm.named_modules() if module is lvlm.get_decoder())
+    lora = {
+        name.removeprefix("base_model.model.")
+        for name, _ in model.named_modules()
+        if name.endswith(".lora_A")
+    }
+    layers = lvlm.config.get_text_config().num_hidden_layers
+    assert len(lora) == 4 * layers and all(name.startswith(f"{decoder}.layers.") for name in lora)
 
     args = training_args(tmp_path, per_device_train_batch_size=2, max_steps=2)
     trainer = ContrastiveNTPTrainer(
@@ -326,3 +332,60 @@ def test_trainer_trains_lora_and_soft_prompt_and_the_adapter_reloads(setup, tmp_
         torch.testing.assert_close(
             trainer.compute_loss(loaded, setup.batch), trainer.compute_loss(model, setup.batch)
         )
+
+
+# ---- errors -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llava():
+    return Setup(ARCHITECTURES["LLaVA-1.5"])
+
+
+def test_hidden_states_refuses_an_input_the_forward_does_not_name(llava):
+    image = llava.batch["image_sequences"]
+    with pytest.raises(
+        ValueError, match=r"LlavaModel.forward takes no \['image_grid_thw'\]; it takes \[.*'image_sizes'"
+    ):
+        hidden_states(llava.model, **image, **llava.batch["images"], image_grid_thw=torch.ones(ROWS, 3))
+
+
+def test_lora_target_modules_refuses_projections_the_language_model_lacks(llava):
+    assert (
+        lora_target_modules(llava.model, ("gate_proj", "down_proj"))
+        == r"model\.language_model\..*\.(gate_proj|down_proj)"
+    )
+    with pytest.raises(
+        ValueError, match=r"\(model.language_model\) has no linear layers named \['qkv'\]; its linear"
+    ):
+        lora_target_modules(llava.model, ("q_proj", "qkv"))
+
+
+def test_collator_refuses_a_per_token_field_it_cannot_extend(llava):
+    class Processor:  # LLaVA's, with one more per-token field
+        image_token, tokenizer = llava.processor.image_token, llava.tokenizer
+
+        def __call__(self, **kwargs):
+            out = llava.processor(**kwargs)
+            out["segment_ids"] = torch.zeros_like(out["input_ids"])
+            return out
+
+    collator = ContrastiveNTPCollator(Processor(), **llava.architecture.prompts())
+    with pytest.raises(
+        ValueError, match=r"for image_prompt has a per-token field 'segment_ids' the collator"
+    ):
+        collator(llava.rows)
+
+
+def test_trainer_refuses_a_loss_without_the_models_softcap(tmp_path):
+    paligemma2 = Setup(ARCHITECTURES["PaliGemma 2"])
+    model = dual_encoder(paligemma2)
+    args = training_args(tmp_path)
+    with pytest.raises(
+        ValueError, match=r"loss_fn has softcap=None, but the model's LM head soft-caps its logits at 0.05"
+    ):
+        ContrastiveNTPTrainer(
+            model=model, args=args, data_collator=paligemma2.collator, loss_fn=ContrastiveNTPLoss()
+        )
+    trainer = ContrastiveNTPTrainer(model=model, args=args, data_collator=paligemma2.collator)
+    assert trainer.loss_fn.softcap == 0.05

@@ -180,7 +180,7 @@ def hidden_states(
         inputs: every other processor output the base model's forward takes, by its name:
             ``image_sizes``, ``image_grid_thw``, ``mm_token_type_ids``, ``token_type_ids``,
             ``pixel_attention_mask``, ``batch_num_images``, ... A name the forward does not take is
-            an error.
+            an error; ``labels`` (which PaliGemma's processor returns) are the loss's and ignored.
 
     A model that caches state between calls (Qwen2-VL's ``rope_deltas``, kept for generation) has
     it cleared for this call and put back after, so that no call sees another's.
@@ -198,6 +198,7 @@ def hidden_states(
     if hasattr(model, "get_base_model"):  # a peft model's base_model is its LoRA wrapper
         model = model.get_base_model()
     base = model.base_model
+    inputs.pop("labels", None)
     if pixel_values is not None:
         inputs["pixel_values"] = pixel_values
     _check_forward_inputs(base, inputs)
@@ -275,7 +276,10 @@ def sequence_embeddings(
 def lm_head_softcap(model: nn.Module) -> float | None:
     """The logit soft-capping of the model's LM head (``final_logit_softcapping`` of its text
     config: Gemma 2, PaliGemma 2), or None: what ``ContrastiveNTPLoss(softcap=...)`` and
-    ``linear_cross_entropy(softcap=...)`` need for the NTP term to equal the model's own loss."""
+    ``linear_cross_entropy(softcap=...)`` need for the NTP term to equal the model's own loss.
+
+    (transformers 5.25's ``Gemma3ForConditionalGeneration`` does not cap its logits even when its
+    text config sets a cap; the released Gemma 3 configs set none.)"""
     config = model.config
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     cap = getattr(text_config, "final_logit_softcapping", None)
