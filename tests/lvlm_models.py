@@ -11,6 +11,7 @@ one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -341,7 +342,7 @@ class Architecture:
     processor_class: str
     special_tokens: dict
     placeholder: str
-    build: object
+    build: Callable  # tokenizer -> (processor, config)
     with_bos: bool = True
     added_tokens: tuple = ()
 

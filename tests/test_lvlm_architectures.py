@@ -53,23 +53,16 @@ class Setup:
         self.soft_id = self.tokenizer.convert_tokens_to_ids(SOFT)
         self.cap = lm_head_softcap(self.model)
 
-    def logits(self, states):
-        """The model's own LM head on ``states``, soft-capped as its forward caps."""
-        logits = self.model.lm_head(states)
-        return logits if self.cap is None else self.cap * torch.tanh(logits / self.cap)
-
-    def reference(self, kind: str, side: str, images=None):
+    def reference(self, kind: str, side: str):
         """The ``kind`` sequences as the processor makes them, padded on ``side``."""
         prompts = self.architecture.prompts()
-        images = images or [[row["image"]] for row in self.rows]
+        images = [[row["image"]] for row in self.rows]
         padding = dict(padding=True, padding_side=side, return_tensors="pt")
         if kind == "image":
             out = self.processor(text=[prompts["image_prompt"]] * ROWS, images=images, **padding)
         elif kind == "text":
             texts = [prompts["text_prompt"].format(caption=row["caption"]) for row in self.rows]
-            if (
-                self.collator.prefix_lm
-            ):  # PaliGemma's layout of a prompt, which its processor refuses without an image
+            if self.collator.prefix_lm:  # PaliGemma's prompt layout; its processor needs an image
                 texts = [f"{self.tokenizer.bos_token}{text}\n" for text in texts]
                 out = self.tokenizer(texts, add_special_tokens=False, return_token_type_ids=True, **padding)
             else:
@@ -154,6 +147,12 @@ def written_soft_prompt(model, vectors, placeholder_id):
         model.set_input_embeddings(embedding)
 
 
+def head_logits(model, cap, states):
+    """The model's own LM head on ``states``, soft-capped as its forward caps."""
+    logits = model.lm_head(states)
+    return logits if cap is None else cap * torch.tanh(logits / cap)
+
+
 def last_real(states, mask):
     return torch.stack([states[row, mask[row].nonzero().max()] for row in range(len(states))])
 
@@ -179,9 +178,8 @@ def test_sequences_and_states_equal_the_processors_and_the_models_own(setup, sid
             states = hidden_states(setup.model, soft_prompt=soft, **sequences, **images)
             with written_soft_prompt(setup.model, soft.embeddings, setup.soft_id):
                 own = setup.model(**reference).logits
-        torch.testing.assert_close(setup.logits(states), own, rtol=1e-5, atol=1e-5, msg=kind)
-    if kind == "ntp":  # the soft prompt is absent from NTP sequences: it changed the others
-        assert (setup.batch["ntp_sequences"]["input_ids"] != setup.soft_id).all()
+        logits = head_logits(setup.model, setup.cap, states)
+        torch.testing.assert_close(logits, own, rtol=1e-5, atol=1e-5, msg=kind)
 
 
 def test_no_state_leaks_between_calls(setup):
@@ -204,10 +202,11 @@ def test_no_state_leaks_between_calls(setup):
                 base.rope_deltas = None
                 stack.callback(setattr, base, "rope_deltas", cached)
             own = setup.model(**text).logits
-    torch.testing.assert_close(setup.logits(states), own, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(head_logits(setup.model, setup.cap, states), own, rtol=1e-5, atol=1e-5)
 
 
 def test_one_rows_image_changes_only_that_rows_embedding(setup):
+    """No row sees another's image (the image inputs are flattened across rows for most models)."""
     other = [dict(row) for row in setup.rows]
     other[1]["image"] = 255 - other[1]["image"]  # the same size: the same layout of positions
     embeddings = []
@@ -257,7 +256,7 @@ def dual_encoder(setup, seed=0):
 
 
 def objective_from_the_models_own_forward(setup, model):
-    """ContrastiveNTPLoss's terms by hand: the models' own forward on the processor's sequences
+    """ContrastiveNTPLoss's terms by hand: the model's own forward on the processor's sequences
     (the soft prompt through the stand-in embedding layer), the last real position's state, the
     InfoNCE over the cosine similarities, F.cross_entropy on the model's own logits."""
     lvlm = model.get_base_model()
@@ -265,9 +264,8 @@ def objective_from_the_models_own_forward(setup, model):
     with written_soft_prompt(lvlm, lvlm.soft_prompt.embeddings, setup.soft_id):
         for kind in ("image", "text"):
             reference = setup.reference(kind, "right")
-            out = lvlm(**reference)
-            states = lvlm.model(**reference).last_hidden_state
-            torch.testing.assert_close(setup_logits(lvlm, setup.cap, states), out.logits)
+            states = lvlm.model(**reference).last_hidden_state  # what the LM head reads:
+            torch.testing.assert_close(head_logits(lvlm, setup.cap, states), lvlm(**reference).logits)
             embeddings.append(F.normalize(last_real(states, reference["attention_mask"]), dim=-1))
     similarity = lvlm.logit_scale() * embeddings[0] @ embeddings[1].T
     truth = torch.arange(ROWS)
@@ -277,11 +275,6 @@ def objective_from_the_models_own_forward(setup, model):
     logits = lvlm(**reference).logits
     ntp = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
     return contrastive + ntp
-
-
-def setup_logits(lvlm, cap, states):
-    logits = lvlm.lm_head(states)
-    return logits if cap is None else cap * torch.tanh(logits / cap)
 
 
 def test_trainer_trains_lora_and_soft_prompt_and_the_adapter_reloads(setup, tmp_path):

@@ -366,9 +366,10 @@ class ContrastiveNTPCollator:
     def _text_sequences(self, captions: list[str]) -> dict[str, torch.Tensor]:
         texts = [self.text_prompt.format(caption=c) for c in captions]
         if not self.prefix_lm:
-            return self._split(self.processor(text=texts, padding=True, return_tensors="pt"), "text_prompt")[
-                0
-            ]
+            sequences, _ = self._split(
+                self.processor(text=texts, padding=True, return_tensors="pt"), "text_prompt"
+            )
+            return sequences
         # PaliGemma's processor lays out a prompt as <bos> prompt \n (all prefix) and needs an image
         bos = self.tokenizer.bos_token or ""
         out = self.tokenizer(
@@ -388,13 +389,13 @@ class ContrastiveNTPCollator:
             out = self.processor(
                 text=prompts, images=images, suffix=long_captions, padding=True, return_tensors="pt"
             )
-            sequences = self._split(out, "ntp_prompt")[0]
+            sequences, _ = self._split(out, "ntp_prompt")
             answer = (sequences["token_type_ids"] == 1) & sequences["attention_mask"].bool()
             sequences["labels"] = torch.where(answer, sequences["input_ids"], self.ignore_index)
             return sequences
-        prompt_fields = self._split(
+        prompt_fields, _ = self._split(
             self.processor(text=prompts, images=images, padding=True, return_tensors="pt"), "ntp_prompt"
-        )[0]
+        )
         answers = self.tokenizer(long_captions, add_special_tokens=False)["input_ids"]
         real = prompt_fields["attention_mask"].bool()
         lengths = [int(r.sum()) + len(a) + 1 for r, a in zip(real, answers, strict=True)]
