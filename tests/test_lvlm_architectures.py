@@ -297,8 +297,12 @@ def test_trainer_trains_lora_and_soft_prompt_and_the_adapter_reloads(setup, tmp_
         model=model, args=args, train_dataset=setup.rows, data_collator=setup.collator
     )
     model.eval()
+    head_calls = []
+    hook = lvlm.lm_head.register_forward_hook(lambda *_: head_calls.append(1))
     with torch.no_grad():
         loss = trainer.compute_loss(model, setup.batch)
+        hook.remove()
+        assert head_calls == []  # the NTP term never makes the (N, V) logits
         torch.testing.assert_close(
             loss, objective_from_the_models_own_forward(setup, model), rtol=1e-4, atol=1e-4
         )
