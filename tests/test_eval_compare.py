@@ -150,7 +150,11 @@ def test_a_benchmark_is_summarised_over_the_keys_both_sides_have():
     assert "* valse: over " in text and "left out: valse::foil-it (not in every run's results)" in text
     assert "* aro: over aro::VG_Relation, aro::VG_Attribute only" in text
     assert "aro::COCO_Order, aro::Flickr30k_Order (ARO makes its negatives at run time with spaCy" in text
-    assert "t whatsup: a tie between the right answer and a wrong one is wrong here" in text
+    assert (
+        "t mmvp_vlm, whatsup, winoground: a tie between the right answer and a wrong one is wrong here"
+        in text
+    )
+    assert "What'sUp's own code takes np.argmax over the captions, the true one first" in text
 
 
 def test_keys_outside_the_tables_and_skipped_items_are_said():

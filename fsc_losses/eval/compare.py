@@ -43,9 +43,9 @@ NOT_COMPUTED = {
 # Benchmarks whose own scoring code counts a tie between the right answer and a wrong one as right;
 # this package counts it as wrong, and vl_compo's code is not public.
 TIE_RULES = {
+    "mmvp_vlm": "MMVP's evaluate_vlm.py compares a softmax with 0.5",
     "whatsup": "What'sUp's own code takes np.argmax over the captions, the true one first",
     "winoground": "CLIP_benchmark's Winoground takes argmax over the 2 x 2 scores",
-    "mmvp_vlm": "MMVP's evaluate_vlm.py compares a softmax with 0.5",
 }
 # Result keys of this package (by benchmark) that the published tables do not have, and why.
 NOT_IN_TABLES = {
@@ -232,12 +232,13 @@ def compare(runs: list[Run], rows: list[Row]) -> Comparison:
                     f"{run.label}: {count} items of {prefix} were skipped (absent or unreadable images); "
                     "the tables scored all of them"
                 )
-    ties = sorted(b for b in TIE_RULES if b in subsets)
-    for bench in ties:
+    ties = [bench for bench in TIE_RULES if bench in subsets]
+    if ties:
         notes.append(
-            f"t {bench}: a tie between the right answer and a wrong one is wrong here; {TIE_RULES[bench]}, "
-            "so it counts a tie as right, and vl_compo's code is not public. Ties need identical "
-            "embeddings (e.g. captions the same after truncation), which real models rarely give."
+            f"t {', '.join(ties)}: a tie between the right answer and a wrong one is wrong here, right "
+            f"in the benchmark's own code ({'; '.join(TIE_RULES[b] for b in ties)}); vl_compo's code is "
+            "not public. Ties need identical embeddings (e.g. captions the same after truncation), "
+            "which real models rarely give."
         )
 
     averages = []
@@ -481,6 +482,7 @@ def draw_chart(comparison: Comparison, path: str | Path, background: bool = True
         )
     axes.set_xlabel(f"Multi-modal avg.: retrieval R@1 over {len(c.multimodal)} keys (%)")
     axes.set_ylabel(f"Compositional avg. over {len(c.subsets)} benchmarks (%)")
+    axes.margins(x=0.12, y=0.06)  # room for the labels
     axes.grid(True, linestyle="--", alpha=0.5)
     axes.legend(fontsize=8, loc="best")
     benchmarks = ", ".join(f"{line.name} ({line.detail})" for line in c.benchmarks)
