@@ -198,10 +198,10 @@ def write_runs(folder):
     )
     bare = folder / "bare.json"
     bare.write_text(json.dumps(second.results))
-    lines = folder / "results.jsonl"
-    lines.write_text(
-        "\n".join(json.dumps({**r.results, "epoch": e}) for e, r in ((1, first), (2, second))) + "\n"
-    )
+    lines = folder / "results.jsonl"  # as the trainer appends them, open_clip's own metrics between
+    open_clip_metrics = {"image_to_text_mean_rank": 12.5, "val_loss": 1.9, "epoch": 1, "num_samples": 5000}
+    records = [open_clip_metrics, {**first.results, "epoch": 1}, {**second.results, "epoch": 2}]
+    lines.write_text("\n".join(json.dumps(r) for r in records) + "\n")
     return out, bare, lines
 
 
@@ -220,8 +220,16 @@ def test_result_files_are_read_in_every_format(tmp_path):
     with pytest.raises(ValueError, match=r"bad\.json: expected a JSON object of results"):
         compare.read_runs([tmp_path / "bad.json"])
     (tmp_path / "percent.json").write_text(json.dumps({"sugarcrepe::add_obj": 85.3}))
-    with pytest.raises(ValueError, match=r"percent\.json: expected results as fractions in \[0, 1\]"):
+    with pytest.raises(
+        ValueError, match=r"percent\.json: expected results .* in \[0, 1\], got 'sugarcrepe::add_obj': 85\.3"
+    ):
         compare.read_runs([tmp_path / "percent.json"])
+    (tmp_path / "other.jsonl").write_text(json.dumps({"val_loss": 1.2, "epoch": 1}) + "\n")
+    with pytest.raises(ValueError, match=r"other\.jsonl: no line has results"):
+        compare.read_runs([tmp_path / "other.jsonl"])
+    (tmp_path / "nested.json").write_text(json.dumps({"results": [0.5]}))
+    with pytest.raises(ValueError, match=r"nested\.json: expected a JSON object of results, got list"):
+        compare.read_runs([tmp_path / "nested.json"])
 
 
 def test_report_prints_the_comparison_and_draws_the_chart(tmp_path, capsys):

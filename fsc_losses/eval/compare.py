@@ -76,37 +76,34 @@ def read_runs(paths) -> list[Run]:
 
     Each path is a JSON file written by ``python -m fsc_losses.eval --out`` (``{"results", "counts",
     "missing", "skipped", ...}``), a JSON object of results (what ``evaluate`` returns), or a JSON-lines
-    file of results objects, one per checkpoint (the trainer's ``checkpoints/results.jsonl``; an
-    ``"epoch"`` field labels its line). Runs are labelled by file name, with the epoch or line.
+    file with one object of results per checkpoint (the trainer's ``checkpoints/results.jsonl``: an
+    ``"epoch"`` field labels its line, and the lines of open_clip's own metrics, which have no
+    ``"<benchmark>::..."`` key, are passed over). Runs are labelled by file name, with the epoch or
+    line. Only the ``"<benchmark>::..."`` keys are read.
 
     Raises:
-        ValueError: a file that is none of these (named).
+        ValueError: a file that is none of these, or whose results are not fractions (named).
     """
     runs = []
     for path in map(Path, paths):
         if path.suffix == ".jsonl":
-            lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)]
-            for number, line in lines:
-                if line.strip():
-                    record = _json(path, line, f"line {number}")
+            before = len(runs)
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+                record = _json(path, line, f"line {number}") if line.strip() else {}
+                if any("::" in key for key in record):
                     label = (
                         f"{path.name} epoch {record['epoch']}"
                         if "epoch" in record
                         else f"{path.name}:{number}"
                     )
                     runs.append(Run(label, _results(path, record, f"line {number}")))
+            if len(runs) == before:
+                raise ValueError(f'{path}: no line has results (keys "<benchmark>::...")')
             continue
         data = _json(path, path.read_text(encoding="utf-8"))
         if "results" in data:
-            runs.append(
-                Run(
-                    path.name,
-                    _results(path, data["results"]),
-                    dict(data.get("counts", {})),
-                    dict(data.get("missing", {})),
-                    dict(data.get("skipped", {})),
-                )
-            )
+            counts, missing, skipped = (dict(data.get(k) or {}) for k in ("counts", "missing", "skipped"))
+            runs.append(Run(path.name, _results(path, data["results"]), counts, missing, skipped))
         else:
             runs.append(Run(path.name, _results(path, data)))
     labels = [run.label for run in runs]
@@ -126,18 +123,24 @@ def _json(path: Path, text: str, where: str = "") -> dict:
     return data
 
 
-def _results(path: Path, data: dict, where: str = "") -> dict[str, float]:
-    results = {
-        k: float(v)
-        for k, v in data.items()
-        if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
-    if not results or any(not 0.0 <= v <= 1.0 for v in results.values()):
+def _results(path: Path, data, where: str = "") -> dict[str, float]:
+    """The ``"<benchmark>::..."`` keys of ``data``, which must be fractions."""
+    place = f"{path}{', ' + where if where else ''}"
+    if not isinstance(data, dict):
+        raise ValueError(f"{place}: expected a JSON object of results, got {type(data).__name__}")
+    results = {k: v for k, v in data.items() if "::" in k}
+    bad = [
+        k
+        for k, v in results.items()
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1
+    ]
+    if not results or bad:
         raise ValueError(
-            f"{path}{', ' + where if where else ''}: expected results as fractions in [0, 1] "
-            '(python -m fsc_losses.eval --out writes them under "results")'
+            f'{place}: expected results "<benchmark>::..." as fractions in [0, 1]'
+            + (f", got {bad[0]!r}: {results[bad[0]]!r}" if bad else ", found none")
+            + ' (python -m fsc_losses.eval --out writes them under "results")'
         )
-    return results
+    return {k: float(v) for k, v in results.items()}
 
 
 @dataclass
@@ -346,7 +349,8 @@ def format_comparison(comparison: Comparison) -> str:
     """The comparison as text: who is who, the benchmarks, the averages, the keys, the notes."""
     c = comparison
     out = ["Your results beside published ones, in percent (the tables' unit; this package's are fractions)."]
-    names = [f"you{i + 1}" for i in range(len(c.runs))] + [chr(ord("A") + i) for i in range(len(c.rows))]
+    letters = [chr(ord("A") + i) if i < 26 else f"P{i + 1}" for i in range(len(c.rows))]
+    names = [f"you{i + 1}" for i in range(len(c.runs))] + letters
     for name, run in zip(names, c.runs, strict=False):
         out.append(f"  {name:>5}: {run.label}")
     for name, row in zip(names[len(c.runs) :], c.rows, strict=True):
@@ -389,8 +393,8 @@ def format_comparison(comparison: Comparison) -> str:
     )
     table("key", c.keys, False)
     out += ["", "Notes"] + [f"- {note}" for note in c.notes]
-    for table in dict.fromkeys(row.table for row in c.rows):
-        out.append(f"- {published.TABLES[table]}: {published.SOURCES[table]}")
+    for source in dict.fromkeys(row.table for row in c.rows):
+        out.append(f"- {published.TABLES[source]}: {published.SOURCES[source]}")
     return "\n".join(out)
 
 
