@@ -114,6 +114,35 @@ def test_a_run_of_a_rows_own_keys_lands_on_that_row():
     assert {2} == comparison.averages[0].approximate == comparison.averages[1].approximate
 
 
+def test_the_chart_puts_every_point_on_the_same_averages():
+    """The chart's data, without matplotlib: the runs at their two averages, a run holding a row's
+    keys on that row, FSC-CLIP's row hollow, and every vl_compo model behind them."""
+    rows = published.find([*published.DEFAULT_ROWS, "CE-CLIP/coco-ft"])
+    runs = [as_run("CE-CLIP/coco-ft", "ce"), as_run("GNM-CLIP/coco-ft", "gnm")]
+    comparison = compare.compare(runs, rows)
+    data = compare.chart(comparison)
+    averages = {line.name: line for line in comparison.averages}
+    for i, point in enumerate(data.runs):
+        assert (point.x, point.y) == (
+            averages["multi-modal avg."].runs[i],
+            averages["compositional avg."].runs[i],
+        )
+    assert [p.label for p in data.rows] == [r.name for r in rows]
+    assert [p.exact for p in data.rows] == [True, True, False, True]
+    assert (data.rows[3].x, data.rows[3].y) == pytest.approx((data.runs[0].x, data.runs[0].y), abs=1e-12)
+    ce_clip = next(p for p in data.background["fine-tuned"] if p.label == "CE-CLIP/coco-ft")
+    assert (ce_clip.x, ce_clip.y) == (data.rows[3].x, data.rows[3].y)
+    assert len(data.background["pre-trained"]) + len(data.background["fine-tuned"]) == 202
+    assert len(data.background["fine-tuned"]) == 8  # NegCLIP, CE-CLIP, GNM-CLIP, TSVLC x2, DAC x2, CLoVe
+    assert data.y_label == "Compositional avg. over 7 benchmarks (%)"
+    assert "aro (2/4)" in data.caption and "flickr30k::t2i/R@1" in data.caption
+    no_retrieval = compare.compare(
+        [as_run("CE-CLIP/coco-ft", "ce", drop=set(published.RETRIEVAL.values()))], rows
+    )
+    with pytest.raises(ValueError, match="the chart needs a compositional benchmark and a retrieval R@1 key"):
+        compare.chart(no_retrieval)
+
+
 def test_a_benchmark_is_summarised_over_the_keys_both_sides_have():
     """Worked by hand for OpenAI's ViT-B/32 row: VALSE without foil-it is the mean of the six other
     groups' means; ARO is the mean of VG-Relation and VG-Attribute; SugarCrepe pools each group by

@@ -398,27 +398,38 @@ def format_comparison(comparison: Comparison) -> str:
     return "\n".join(out)
 
 
-# the chosen published rows' colours: none of them the runs' red or the background's blue and orange
-_ROW_COLOURS = ("#2ca02c", "#9467bd", "#8c564b", "#17becf", "#bcbd22", "#7f7f7f", "#e377c2", "#1f3a93")
+@dataclass(frozen=True)
+class Point:
+    """A point of the chart: ``x`` the multi-modal average, ``y`` the compositional one (fractions);
+    ``exact`` False where either is over another set than the runs' (drawn hollow)."""
+
+    label: str
+    x: float
+    y: float
+    exact: bool = True
 
 
-def draw_chart(comparison: Comparison, path: str | Path, background: bool = True) -> Path:
-    """The trade-off chart in the manner of vl_compo's Figure 1: compositional average (y) against
-    multi-modal average (x), the runs (stars, joined in order) among the published rows chosen
-    (labelled) and, with ``background``, every vl_compo row (pre-trained blue, fine-tuned orange),
-    all averaged over the same benchmarks and keys. Values whose average is over another set are
-    drawn hollow.
+@dataclass
+class Chart:
+    """What ``draw_chart`` draws, computed without matplotlib: the runs (in order), the chosen
+    published rows that have both averages, every vl_compo row by kind (``"pre-trained"``,
+    ``"fine-tuned"``: vl_compo's StructuredCLIP family), and the axes' labels."""
+
+    runs: list[Point]
+    rows: list[Point]
+    background: dict[str, list[Point]]
+    x_label: str
+    y_label: str
+    caption: str
+
+
+def chart(comparison: Comparison) -> Chart:
+    """The points and labels of the trade-off chart, every value averaged over the comparison's
+    benchmarks and retrieval keys.
 
     Raises:
-        ImportError: matplotlib is not installed (the text comparison does not need it).
         ValueError: the runs share no compositional benchmark or no retrieval key with the tables.
     """
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError(
-            "the chart needs matplotlib (pip install matplotlib); the text comparison does not"
-        ) from None
     c = comparison
     if not c.subsets or not c.multimodal:
         raise ValueError(
@@ -426,74 +437,113 @@ def draw_chart(comparison: Comparison, path: str | Path, background: bool = True
             "flickr30k) that every run shares with the published tables; the runs have "
             f"{', '.join(c.subsets) or 'no such benchmark'} and {', '.join(c.multimodal) or 'no such key'}"
         )
+    averages = {line.name: line for line in c.averages}
+    runs = [
+        Point(run.label, x, y)
+        for run, x, y in zip(
+            c.runs, averages["multi-modal avg."].runs, averages["compositional avg."].runs, strict=True
+        )
+    ]
+    rows = []
+    for row in c.rows:
+        x, y, exact = c.axes(row)
+        if x is not None and y is not None:
+            rows.append(Point(row.name, x, y, exact))
+    background = {"pre-trained": [], "fine-tuned": []}
+    for row in published.rows():
+        if row.table == VL_COMPO:
+            x, y, _ = c.axes(row)
+            background["fine-tuned" if row.family == "StructuredCLIP" else "pre-trained"].append(
+                Point(row.name, x, y)
+            )
+    benchmarks = ", ".join(f"{line.name} ({line.detail})" for line in c.benchmarks)
+    return Chart(
+        runs,
+        rows,
+        background,
+        f"Multi-modal avg.: retrieval R@1 over {len(c.multimodal)} keys (%)",
+        f"Compositional avg. over {len(c.subsets)} benchmarks (%)",
+        f"benchmarks (keys used/all): {benchmarks}\nretrieval: {', '.join(c.multimodal)}",
+    )
+
+
+# the chosen published rows' colours: none of them the runs' red or the background's blue and orange
+_ROW_COLOURS = ("#2ca02c", "#9467bd", "#8c564b", "#17becf", "#bcbd22", "#7f7f7f", "#e377c2", "#1f3a93")
+_BACKGROUND_COLOURS = {"pre-trained": "#4c72b0", "fine-tuned": "#dd8452"}
+_RUN_COLOUR = "#c44e52"
+
+
+def draw_chart(comparison: Comparison, path: str | Path, background: bool = True) -> Path:
+    """Draw ``chart(comparison)`` to ``path`` (any format matplotlib writes: .png, .svg, .pdf), in
+    the manner of vl_compo's Figure 1: compositional average (y) against multi-modal average (x),
+    the runs as stars joined in order, the chosen published rows labelled (hollow where an average
+    is over another set) and, with ``background``, every vl_compo row (pre-trained blue, fine-tuned
+    orange).
+
+    Raises:
+        ImportError: matplotlib is not installed (the text comparison does not need it).
+        ValueError: see ``chart``.
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError(
+            "the chart needs matplotlib (pip install matplotlib); the text comparison does not"
+        ) from None
+    data = chart(comparison)
     figure = Figure(figsize=(8, 6.5), layout="constrained")
     axes = figure.add_subplot()
-    if background:
-        for family, colour, label in (
-            (False, "#4c72b0", "pre-trained (vl_compo)"),
-            (True, "#dd8452", "fine-tuned (vl_compo)"),
-        ):
-            points = [
-                c.axes(row)[:2]
-                for row in published.rows()
-                if row.table == VL_COMPO and (row.family == "StructuredCLIP") == family
-            ]
-            axes.scatter(
-                [100 * x for x, _ in points],
-                [100 * y for _, y in points],
-                s=18,
-                color=colour,
-                alpha=0.45,
-                label=label,
-                linewidths=0,
-            )
-    for index, row in enumerate(c.rows):
-        x, y, exact = c.axes(row)
-        if x is None or y is None:
-            continue
+    for kind, points in data.background.items() if background else ():
+        axes.scatter(
+            [100 * p.x for p in points],
+            [100 * p.y for p in points],
+            s=18,
+            color=_BACKGROUND_COLOURS[kind],
+            alpha=0.45,
+            label=f"{kind} (vl_compo)",
+            linewidths=0,
+        )
+    for index, point in enumerate(data.rows):
         colour = _ROW_COLOURS[index % len(_ROW_COLOURS)]
         axes.scatter(
-            [100 * x],
-            [100 * y],
+            [100 * point.x],
+            [100 * point.y],
             s=90,
             marker="D",
             edgecolors=colour,
             linewidths=1.8,
-            facecolors=colour if exact else "none",
-            label=row.name + ("" if exact else " (~ other sets)"),
+            facecolors=colour if point.exact else "none",
+            label=point.label + ("" if point.exact else " (~ other sets)"),
             zorder=3,
         )
-        axes.annotate(row.name, (100 * x, 100 * y), textcoords="offset points", xytext=(6, 6), fontsize=8)
-    xs = [100 * sum(run.results[k] for k in c.multimodal) / len(c.multimodal) for run in c.runs]
-    comp = next(line for line in c.averages if line.name == "compositional avg.")
-    ys = [100 * v for v in comp.runs]
-    if len(c.runs) > 1:
-        axes.plot(xs, ys, color="#c44e52", linewidth=1, zorder=4)
+        axes.annotate(
+            point.label, (100 * point.x, 100 * point.y), textcoords="offset points", xytext=(6, 6), fontsize=8
+        )
+    xs, ys = [100 * p.x for p in data.runs], [100 * p.y for p in data.runs]
+    if len(xs) > 1:
+        axes.plot(xs, ys, color=_RUN_COLOUR, linewidth=1, zorder=4)
     axes.scatter(
         xs,
         ys,
         s=160,
         marker="*",
-        color="#c44e52",
+        color=_RUN_COLOUR,
         edgecolors="black",
         linewidths=0.6,
         zorder=5,
         label="your results",
     )
-    for run, x, y in zip(c.runs, xs, ys, strict=True):
+    for point, x, y in zip(data.runs, xs, ys, strict=True):
         axes.annotate(
-            run.label, (x, y), textcoords="offset points", xytext=(6, -12), fontsize=8, color="#c44e52"
+            point.label, (x, y), textcoords="offset points", xytext=(6, -12), fontsize=8, color=_RUN_COLOUR
         )
-    axes.set_xlabel(f"Multi-modal avg.: retrieval R@1 over {len(c.multimodal)} keys (%)")
-    axes.set_ylabel(f"Compositional avg. over {len(c.subsets)} benchmarks (%)")
+    axes.set_xlabel(data.x_label)
+    axes.set_ylabel(data.y_label)
     axes.margins(x=0.12, y=0.06)  # room for the labels
     axes.grid(True, linestyle="--", alpha=0.5)
     axes.legend(fontsize=8, loc="best")
-    benchmarks = ", ".join(f"{line.name} ({line.detail})" for line in c.benchmarks)
     figure.suptitle("Compositionality vs multi-modal skill, averaged over what both sides have", fontsize=11)
-    axes.set_title(
-        f"benchmarks (keys used/all): {benchmarks}\nretrieval: {', '.join(c.multimodal)}", fontsize=7
-    )
+    axes.set_title(data.caption, fontsize=7)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=150)
