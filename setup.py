@@ -31,6 +31,8 @@ setup(
     license="MIT",
     license_files=["LICENSE"],
     packages=find_packages(include=["fsc_losses", "fsc_losses.*"]),
+    # the FSC-CLIP authors' published result tables, read by fsc_losses.eval.published
+    package_data={"fsc_losses.eval": ["published/*.csv", "published/README.md"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import random
+import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +127,55 @@ def write_sugarcrepe(root: Path, seed: int = 0) -> list[str]:
             }
         _write_json(folder / f"{subset}.json", data)
     return [f"sugarcrepe::{s}" for s in SUGARCREPE_SUBSETS]
+
+
+SUGARCREPE_PP_SUBSETS = ("replace_obj", "replace_att", "replace_rel", "swap_obj", "swap_att")
+SUGARCREPE_PP_SCORES = ("itt", "tot", "itt_p1", "itt_p2")
+
+
+def write_sugarcrepe_pp(root: Path, seed: int = 0) -> list[str]:
+    """``sugarcrepe_pp/<subset>.json`` (5 subsets, 6 items each, as SugarCrepe++ publishes them: a
+    list of ``{"id", "filename", "caption", "caption2", "negative_caption"}``) over 5 images in
+    ``val2017/``.
+
+    For ``BagOfColours`` two captions tie exactly when they name the same colours in the same order,
+    and are clearly apart otherwise; swapped colours, which would tie only up to rounding, are
+    never used. The second true caption names the first one's colours (a paraphrase) or, in some
+    items, another second colour; the negative names the first caption's colours (an exact tie,
+    for the image and for the text-only test) or other ones."""
+    rng = random.Random(seed)
+    folder = Path(root) / "sugarcrepe_pp"
+    images = {f"{i:012d}.jpg": rng.choice(COLOURS) for i in (222235, 480021, 287347, 177934, 579635)}
+    for name, colour in images.items():
+        solid(folder / "val2017" / name, colour)
+
+    def other_than(*taken: list[str]) -> list[str]:
+        while True:
+            colours = [rng.choice(COLOURS), rng.choice(COLOURS)]
+            if sorted(colours) not in [sorted(t) for t in taken]:
+                return colours
+
+    for subset in SUGARCREPE_PP_SUBSETS:
+        data = []
+        for i in range(6):
+            name = rng.choice(sorted(images))
+            true = [images[name], rng.choice(COLOURS)]
+            if rng.random() < 0.7:
+                second = true
+            else:
+                second = [true[0], rng.choice([c for c in COLOURS if sorted([true[0], c]) != sorted(true)])]
+            negative = true if rng.random() < 0.25 else other_than(true, second)
+            data.append(
+                {
+                    "id": i,
+                    "filename": name,
+                    "caption": caption(rng, *true),
+                    "caption2": caption(rng, *second).replace("a ", "the "),  # other words
+                    "negative_caption": caption(rng, *negative),
+                }
+            )
+        _write_json(folder / f"{subset}.json", data)
+    return [f"sugarcrepe_pp::{s}::{m}" for s in SUGARCREPE_PP_SUBSETS for m in SUGARCREPE_PP_SCORES]
 
 
 def write_aro(root: Path, seed: int = 0) -> list[str]:
@@ -456,6 +507,7 @@ WRITERS = {
     "spec": write_spec,
     "imagecode": write_imagecode,
     "mmvp_vlm": write_mmvp_vlm,
+    "sugarcrepe_pp": write_sugarcrepe_pp,
     "coco_karpathy": write_coco_karpathy,
     "flickr30k": write_flickr30k,
     "zeroshot": write_zeroshot,
@@ -512,3 +564,17 @@ class BagOfColours(nn.Module):
         self.text_batches.append(len(ids))
         self.modes_seen.add(self.training)
         return torch.stack([self.text_vector(self.vocabulary[i]) for i in ids.tolist()])
+
+
+class HashedWords(BagOfColours):
+    """``BagOfColours`` for real captions, which name no colours of ``PALETTE``: a caption's
+    embedding is the sum of a fixed pseudo-random vector per word (seeded by the word's CRC-32), so
+    different captions score differently and identical ones tie."""
+
+    @staticmethod
+    def text_vector(text: str) -> torch.Tensor:
+        vector = torch.full((3,), 0.02)
+        for word in re.findall(r"[a-z0-9']+", text.lower()):
+            generator = torch.Generator().manual_seed(zlib.crc32(word.encode()))
+            vector = vector + torch.randn(3, generator=generator)
+        return vector

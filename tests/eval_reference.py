@@ -19,6 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .eval_fixtures import SUGARCREPE_PP_SUBSETS as SUGARCREPE_PP
 from .eval_fixtures import SUGARCREPE_SUBSETS as SUGARCREPE
 from .eval_fixtures import VALSE_PIECES as VALSE
 
@@ -71,6 +72,29 @@ class Reference:
                     )
                 )
             out[f"sugarcrepe::{subset}"] = sum(right) / len(right)
+        return out
+
+    def sugarcrepe_pp(self, folder: Path, image_folder: str = "val2017") -> dict[str, float]:
+        """As SugarCrepe++'s scripts (``VLMs/test_*.py``): per item, the image's cosine with each
+        caption and the captions' cosines with each other."""
+        out = {}
+        for subset in SUGARCREPE_PP:
+            path = folder / f"{subset}.json"
+            if not path.exists():
+                continue
+            right = {"itt": [], "tot": [], "itt_p1": [], "itt_p2": []}
+            for item in json.loads(path.read_text()):
+                image = self.image(folder / image_folder / item["filename"], None)
+                p1, p2, neg = (self.text(item[k]) for k in ("caption", "caption2", "negative_caption"))
+                cos_p1, cos_p2, cos_neg = (float(image @ t) for t in (p1, p2, neg))
+                cos_p1p2, cos_p1_neg, cos_p2_neg = float(p1 @ p2), float(p1 @ neg), float(p2 @ neg)
+                p1_wins, p2_wins = self.beats(cos_p1, cos_neg), self.beats(cos_p2, cos_neg)
+                right["itt"].append(p1_wins and p2_wins)
+                right["itt_p1"].append(p1_wins)
+                right["itt_p2"].append(p2_wins)
+                first, second = self.beats(cos_p1p2, cos_p1_neg), self.beats(cos_p1p2, cos_p2_neg)
+                right["tot"].append(first and second)
+            out.update({f"sugarcrepe_pp::{subset}::{k}": sum(v) / len(v) for k, v in right.items()})
         return out
 
     def aro(self, folder: Path) -> dict[str, float]:
@@ -167,6 +191,8 @@ class Reference:
                     / kind
                     / f"prod_vg_hard_negs_{kind}_complexity_{complexity}.csv"
                 )
+                if not path.exists():
+                    continue
                 right = []
                 with open(path, newline="") as f:
                     for row in csv.DictReader(f):

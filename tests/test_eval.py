@@ -12,12 +12,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsc_losses.eval import BENCHMARKS, evaluate, evaluate_report
+from fsc_losses.eval import BENCHMARKS, ImageError, evaluate, evaluate_report
 from fsc_losses.eval.aro import EXCLUDED_RELATIONS
 from fsc_losses.eval.items import ImageRef, Item
 from fsc_losses.eval.scoring import item_scores
 
-from .eval_fixtures import RELATIONS, WRITERS, BagOfColours, solid, write_all, write_aro, write_sugarcrepe
+from .eval_fixtures import (
+    RELATIONS,
+    SUGARCREPE_SUBSETS,
+    WRITERS,
+    BagOfColours,
+    solid,
+    write_all,
+    write_aro,
+    write_sugarcrepe,
+)
 from .eval_reference import ARO_EXCLUDED_IN_FIXTURES, Reference, open_image
 
 NAMES = list(WRITERS)
@@ -71,7 +80,15 @@ def test_the_fixtures_exercise_ties_crops_and_aros_macro_rules(root):
     assert strict.ties > 10
     lenient = bag_reference(ties_win=True).results(root, NAMES)
     changed = {k.split("::")[0] for k in expected if lenient[k] != expected[k]}
-    assert {"sugarcrepe", "winoground", "whatsup", "valse", "coco_karpathy", "flickr30k"} <= changed
+    assert {
+        "sugarcrepe",
+        "sugarcrepe_pp",
+        "winoground",
+        "whatsup",
+        "valse",
+        "coco_karpathy",
+        "flickr30k",
+    } <= (changed)
 
     for switch in ({"crop": False}, {"aro_excluded": set()}, {"aro_min_pair": 1}, {"aro_min_pair": 26}):
         other = bag_reference(**switch).results(root, ["aro"])
@@ -493,8 +510,11 @@ def test_a_malformed_crepe_row_is_named(root, tmp_path):
 
     write_with(hard_negs="not a list")
     with pytest.raises(
-        ValueError, match=r"complexity_7\.csv, item on line 3: 'hard_negs' must be a list of captions"
+        ValueError, match=r"complexity_7\.csv, item on line 3: 'hard_negs' must be a list \(or set\) of"
     ):
+        run(tmp_path, ["crepe"])
+    write_with(hard_negs="{'a red cat', 2}")  # a set, as CREPE publishes some, but not of captions
+    with pytest.raises(ValueError, match=r"line 3: 'hard_negs' must be a list \(or set\) of captions"):
         run(tmp_path, ["crepe"])
     write_with(width="0")
     with pytest.raises(ValueError, match=r"complexity_7\.csv, item on line 3: the box has no area"):
@@ -507,3 +527,116 @@ def test_a_malformed_crepe_row_is_named(root, tmp_path):
 def test_images_load_in_worker_processes(root):
     names = ["aro", "winoground"]
     assert run(root, names, num_workers=2, batch_size=8).results == run(root, names).results
+
+
+def _break(path: Path, how: str) -> None:
+    """Make the image file at ``path`` unreadable the ways downloads and unzips do."""
+    if how == "empty":
+        path.write_bytes(b"")
+    elif how == "truncated":  # a partial download: PIL opens it, and fails to decode it
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    else:  # a folder where the file belongs
+        path.unlink()
+        path.mkdir()
+
+
+@pytest.mark.parametrize(
+    "how, reason",
+    [
+        ("empty", "UnidentifiedImageError: cannot identify image file"),
+        ("truncated", "OSError: image file is truncated"),
+        ("directory", "a directory, not an image file"),
+    ],
+)
+def test_an_unreadable_image_is_named_before_the_first_forward_pass(root, tmp_path, how, reason):
+    """The bad image is in the last benchmark scored, and nothing has been encoded when the error
+    comes; the message is one line naming the file, the item and the flag that skips it."""
+    for name in ("winoground", "sugarcrepe"):
+        shutil.copytree(root / name, tmp_path / name)
+    big = tmp_path / "sugarcrepe" / "val2017" / "000000000285.jpg"
+    solid(big, "red", size=(320, 240))  # a JPEG long enough that half of it is a truncated image
+    _break(big, how)
+    model = BagOfColours()
+    for workers in (0, 2):
+        with pytest.raises(ImageError) as error:
+            run(tmp_path, ["winoground", "sugarcrepe"], model=model, num_workers=workers)
+        message = str(error.value)
+        assert "\n" not in message
+        assert message.startswith(f"sugarcrepe: cannot read the image {big} (item ")
+        assert reason in message and "1 unreadable image(s) in all" in message
+        assert "--skip-bad-images" in message
+        assert model.images_encoded == 0 and model.text_batches == []
+
+
+def test_bad_images_can_be_skipped_and_are_reported(root, tmp_path):
+    """With ``skip_bad_images``, the items of an absent or unreadable image are left out, their
+    images listed in ``missing`` and the items counted in ``skipped``; the rest scores as the loop
+    does on the files without those items."""
+    shutil.copytree(root / "sugarcrepe", tmp_path / "sugarcrepe")
+    shutil.copytree(root / "winoground", tmp_path / "winoground")
+    folder = tmp_path / "sugarcrepe"
+    _break(folder / "val2017" / "000000000285.jpg", "empty")
+    (folder / "val2017" / "000000000632.jpg").unlink()
+    _break(tmp_path / "winoground" / "images" / "ex_3_img_1.png", "directory")
+    report = run(tmp_path, ["sugarcrepe", "winoground"], skip_bad_images=True)
+
+    assert report.missing == {
+        "sugarcrepe": ["sugarcrepe/val2017/000000000285.jpg", "sugarcrepe/val2017/000000000632.jpg"],
+        "winoground": ["winoground/images/ex_3_img_1.png"],
+    }
+    bad = {"000000000285.jpg", "000000000632.jpg"}
+    expected_skipped = {}
+    for subset in SUGARCREPE_SUBSETS:  # the loop's files: the same, less the skipped items
+        path = folder / f"{subset}.json"
+        data = json.loads(path.read_text())
+        kept = {k: v for k, v in data.items() if v["filename"] not in bad}
+        if len(kept) < len(data):
+            expected_skipped[f"sugarcrepe::{subset}"] = len(data) - len(kept)
+        if kept:
+            path.write_text(json.dumps(kept))
+        else:
+            path.unlink()
+    assert report.skipped == {**expected_skipped, "winoground": 1}
+    assert report.counts["winoground"] == 5
+    examples = tmp_path / "winoground" / "examples.jsonl"
+    examples.write_text(
+        "\n".join(line for line in examples.read_text().splitlines() if '"id": 3,' not in line)
+    )
+    (tmp_path / "winoground" / "images" / "ex_3_img_1.png").rmdir()
+    expected = bag_reference().results(tmp_path, ["sugarcrepe", "winoground"])
+    assert set(report.results) == set(expected)
+    for key, value in expected.items():
+        assert report.results[key] == pytest.approx(value, abs=1e-12), key
+
+
+def test_a_directory_in_a_files_place_is_named(root, tmp_path):
+    shutil.copytree(root / "sugarcrepe", tmp_path / "sugarcrepe")
+    (tmp_path / "sugarcrepe" / "swap_obj.json").unlink()
+    (tmp_path / "sugarcrepe" / "swap_obj.json").mkdir()  # e.g. what an unzip left
+    with pytest.raises(ValueError) as error:
+        run(tmp_path, ["sugarcrepe"])
+    assert str(error.value) == (
+        f"{tmp_path / 'sugarcrepe' / 'swap_obj.json'}: a directory where sugarcrepe expects its file "
+        "swap_obj.json"
+    )
+    (tmp_path / "aro").write_text("")  # a file where a benchmark's folder belongs
+    with pytest.raises(FileNotFoundError, match=r"aro: a file where its folder belongs"):
+        run(tmp_path, ["aro"])
+
+
+def test_each_image_file_is_decoded_once_per_process(root, tmp_path, monkeypatch):
+    """A trainer scores the same files every epoch: a file that decoded is not decoded again
+    while its size and modification time stay the same."""
+    from fsc_losses.eval import images
+
+    shutil.copytree(root / "sugarcrepe", tmp_path / "sugarcrepe")
+    decoded = []
+    check = images._Decode.__getitem__
+    monkeypatch.setattr(images._Decode, "__getitem__", lambda self, i: decoded.append(i) or check(self, i))
+    run(tmp_path, ["sugarcrepe"])
+    assert len(decoded) == 5  # the five images SugarCrepe's seven files share
+    run(tmp_path, ["sugarcrepe"])
+    assert len(decoded) == 5
+    solid(tmp_path / "sugarcrepe" / "val2017" / "000000000285.jpg", "blue", size=(20, 10))
+    run(tmp_path, ["sugarcrepe"])
+    assert len(decoded) == 6

@@ -94,7 +94,9 @@ def open_clip_run(root, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("open_clip")
     name = save_local_dir(folder / "model")
-    done = run_command("--model", name, *common_args(root[0], folder / "results.json"), cwd=folder)
+    done = run_command(
+        "--model", name, *common_args(root[0], folder / "results.json"), "--compare", cwd=folder
+    )
     assert done.returncode == 0, done.stderr
     return name, done, json.loads((folder / "results.json").read_text())
 
@@ -106,7 +108,27 @@ def test_open_clip_command_writes_every_key(root, open_clip_run):
     table = done.stdout
     for key in root[1]:
         assert f"\n{key} " in table
-    assert "valse: not found, not scored: valse/foil-it.json" in table
+    assert "valse: not found or unreadable, not scored: valse/foil-it.json" in table
+    assert payload["skipped"] == {}
+
+
+def test_compare_prints_the_run_beside_the_published_rows(open_clip_run):
+    """``--compare``: the run beside the default rows, over the keys it has (VALSE without the
+    foil-it piece the fixture leaves out), and the chart beside ``--out`` (a note without
+    matplotlib)."""
+    _, done, payload = open_clip_run
+    comparison = done.stdout[done.stdout.index("Your results beside published ones") :]
+    assert "you1: results.json" in comparison and "C: fsc-clip-ViT-B-32/openai_coco" in comparison
+    valse = next(line for line in comparison.splitlines() if line.startswith("valse *"))
+    assert valse.split()[2] == "10/11"
+    assert f"{100 * payload['results']['sugarcrepe::swap_obj']:.1f}" in comparison
+    assert "not compared: 20 sugarcrepe_pp key(s)" in comparison
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "no chart: the chart needs matplotlib" in done.stderr
+    else:
+        assert "results_vs_published.png" in done.stderr
 
 
 def test_open_clip_command_equals_the_per_item_loop(root, open_clip_run):
@@ -252,6 +274,46 @@ def test_command_errors(root, tmp_path, capsys):
     (tmp_path / "data" / "winoground" / "images" / "ex_2_img_1.png").unlink()
     assert main([*args, "--benchmarks", "winoground"]) == 1
     assert "ex_2_img_1.png (item 2 (line 3))" in capsys.readouterr().err
+    # an unreadable image, and a folder where an image belongs: one error line each, naming it
+    images = tmp_path / "data" / "winoground" / "images"
+    shutil.copy(root[0] / "winoground" / "images" / "ex_2_img_1.png", images)
+    (images / "ex_3_img_0.png").write_bytes((images / "ex_3_img_0.png").read_bytes()[:40])
+    assert main([*args, "--benchmarks", "winoground"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error: winoground: cannot read the image {images / 'ex_3_img_0.png'} (item 3 (line 4))"
+    )
+    assert "1 unreadable image(s) in all" in err and err.count("\n") == 1
+    (images / "ex_2_img_1.png").write_bytes(b"")
+    (images / "ex_3_img_0.png").unlink()
+    (images / "ex_3_img_0.png").mkdir()
+    assert main([*args, "--benchmarks", "winoground"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error: winoground: cannot read the image {images / 'ex_2_img_1.png'} (item 2 (line 3))"
+    )
+    assert "2 unreadable image(s) in all" in err and err.count("\n") == 1
+    (images / "ex_2_img_1.png").unlink()  # absent now: skipped as well
+    assert (
+        main([*args, "--benchmarks", "winoground", "--skip-bad-images", "--out", str(tmp_path / "r.json")])
+        == 0
+    )
+    payload = json.loads((tmp_path / "r.json").read_text())
+    assert payload["skipped"] == {"winoground": 2}
+    assert payload["missing"] == {
+        "winoground": ["winoground/images/ex_2_img_1.png", "winoground/images/ex_3_img_0.png"]
+    }
+    assert payload["counts"] == {"winoground": 4}
+    assert "winoground: 2 item(s) skipped for an absent or unreadable image" in capsys.readouterr().out
+    shutil.rmtree(tmp_path / "data" / "winoground")
+    shutil.copytree(root[0] / "winoground", tmp_path / "data" / "winoground")
+    (tmp_path / "data" / "winoground" / "examples.jsonl").unlink()
+    (tmp_path / "data" / "winoground" / "examples.jsonl").mkdir()
+    assert main([*args, "--benchmarks", "winoground"]) == 1
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'data' / 'winoground' / 'examples.jsonl'}: a directory where winoground "
+        "expects its file examples.jsonl\n"
+    )
     assert main([*args, "--benchmarks", "winoground", "--pretrained", "openai"]) == 1
     assert "a local-dir: model takes a checkpoint file, not a pretrained tag" in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -30,8 +30,9 @@ from . import benchmarks as _benchmarks
 from . import scoring
 from .benchmarks import BENCHMARKS
 from .encoders import make_encoder, scoring_mode
+from .images import ImageError
 
-__all__ = ["BENCHMARKS", "Report", "evaluate", "evaluate_report"]
+__all__ = ["BENCHMARKS", "ImageError", "Report", "evaluate", "evaluate_report"]
 
 
 @dataclass
@@ -43,12 +44,17 @@ class Report:
         counts: ``"<benchmark>[::<subset>]"`` -> the items scored (VALSE: the validated ones;
             retrieval: the images; zero-shot: the images of the dataset).
         missing: benchmark -> its files that were not found, relative to the data root; the
-            subsets they hold have no result.
+            subsets they hold have no result. With ``skip_bad_images``, also the images that are
+            absent or cannot be read.
+        skipped: ``"<benchmark>[::<subset>]"`` -> the items left out because an image of theirs is
+            absent or unreadable (``skip_bad_images`` only); a subset that lost all of its items
+            has no result.
     """
 
     results: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     missing: dict[str, list[str]] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 def evaluate_report(
@@ -64,14 +70,16 @@ def evaluate_report(
     image_roots: Mapping[str, str | Path] | None = None,
     progress: bool = True,
     num_workers: int = 0,
+    skip_bad_images: bool = False,
 ) -> Report:
     """Score ``model`` on ``benchmarks``; see ``evaluate`` for the arguments.
 
     Args:
-        num_workers: processes that read and preprocess images (the data loader's).
+        num_workers: processes that read and preprocess images (the data loader's); they also
+            decode every image once before the first forward pass (``images.unreadable``).
 
     Returns:
-        A ``Report``: the results, the item counts and the files not found.
+        A ``Report``: the results, the item counts, the files not found and the items skipped.
     """
     names = [benchmarks] if isinstance(benchmarks, str) else list(dict.fromkeys(benchmarks))
     if not names:
@@ -79,10 +87,14 @@ def evaluate_report(
     specs = [_benchmarks.get(name) for name in names]
     encoder = make_encoder(model, tokenizer, preprocess, processor, device)
     # Every file is read and every image checked before the first forward pass, so that a bad
-    # layout fails in seconds, not after the benchmarks before it.
+    # layout or a truncated image fails in seconds, not after the benchmarks before it.
     loaded = [_benchmarks.load(spec, Path(data_root), image_roots) for spec in specs]
+    _benchmarks.check_images(loaded, Path(data_root), num_workers, skip_bad_images)
 
     report = Report(missing={b.benchmark.name: b.missing for b in loaded if b.missing})
+    for bench in loaded:
+        for subset, count in bench.skipped.items():
+            report.skipped[f"{bench.benchmark.name}::{subset}" if subset else bench.benchmark.name] = count
     inputs = {b.benchmark.name: [scoring.inputs(part) for part in b.parts.values()] for b in loaded}
     bar = _progress_bar(inputs) if progress else None
     features = scoring.Features(encoder, batch_size, num_workers, bar)
@@ -114,6 +126,7 @@ def evaluate(
     device=None,
     image_roots: Mapping[str, str | Path] | None = None,
     progress: bool = True,
+    skip_bad_images: bool = False,
 ) -> dict[str, float]:
     """Score ``model`` on ``benchmarks`` read from ``data_root``.
 
@@ -127,7 +140,8 @@ def evaluate(
             ``DistributedDataParallel`` / ``DataParallel`` wrappers are looked through.
         benchmarks: names from ``BENCHMARKS`` (``"sugarcrepe"``, ``"aro"``, ``"winoground"``,
             ``"whatsup"``, ``"valse"``, ``"crepe"``, ``"spec"``, ``"imagecode"``, ``"mmvp_vlm"``,
-            ``"coco_karpathy"``, ``"flickr30k"``, ``"zeroshot"``): the prefixes of the result keys.
+            ``"sugarcrepe_pp"``, ``"coco_karpathy"``, ``"flickr30k"``, ``"zeroshot"``): the
+            prefixes of the result keys.
         data_root: the folder holding one folder per benchmark.
         tokenizer: ``tokenizer(list of str) -> (N, T)`` token ids, for an ``encode_text`` model.
         preprocess: ``preprocess(PIL image) -> (3, H, W)`` tensor, for an ``encode_image`` model.
@@ -138,6 +152,9 @@ def evaluate(
         image_roots: image folders that replace the default layout's: ``{"sugarcrepe":
             "/data/coco/val2017"}`` for every subset of a benchmark, ``"<name>::<subset>"`` for one.
         progress: show a progress bar (tqdm, on stderr) while encoding.
+        skip_bad_images: leave out the items whose image is absent or cannot be read (a directory,
+            an empty, truncated or corrupt file) instead of raising; ``evaluate_report`` lists
+            those images in ``missing`` and counts the items in ``skipped``.
 
     Returns:
         ``{"<benchmark>::<subset>": fraction}``, e.g. ``"sugarcrepe::replace_obj"``,
@@ -147,7 +164,10 @@ def evaluate(
     Raises:
         FileNotFoundError: a benchmark folder with none of its files, or a missing image; the
             message shows the expected layout.
-        ValueError: an unknown benchmark, a malformed file or item (the message names both).
+        ValueError: an unknown benchmark, a malformed file or item (the message names both), a
+            directory where a benchmark's file belongs; ``ImageError`` (a ``ValueError``): an image
+            that cannot be read. Every file is read and every image decoded before the first
+            forward pass, so these come in seconds.
         TypeError: a model without the helpers it needs.
     """
     return evaluate_report(
@@ -161,6 +181,7 @@ def evaluate(
         device=device,
         image_roots=image_roots,
         progress=progress,
+        skip_bad_images=skip_bad_images,
     ).results
 
 
@@ -171,6 +192,8 @@ def _score(bench, subset: str, prefix: str, part, features: scoring.Features) ->
         return {prefix: aggregate(subset, part.items, correct)}
     if bench.task == "pairs":
         return {f"{prefix}::{m}": scoring.mean(c) for m, c in scoring.pairs(features, part.items).items()}
+    if bench.task == "triplet":
+        return {f"{prefix}::{m}": scoring.mean(c) for m, c in scoring.triplets(features, part.items).items()}
     if bench.task == "retrieval":
         return {f"{prefix}::{m}": value for m, value in scoring.retrieval(features, part).items()}
     return {prefix: scoring.mean(scoring.classification(features, part))}

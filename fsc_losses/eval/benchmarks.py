@@ -2,14 +2,16 @@
 layout ``--data-root`` must have. A benchmark is a reader module plus one row here.
 
 ``load`` reads a benchmark's files under ``<data_root>/<name>/``: the subsets whose file is there
-are read, the others are reported missing; a benchmark with none of its files, or an item whose
-image is not on disk, is a ``FileNotFoundError`` that shows the expected layout.
+are read, the others are reported missing; a benchmark with none of its files is a
+``FileNotFoundError`` that shows the expected layout, a directory where a file belongs a
+``ValueError`` naming it. ``check_images`` then makes sure that every image the items name is there
+and decodes, before anything is encoded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,10 +20,12 @@ from . import (
     aro,
     crepe,
     imagecode,
+    images,
     mmvp_vlm,
     retrieval,
     spec,
     sugarcrepe,
+    sugarcrepe_pp,
     valse,
     whatsup,
     winoground,
@@ -30,8 +34,9 @@ from . import (
 from .items import Item, Part
 
 # How an item's scores decide it (see scoring.py): "choice" (the first caption, or image, must win),
-# "pairs" (Winoground's text, image and group scores), "retrieval", "classification".
-TASKS = ("choice", "pairs", "retrieval", "classification")
+# "pairs" (Winoground's text, image and group scores), "triplet" (SugarCrepe++'s two true captions
+# and a negative), "retrieval", "classification".
+TASKS = ("choice", "pairs", "triplet", "retrieval", "classification")
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,16 @@ BENCHMARKS: dict[str, Benchmark] = {
             "mmvp_vlm/Questions.csv\nmmvp_vlm/MMVP_VLM_Images/<pattern folder>/<question id>.jpg",
         ),
         Benchmark(
+            "sugarcrepe_pp",
+            "triplet",
+            sugarcrepe_pp.read,
+            {s: (f"{s}.json",) for s in sugarcrepe_pp.SUBSETS},
+            _same(sugarcrepe_pp.SUBSETS, "val2017"),
+            "sugarcrepe_pp/{replace_obj,replace_att,replace_rel,swap_obj,swap_att}.json  "
+            "(SugarCrepe++'s data/ folder)\n"
+            "sugarcrepe_pp/val2017/<filename>  (COCO 2017 validation images)",
+        ),
+        Benchmark(
             "coco_karpathy",
             "retrieval",
             retrieval.read,
@@ -187,11 +202,14 @@ BENCHMARKS: dict[str, Benchmark] = {
 
 @dataclass
 class Loaded:
-    """A benchmark's subsets as read, and the files of the layout that were not there."""
+    """A benchmark's subsets as read, the files of the layout that were not there, and the file
+    each subset was read from."""
 
     benchmark: Benchmark
     parts: dict[str, Part]
     missing: list[str]
+    files: dict[str, Path] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)  # subset -> items left out (check_images)
 
 
 def get(name: str) -> Benchmark:
@@ -214,17 +232,23 @@ def load(bench: Benchmark, data_root: Path, image_roots: Mapping[str, str | Path
     """
     folder = Path(data_root) / bench.name
     if not folder.is_dir():
+        what = "a file where its folder belongs" if folder.exists() else "no folder"
         raise FileNotFoundError(
-            f"{bench.name}: no folder {folder}; expected layout under the data root:\n{_indent(bench.layout)}"
+            f"{bench.name}: {what} {folder}; expected layout under the data root:\n{_indent(bench.layout)}"
         )
     if bench.discover is not None:
         found = bench.discover(folder)
     else:
         found = {}
         for subset, names in bench.files.items():
-            path = next((folder / n for n in names if (folder / n).is_file()), None)
-            if path is not None:
-                found[subset] = path
+            for name in names:
+                if (folder / name).is_file():
+                    found[subset] = folder / name
+                    break
+                if (folder / name).exists():  # a folder named like the file, e.g. by an unzip
+                    raise ValueError(
+                        f"{folder / name}: a directory where {bench.name} expects its file {name}"
+                    )
     missing = list(
         dict.fromkeys(f"{bench.name}/{n[0]}" for subset, n in bench.files.items() if subset not in found)
     )
@@ -243,9 +267,8 @@ def load(bench: Benchmark, data_root: Path, image_roots: Mapping[str, str | Path
             ) from error
         if not part.items:
             raise ValueError(f"{path}: no items to score")
-        _check_images(bench, path, part)
         parts[subset] = part
-    return Loaded(bench, parts, missing)
+    return Loaded(bench, parts, missing, dict(found))
 
 
 def _image_dir(bench: Benchmark, folder: Path, subset: str, path: Path, image_roots: Mapping) -> Path:
@@ -257,22 +280,70 @@ def _image_dir(bench: Benchmark, folder: Path, subset: str, path: Path, image_ro
     return folder / bench.images[subset]
 
 
-def _check_images(bench: Benchmark, path: Path, part: Part) -> None:
-    """All images of a part must be on disk before anything is encoded."""
-    seen, absent = set(), {}
-    for item in part.items:
-        for image in item.images:
-            if image.path not in seen:
-                seen.add(image.path)
-                if not image.path.is_file():
-                    absent[image.path] = item.name
-    if absent:
-        first, item = next(iter(absent.items()))
-        raise FileNotFoundError(
-            f"{bench.name}: {len(absent)} image(s) of {path} not found, the first {first} (item {item}); "
-            "expected layout under the data root (or pass image_roots / --image-root):\n"
-            f"{_indent(bench.layout)}"
+def check_images(
+    loaded: list[Loaded], data_root: Path, num_workers: int = 0, skip_bad_images: bool = False
+) -> None:
+    """Make sure that every image of ``loaded`` is there and decodes, before anything is encoded.
+
+    The files are decoded in ``num_workers`` processes (``images.unreadable``).
+
+    Args:
+        skip_bad_images: leave out the items whose image is absent or unreadable instead of raising:
+            their images are added to each ``Loaded.missing`` (relative to ``data_root`` where they
+            are under it), the number of items left out to ``Loaded.skipped``, and a subset left
+            without items is dropped from ``Loaded.parts``.
+
+    Raises:
+        FileNotFoundError: an image is not there (the first one named, with the expected layout).
+        ImageError: an image cannot be read: a directory, an empty, truncated or corrupt file (a
+            one-line message naming the first one and counting the others).
+    """
+    users: dict[Path, tuple[Loaded, str, str]] = {}  # each image: the first benchmark, subset, item
+    for bench in loaded:
+        for subset, part in bench.parts.items():
+            for item in part.items:
+                for image in item.images:
+                    users.setdefault(image.path, (bench, subset, item.name))
+    if not skip_bad_images:
+        absent = [path for path in users if not path.exists()]
+        if absent:
+            bench, subset, item = users[absent[0]]
+            raise FileNotFoundError(
+                f"{bench.benchmark.name}: {len(absent)} image(s) not found, the first {absent[0]} "
+                f"(item {item}) of {bench.files[subset]}; expected layout under the data root (or pass "
+                f"image_roots / --image-root):\n{_indent(bench.benchmark.layout)}"
+            )
+    bad = images.unreadable(list(users), num_workers)
+    if not bad:
+        return
+    if not skip_bad_images:
+        path, reason = next(iter(bad.items()))
+        bench, subset, item = users[path]
+        raise images.ImageError(
+            f"{bench.benchmark.name}: cannot read the image {path} (item {item}) of "
+            f"{bench.files[subset]}: {reason}; {len(bad)} unreadable image(s) in all; to score "
+            "without their items, pass skip_bad_images=True (--skip-bad-images)"
         )
+    for bench in loaded:
+        named = set()
+        for subset, part in list(bench.parts.items()):
+            kept = [item for item in part.items if not any(image.path in bad for image in item.images)]
+            if len(kept) == len(part.items):
+                continue
+            named |= {image.path for item in part.items for image in item.images if image.path in bad}
+            bench.skipped[subset] = len(part.items) - len(kept)
+            if kept:
+                part.items = kept
+            else:
+                del bench.parts[subset]
+        bench.missing += sorted(_relative(path, data_root) for path in bad if path in named)
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
 
 
 def _indent(text: str) -> str:

@@ -7,6 +7,8 @@ cosine similarity. The task functions turn those scores into results:
 * ``choice``: an item is right when its first candidate scores strictly above every other: its
   first caption when it has one image, its first image when it has one caption;
 * ``pairs``: Winoground's text, image and group scores, each comparison strict;
+* ``triplets``: SugarCrepe++'s image-to-text and text-only scores (two true captions, one
+  negative), each comparison strict;
 * ``classification``: right when the image's own class scores strictly above every other;
 * ``retrieval``: ``retrieval.recalls``.
 
@@ -175,6 +177,24 @@ def pairs(features: Features, items: Sequence[Item]) -> dict[str, torch.Tensor]:
     text = (s[:, 0, 0] > s[:, 0, 1]) & (s[:, 1, 1] > s[:, 1, 0])
     image = (s[:, 0, 0] > s[:, 1, 0]) & (s[:, 1, 1] > s[:, 0, 1])
     return {"text": text, "image": image, "group": text & image}
+
+
+def triplets(features: Features, items: Sequence[Item]) -> dict[str, torch.Tensor]:
+    """SugarCrepe++'s scores for items of one image and three captions (two true ones, then the
+    negative), ``(n,)`` bool each:
+
+    * ``itt``: both true captions score above the negative for the image;
+    * ``tot``: the two true captions are closer to each other than either is to the negative,
+      by the cosine similarity of their text embeddings;
+    * ``itt_p1``, ``itt_p2``: the first, or the second, true caption scores above the negative.
+    """
+    images = features.images([item.images[0] for item in items])  # (n, D)
+    first, second, negative = (features.texts([item.texts[k] for item in items]) for k in range(3))
+    to_first, to_second, to_negative = ((images * t).sum(dim=1) for t in (first, second, negative))
+    true_pair = (first * second).sum(dim=1)
+    itt_p1, itt_p2 = to_first > to_negative, to_second > to_negative
+    tot = (true_pair > (first * negative).sum(dim=1)) & (true_pair > (second * negative).sum(dim=1))
+    return {"itt": itt_p1 & itt_p2, "tot": tot, "itt_p1": itt_p1, "itt_p2": itt_p2}
 
 
 def classification(features: Features, part: Part, chunk: int = 4096) -> torch.Tensor:
