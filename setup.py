@@ -6,7 +6,9 @@ from setuptools import find_packages, setup
 HERE = Path(__file__).parent
 VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "fsc_losses" / "__init__.py").read_text(), re.M)[1]
 
-TEST = ["pytest>=7"]
+# num2words: SmolVLM's processor needs it (transformers imports it there); the LVLM architecture
+# tests build that processor.
+TEST = ["pytest>=7", "num2words>=0.5"]
 # tqdm: the demo's progress bar (open_clip needs it too).
 OPEN_CLIP = ["open_clip_torch>=3.3", "tqdm>=4.60"]
 # transformers: the CLIP/SigLIP integration (from 4.49) and the LVLM glue (5.x only;

@@ -45,7 +45,12 @@ from transformers import (
 from fsc_losses import ContrastiveNTPLoss
 from fsc_losses.demo.world import long_caption, render, sample_scenes
 from fsc_losses.integrations.hf_trainer import ContrastiveNTPCollator, ContrastiveNTPTrainer
-from fsc_losses.integrations.lvlm import SoftPrompt, add_dual_encoder_modules, sequence_embeddings
+from fsc_losses.integrations.lvlm import (
+    SoftPrompt,
+    add_dual_encoder_modules,
+    lora_target_modules,
+    sequence_embeddings,
+)
 
 IMAGE_SIZE, PATCH_SIZE = 32, 8
 PAD, BOS, EOS, UNK, IMAGE, SOFT = "<pad>", "<bos>", "<eos>", "<unk>", "<image>", "<soft>"
@@ -159,7 +164,9 @@ def build(args: argparse.Namespace):
     lora = LoraConfig(
         r=args.lora_rank,
         lora_alpha=2 * args.lora_rank,
-        target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)",
+        # the language model's attention projections, not the vision tower's (which LLaVA's CLIP
+        # names alike), wherever the architecture keeps its language model
+        target_modules=lora_target_modules(lvlm),
         # saved in the adapter checkpoint with the LoRA weights; base weights stay frozen
         modules_to_save=[*trained_modules, "multi_modal_projector"],
     )
@@ -186,16 +193,14 @@ def load_trained(folder: str, args: argparse.Namespace) -> PeftModel:
 
 
 @torch.no_grad()
-def retrieval(model, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+def retrieval(model, batch: dict[str, dict[str, torch.Tensor]]) -> dict[str, float]:
     """R@1 of image -> text and text -> image retrieval among the batch's pairs."""
     lvlm = model.get_base_model()
     model.eval()
     images = sequence_embeddings(
-        lvlm, batch["image_input_ids"], batch["image_attention_mask"], batch["pixel_values"], lvlm.soft_prompt
+        lvlm, soft_prompt=lvlm.soft_prompt, **batch["image_sequences"], **batch["images"]
     )
-    texts = sequence_embeddings(
-        lvlm, batch["text_input_ids"], batch["text_attention_mask"], soft_prompt=lvlm.soft_prompt
-    )
+    texts = sequence_embeddings(lvlm, soft_prompt=lvlm.soft_prompt, **batch["text_sequences"])
     model.train()
     similarity = (
         torch.nn.functional.normalize(images.float(), dim=-1)
@@ -277,7 +282,10 @@ def train(args: argparse.Namespace) -> dict:
     trainable, total = model.get_nb_trainable_parameters()
     say(f"{trainable:,} trainable parameters of {total:,}")
 
-    eval_batch = {k: v.to(training_args.device) for k, v in collator(eval_rows).items()}
+    eval_batch = {
+        part: {name: value.to(training_args.device) for name, value in inputs.items()}
+        for part, inputs in collator(eval_rows).items()
+    }
     before = retrieval(model, eval_batch)
     say(f"before: {format_scores(before)}")
     trainer.train()

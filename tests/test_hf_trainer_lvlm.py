@@ -43,14 +43,15 @@ def direct_terms(model, batch):
     states, with the LM head's weight."""
     lvlm = model.get_base_model()
     soft = lvlm.soft_prompt
+    image, text, ntp = (batch[f"{kind}_sequences"] for kind in ("image", "text", "ntp"))
     images = sequence_embeddings(
-        lvlm, batch["image_input_ids"], batch["image_attention_mask"], batch["pixel_values"], soft
+        lvlm, image["input_ids"], image["attention_mask"], batch["images"]["pixel_values"], soft
     )
-    texts = sequence_embeddings(lvlm, batch["text_input_ids"], batch["text_attention_mask"], soft_prompt=soft)
+    texts = sequence_embeddings(lvlm, text["input_ids"], text["attention_mask"], soft_prompt=soft)
     states = lvlm.model(
-        input_ids=batch["ntp_input_ids"],
-        attention_mask=batch["ntp_attention_mask"],
-        pixel_values=batch["pixel_values"],
+        input_ids=ntp["input_ids"],
+        attention_mask=ntp["attention_mask"],
+        pixel_values=batch["images"]["pixel_values"],
     ).last_hidden_state
     return ContrastiveNTPLoss()(
         images,
@@ -58,7 +59,7 @@ def direct_terms(model, batch):
         lvlm.logit_scale(),
         hidden_states=states,
         lm_head_weight=lvlm.lm_head.weight,
-        labels=batch["ntp_labels"],
+        labels=ntp["labels"],
         output_dict=True,
     )
 
@@ -71,17 +72,30 @@ def test_collator_makes_the_three_sequences(example, parts):
     batch = collator(rows[:4])
     tokenizer = processor.tokenizer
     image_id, soft_id = (tokenizer.convert_tokens_to_ids(t) for t in (example.IMAGE, example.SOFT))
-    assert batch["pixel_values"].shape == (4, 3, 32, 32)
+    assert list(batch) == ["image_sequences", "text_sequences", "ntp_sequences", "images"]
+    assert list(batch["images"]) == ["pixel_values"] and batch["images"]["pixel_values"].shape == (
+        4,
+        3,
+        32,
+        32,
+    )
     for name in ("image", "text"):
-        ids, mask = batch[f"{name}_input_ids"], batch[f"{name}_attention_mask"]
+        sequences = batch[f"{name}_sequences"]
+        assert list(sequences) == ["input_ids", "attention_mask"]
+        ids, mask = sequences["input_ids"], sequences["attention_mask"]
         assert (mask[:, -1] == 1).all()  # the tokenizer pads on the left: the last position is real
         assert ((ids == soft_id).sum(dim=1) == SOFT_TOKENS).all()
-    assert ((batch["image_input_ids"] == image_id).sum(dim=1) == 16).all()  # one per patch
+    assert ((batch["image_sequences"]["input_ids"] == image_id).sum(dim=1) == 16).all()  # one per patch
     for row in range(4):
-        text = batch["text_input_ids"][row][batch["text_attention_mask"][row].bool()].tolist()
-        assert text == tokenizer(collator.text_prompt.format(caption=rows[row]["caption"]))["input_ids"]
+        text = batch["text_sequences"]["input_ids"][row][
+            batch["text_sequences"]["attention_mask"][row].bool()
+        ]
+        assert (
+            text.tolist() == tokenizer(collator.text_prompt.format(caption=rows[row]["caption"]))["input_ids"]
+        )
 
-    ids, mask, labels = batch["ntp_input_ids"], batch["ntp_attention_mask"], batch["ntp_labels"]
+    ntp = batch["ntp_sequences"]
+    ids, mask, labels = ntp["input_ids"], ntp["attention_mask"], ntp["labels"]
     assert (mask[:, 0] == 1).all() and not (ids == soft_id).any()  # right-padded, no soft prompt
     assert ((ids == image_id).sum(dim=1) == 16).all()
     counted = labels != -100
@@ -100,12 +114,18 @@ def test_collator_errors(parts):
     prompts = dict(
         image_prompt=collator.image_prompt, text_prompt=collator.text_prompt, ntp_prompt=collator.ntp_prompt
     )
-    with pytest.raises(ValueError, match=r"image_prompt must hold the processor's image token '<image>'"):
+    with pytest.raises(
+        ValueError, match=r"image_prompt must hold the processor's image placeholder '<image>' once"
+    ):
         ContrastiveNTPCollator(processor, **{**prompts, "image_prompt": "summary :"})
-    with pytest.raises(ValueError, match=r"ntp_prompt must hold the processor's image token"):
+    with pytest.raises(ValueError, match=r"ntp_prompt must hold the processor's image placeholder"):
+        ContrastiveNTPCollator(processor, **{**prompts, "ntp_prompt": "<image> <image> describe :"})
+    with pytest.raises(ValueError, match=r"ntp_prompt must hold the processor's image placeholder"):
         ContrastiveNTPCollator(processor, **{**prompts, "ntp_prompt": "describe :"})
     with pytest.raises(ValueError, match=r"text_prompt must hold '\{caption\}'"):
         ContrastiveNTPCollator(processor, **{**prompts, "text_prompt": "summary :"})
+    with pytest.raises(ValueError, match=r"text_prompt must not hold the image placeholder '<image>'"):
+        ContrastiveNTPCollator(processor, **{**prompts, "text_prompt": "<image> {caption} :"})
 
 
 # ---- ContrastiveNTPTrainer --------------------------------------------------------------------
@@ -127,12 +147,7 @@ def test_trainer_loss_equals_the_direct_call_and_never_runs_the_lm_head(example,
         expected = direct_terms(model, batch)
     torch.testing.assert_close(loss, sum(term.float() for term in expected.values()))
     if not bf16:  # the NTP term is the model's own causal-LM loss of the long captions
-        own = model.get_base_model()(
-            input_ids=batch["ntp_input_ids"],
-            attention_mask=batch["ntp_attention_mask"],
-            pixel_values=batch["pixel_values"],
-            labels=batch["ntp_labels"],
-        ).loss
+        own = model.get_base_model()(**batch["ntp_sequences"], **batch["images"]).loss
         torch.testing.assert_close(expected["ntp_loss"], own)
 
 

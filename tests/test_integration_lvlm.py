@@ -171,11 +171,13 @@ def test_hidden_states_with_a_soft_prompt_and_lora(transformers, peft):
     lora = peft.LoraConfig(
         r=2, target_modules=r".*language_model.*\.(q_proj|v_proj)", init_lora_weights=False
     )
-    model = peft.get_peft_model(model, lora).get_base_model()
+    peft_model = peft.get_peft_model(model, lora)
+    model = peft_model.get_base_model()
     prompt = SoftPrompt(2, 32, PLACEHOLDER)
     ids = torch.tensor([[1, 5, PLACEHOLDER, PLACEHOLDER, 6, 8]])
     mask = torch.ones_like(ids)
     got = hidden_states(model, ids, mask, soft_prompt=prompt)
+    assert torch.equal(hidden_states(peft_model, ids, mask, soft_prompt=prompt), got)  # the peft model's base
     embeds = model.get_input_embeddings()(ids)
     embeds[0, 2:4] = prompt.embeddings
     want = model.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state

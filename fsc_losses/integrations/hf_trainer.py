@@ -25,6 +25,7 @@ Importing this module imports ``transformers``.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import os
@@ -36,7 +37,7 @@ from transformers import SiglipModel, Trainer, TrainerCallback
 
 from .. import ContrastiveNTPLoss, FSCLoss
 from ..negatives import HN_KINDS, make_hard_negatives
-from .lvlm import hidden_states, sequence_embeddings
+from .lvlm import hidden_states, lm_head_softcap, sequence_embeddings
 from .transformers import _check_supported, encode_dense, token_ids
 
 __all__ = ["ContrastiveNTPCollator", "ContrastiveNTPTrainer", "FSCCollator", "FSCTrainer"]
@@ -212,34 +213,69 @@ class FSCCollator:
         return negatives, neg_valid
 
 
+# Per-token fields a processor returns beside input_ids (the same (B, L) shape), and their value on
+# the tokens the collator appends (a long caption after the NTP prompt) or lays out itself: text.
+# Qwen2/2.5/3-VL's mm_token_type_ids (0 text, 1 image, 2 video), Gemma 3's token_type_ids (1 image),
+# PaliGemma's token_type_ids (0 the bidirectional prefix; its captions are laid out by its processor).
+_PER_TOKEN_TEXT_VALUE = {"attention_mask": 1, "token_type_ids": 0, "mm_token_type_ids": 0}
+# Processor outputs that are not model inputs: PaliGemma's labels (kept by its processor for
+# backward compatibility; the NTP labels are the collator's).
+_NOT_MODEL_INPUTS = ("labels",)
+
+
 class ContrastiveNTPCollator:
     """Dataset rows to a ``ContrastiveNTPTrainer`` batch: per row an image, its short caption and
     its long caption become three sequences.
 
-    * the image sequence: ``image_prompt`` with the image (it holds the processor's image token,
-      e.g. ``"<image>\\n<soft><soft><soft><soft>Summary above image in one word:"``);
+    * the image sequence: ``image_prompt`` with the image (it holds the processor's image
+      placeholder, e.g. ``"<image>\\n<soft><soft><soft><soft>Summary above image in one word:"``;
+      docs/lvlm.md lists each architecture's);
     * the text sequence: ``text_prompt.format(caption=caption)`` (e.g.
       ``"{caption}\\n<soft><soft><soft><soft>Summary above sentence in one word:"``);
     * the NTP sequence: ``ntp_prompt`` with the image (e.g. ``"<image>\\nDescribe the image in
       detail:"``), then the long caption's tokens and the end token; the labels are those tokens
       (unshifted, as transformers' ``labels``) and ``ignore_index`` on the prompt and the padding.
 
-    The image and text sequences are padded on the tokenizer's side (``last_token_embedding``
-    reads each row's last real position either way), the NTP sequences on the right. The prompts'
-    soft-prompt placeholders must be tokens of the tokenizer (see ``SoftPrompt``).
+    The processor makes each sequence with everything the model's forward needs beside the
+    tokens, and the collator keeps all of it: the image inputs (``pixel_values`` and, per
+    architecture, ``image_sizes``, ``image_grid_thw``, ``pixel_attention_mask``,
+    ``batch_num_images``) and the per-token fields (``mm_token_type_ids``, ``token_type_ids``).
+    Each row's image goes to the processor as a one-image list (the form Gemma 3's and SmolVLM's
+    processors require, and every other accepts). The text sequences are the processor's too,
+    without images; where the processor refuses text without an image (PaliGemma's), the collator
+    lays them out as it lays out a prompt (the start token, the text, a newline; ``token_type_ids``
+    0, the bidirectional prefix). The long caption is tokenized on its own and appended to the
+    processor's NTP prompt, so that the labelled positions are exactly the caption's tokens
+    whatever the tokenizer would merge across the boundary; its per-token fields are those of text
+    (``token_type_ids`` and ``mm_token_type_ids`` 0). A processor with a prefix/suffix layout
+    (PaliGemma's ``suffix``: a bidirectional prefix, a causal suffix marked ``token_type_ids`` 1)
+    makes the NTP sequences itself, with the long caption as the suffix.
+
+    The image and text sequences are padded on the processor's side (``last_token_embedding``
+    reads each row's last real position either way), the NTP sequences on the right (PaliGemma's:
+    the processor's side). The prompts' soft-prompt placeholders must be tokens of the tokenizer
+    (see ``SoftPrompt``). The tokenizer is used as the processor left it (PaliGemma's processor
+    turns its start token off, and writes it itself); the collator changes none of its settings.
 
     Args:
-        processor: the model's multimodal processor (e.g. ``LlavaProcessor``): called with text
-            and images, it expands the image token into the model's image positions; its
-            ``tokenizer`` tokenizes the texts and the long captions.
+        processor: the model's multimodal processor (e.g. ``LlavaProcessor``,
+            ``Qwen2VLProcessor``): called with text and images, it expands the image placeholder
+            into the model's image positions; its ``tokenizer`` tokenizes the long captions.
         image_prompt, text_prompt, ntp_prompt: the templates above.
         image_column, caption_column, long_caption_column: the row keys read (the image as for
             :class:`FSCCollator`).
         ignore_index: the labels' value at positions the NTP term skips.
 
-    Returns (``__call__(rows)``): a dict with ``pixel_values``, ``image_input_ids``,
-    ``image_attention_mask`` ``(B, Li)``, ``text_input_ids``, ``text_attention_mask`` ``(B, Lt)``,
-    ``ntp_input_ids``, ``ntp_attention_mask``, ``ntp_labels`` ``(B, Ln)``.
+    Returns (``__call__(rows)``): a dict of
+
+    * ``image_sequences``, ``text_sequences``: ``input_ids``, ``attention_mask`` ``(B, L)`` and
+      the processor's per-token fields;
+    * ``ntp_sequences``: the same, and ``labels (B, L)``;
+    * ``images``: the processor's image inputs, shared by the image and NTP sequences (their
+      images are the same).
+
+    Each of the three sequence dicts, with ``images`` for the image-bearing ones, is what
+    ``fsc_losses.integrations.lvlm.hidden_states`` takes as keyword arguments (``labels`` aside).
 
     Attributes:
         columns: the row keys it reads.
@@ -259,13 +295,19 @@ class ContrastiveNTPCollator:
     ):
         image_token = getattr(processor, "image_token", None)
         for name, prompt in (("image_prompt", image_prompt), ("ntp_prompt", ntp_prompt)):
-            if image_token is not None and image_token not in prompt:
+            if image_token is not None and prompt.count(image_token) != 1:
                 raise ValueError(
-                    f"{name} must hold the processor's image token {image_token!r}, got {prompt!r}"
+                    f"{name} must hold the processor's image placeholder {image_token!r} once (one image "
+                    f"per row; docs/lvlm.md lists each architecture's), got {prompt!r}"
                 )
         if "{caption}" not in text_prompt:
             raise ValueError(
                 f"text_prompt must hold '{{caption}}' where the caption goes, got {text_prompt!r}"
+            )
+        if image_token is not None and image_token in text_prompt:
+            raise ValueError(
+                f"text_prompt must not hold the image placeholder {image_token!r} (its sequences have no "
+                f"image), got {text_prompt!r}"
             )
         tokenizer = processor.tokenizer
         for name in ("pad_token_id", "eos_token_id"):
@@ -281,54 +323,96 @@ class ContrastiveNTPCollator:
         self.long_caption_column = long_caption_column
         self.ignore_index = ignore_index
         self.columns = (image_column, caption_column, long_caption_column)
+        # A processor that takes a suffix lays out a prefix (bidirectional) and a suffix (causal, the
+        # answer): PaliGemma's. It refuses text without an image.
+        self.prefix_lm = "suffix" in inspect.signature(processor.__call__).parameters
 
-    def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: Sequence[dict]) -> dict[str, dict[str, torch.Tensor]]:
         captions = _captions(features, self.caption_column)
         long_captions = _captions(features, self.long_caption_column)
-        images = _images(features, self.image_column)
-        image_seqs = self.processor(
-            text=[self.image_prompt] * len(images), images=images, padding=True, return_tensors="pt"
+        images = [[image] for image in _images(features, self.image_column)]
+        image_sequences, image_inputs = self._split(
+            self.processor(
+                text=[self.image_prompt] * len(images), images=images, padding=True, return_tensors="pt"
+            ),
+            "image_prompt",
         )
-        texts = self.tokenizer(
-            [self.text_prompt.format(caption=c) for c in captions], padding=True, return_tensors="pt"
-        )
-        ntp_ids, ntp_mask, ntp_labels = self._ntp_sequences(images, long_captions)
         return {
-            "pixel_values": image_seqs["pixel_values"],
-            "image_input_ids": image_seqs["input_ids"],
-            "image_attention_mask": image_seqs["attention_mask"],
-            "text_input_ids": texts["input_ids"],
-            "text_attention_mask": texts["attention_mask"],
-            "ntp_input_ids": ntp_ids,
-            "ntp_attention_mask": ntp_mask,
-            "ntp_labels": ntp_labels,
+            "image_sequences": image_sequences,
+            "text_sequences": self._text_sequences(captions),
+            "ntp_sequences": self._ntp_sequences(images, long_captions),
+            "images": image_inputs,
         }
 
-    def _ntp_sequences(self, images, long_captions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Prompt (with the image positions the processor lays out) + long caption + end token,
-        right-padded; labels on the caption and end token only.
+    @staticmethod
+    def _split(out, prompt: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """A processor output as its per-token fields (with ``input_ids``) and its image inputs."""
+        ids = out["input_ids"]
+        tokens, images = {"input_ids": ids}, {}
+        for name, value in out.items():
+            if name == "input_ids" or name in _NOT_MODEL_INPUTS:
+                continue
+            if name in _PER_TOKEN_TEXT_VALUE:
+                tokens[name] = value
+            elif isinstance(value, torch.Tensor) and value.shape == ids.shape:
+                raise ValueError(
+                    f"the processor's output for {prompt} has a per-token field {name!r} the collator does "
+                    f"not know how to extend (it knows {sorted(_PER_TOKEN_TEXT_VALUE)})"
+                )
+            else:
+                images[name] = value
+        return tokens, images
 
-        The caption is tokenized on its own and appended, rather than the prompt and caption
-        tokenized together, so that the labelled positions are exactly the caption's tokens
-        whatever the tokenizer merges across the boundary."""
-        prompts = self.processor(
-            text=[self.ntp_prompt] * len(images), images=images, padding=True, return_tensors="pt"
+    def _text_sequences(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        texts = [self.text_prompt.format(caption=c) for c in captions]
+        if not self.prefix_lm:
+            sequences, _ = self._split(
+                self.processor(text=texts, padding=True, return_tensors="pt"), "text_prompt"
+            )
+            return sequences
+        # PaliGemma's processor lays out a prompt as <bos> prompt \n (all prefix) and needs an image
+        bos = self.tokenizer.bos_token or ""
+        out = self.tokenizer(
+            [f"{bos}{text}\n" for text in texts],
+            add_special_tokens=False,
+            padding=True,
+            return_token_type_ids=True,
+            return_tensors="pt",
+        )
+        return {name: out[name] for name in ("input_ids", "attention_mask", "token_type_ids")}
+
+    def _ntp_sequences(self, images: list[list], long_captions: list[str]) -> dict[str, torch.Tensor]:
+        """Prompt (with the image positions the processor lays out) + long caption + end token;
+        labels on the caption and end token only."""
+        prompts = [self.ntp_prompt] * len(images)
+        if self.prefix_lm:  # the processor appends the end token to the suffix
+            out = self.processor(
+                text=prompts, images=images, suffix=long_captions, padding=True, return_tensors="pt"
+            )
+            sequences, _ = self._split(out, "ntp_prompt")
+            answer = (sequences["token_type_ids"] == 1) & sequences["attention_mask"].bool()
+            sequences["labels"] = torch.where(answer, sequences["input_ids"], self.ignore_index)
+            return sequences
+        prompt_fields, _ = self._split(
+            self.processor(text=prompts, images=images, padding=True, return_tensors="pt"), "ntp_prompt"
         )
         answers = self.tokenizer(long_captions, add_special_tokens=False)["input_ids"]
-        rows = []
-        for ids, mask, answer in zip(prompts["input_ids"], prompts["attention_mask"], answers, strict=True):
-            prompt = ids[mask.bool()].tolist()
-            rows.append((prompt, [*answer, self.tokenizer.eos_token_id]))
-        length = max(len(p) + len(a) for p, a in rows)
-        ids = torch.full((len(rows), length), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros(len(rows), length, dtype=torch.long)
-        labels = torch.full((len(rows), length), self.ignore_index, dtype=torch.long)
-        for row, (prompt, answer) in enumerate(rows):
-            end = len(prompt) + len(answer)
-            ids[row, :end] = torch.tensor(prompt + answer)
-            mask[row, :end] = 1
-            labels[row, len(prompt) : end] = torch.tensor(answer)
-        return ids, mask, labels
+        real = prompt_fields["attention_mask"].bool()
+        lengths = [int(r.sum()) + len(a) + 1 for r, a in zip(real, answers, strict=True)]
+        shape = (len(answers), max(lengths))
+        sequences = {name: torch.zeros(shape, dtype=value.dtype) for name, value in prompt_fields.items()}
+        sequences["input_ids"].fill_(self.tokenizer.pad_token_id)
+        sequences["labels"] = torch.full(shape, self.ignore_index, dtype=torch.long)
+        for row, (answer, end) in enumerate(zip(answers, lengths, strict=True)):
+            answer = torch.tensor([*answer, self.tokenizer.eos_token_id], dtype=torch.long)
+            start = end - len(answer)
+            for name, value in prompt_fields.items():
+                sequences[name][row, :start] = value[row][real[row]]
+                sequences[name][row, start:end] = (
+                    answer if name == "input_ids" else _PER_TOKEN_TEXT_VALUE[name]
+                )
+            sequences["labels"][row, start:end] = answer
+        return sequences
 
 
 # ---- trainers ---------------------------------------------------------------------------------
@@ -517,11 +601,15 @@ class ContrastiveNTPTrainer(_LossTrainer):
 
     Each micro-batch runs, inside the model's forward (where FSDP has gathered the LM head's
     weight): the image and text sequences' last-token embeddings, the long-caption sequences'
-    last hidden states, and ``ContrastiveNTPLoss`` on them with the LM head's weight and bias.
+    last hidden states (``fsc_losses.integrations.lvlm.hidden_states``: the model's own forward
+    with every processor output the collator kept), and ``ContrastiveNTPLoss`` on them with the LM
+    head's weight and bias; the LM head never runs.
 
     Args:
         loss_fn: default ``ContrastiveNTPLoss(gather_with_grad=True)`` with this process's
-            ``rank`` and ``world_size``; one given must have them.
+            ``rank`` and ``world_size`` and the LM head's soft-capping
+            (``fsc_losses.integrations.lvlm.lm_head_softcap``: PaliGemma 2's
+            ``final_logit_softcapping``); one given must have all three.
         Everything else: ``Trainer``'s.
     """
 
@@ -533,11 +621,21 @@ class ContrastiveNTPTrainer(_LossTrainer):
                 f"{type(base).__name__} has no logit_scale module: add the temperature (and the soft "
                 "prompt) with fsc_losses.integrations.lvlm.add_dual_encoder_modules before peft wraps it"
             )
+        softcap = lm_head_softcap(base)
         if loss_fn is None:
             loss_fn = ContrastiveNTPLoss(
-                gather_with_grad=True, rank=self.args.process_index, world_size=self.args.world_size
+                gather_with_grad=True,
+                rank=self.args.process_index,
+                world_size=self.args.world_size,
+                softcap=softcap,
             )
         self._check_loss_processes(loss_fn)
+        if loss_fn.softcap != softcap:
+            raise ValueError(
+                f"loss_fn has softcap={loss_fn.softcap}, but the model's LM head soft-caps its logits at "
+                f"{softcap} (final_logit_softcapping of its text config): build it with softcap={softcap}, "
+                "or leave loss_fn out for that default"
+            )
         self.loss_fn = loss_fn
         soft_prompt = getattr(base, "soft_prompt", None)
         if soft_prompt is not None and isinstance(self.data_collator, ContrastiveNTPCollator):
@@ -562,29 +660,20 @@ class ContrastiveNTPTrainer(_LossTrainer):
                     "placeholders in it, as a token the tokenizer keeps whole (a special token)"
                 )
 
-    def objective(
-        self,
-        model,
-        pixel_values,
-        image_input_ids,
-        image_attention_mask,
-        text_input_ids,
-        text_attention_mask,
-        ntp_input_ids,
-        ntp_attention_mask,
-        ntp_labels,
-    ):
+    def objective(self, model, image_sequences, text_sequences, ntp_sequences, images):
         """``ContrastiveNTPLoss``'s weighted terms for a batch of :class:`ContrastiveNTPCollator`."""
         base = _language_model(model)
         soft_prompt = getattr(base, "soft_prompt", None)
         head = base.get_output_embeddings()
+        ntp = dict(ntp_sequences)
+        labels = ntp.pop("labels")
         return self.loss_fn(
-            sequence_embeddings(base, image_input_ids, image_attention_mask, pixel_values, soft_prompt),
-            sequence_embeddings(base, text_input_ids, text_attention_mask, soft_prompt=soft_prompt),
+            sequence_embeddings(base, soft_prompt=soft_prompt, **image_sequences, **images),
+            sequence_embeddings(base, soft_prompt=soft_prompt, **text_sequences),
             base.logit_scale(),
-            hidden_states=hidden_states(base, ntp_input_ids, ntp_attention_mask, pixel_values),
+            hidden_states=hidden_states(base, **ntp, **images),
             lm_head_weight=head.weight,
-            labels=ntp_labels,
+            labels=labels,
             lm_head_bias=head.bias,
             output_dict=True,
         )

@@ -1,9 +1,11 @@
-"""Glue for discriminative fine-tuning of Hugging Face LVLMs (docs/lvlm.md): soft prompts, and the
-hidden states the embeddings and the NTP term are read from.
+"""Glue for discriminative fine-tuning of Hugging Face LVLMs (docs/lvlm.md): soft prompts, the
+learned temperature, the hidden states the embeddings and the NTP term are read from, the LM
+head's soft-capping and LoRA targets on the language model.
 
-Works with any transformers model whose base model accepts ``inputs_embeds`` (LLaVA, Qwen2-VL,
-plain causal LMs); it imports only torch, so ``import fsc_losses.integrations.lvlm`` does not need
-transformers. LoRA comes from peft, applied to the model before these functions see it.
+Works with transformers' LVLMs and causal LMs through the model's own forward, with every input its
+processor makes (docs/lvlm.md lists the architectures tested); it imports only torch, so ``import
+fsc_losses.integrations.lvlm`` does not need transformers. LoRA comes from peft, applied to the
+model before these functions see it.
 
 Why not peft's prompt tuning for the soft prompts: peft prepends its virtual tokens to the whole
 sequence, where VladVA places them inside the prompt next to the instruction, and peft refuses to
@@ -15,7 +17,11 @@ attention mask and labels are unchanged, and it stacks with any peft adapter.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
+import re
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -150,36 +156,105 @@ def hidden_states(
     attention_mask: torch.Tensor,
     pixel_values: torch.Tensor | None = None,
     soft_prompt: SoftPrompt | None = None,
+    **inputs,
 ) -> torch.Tensor:
     """The last layer's hidden states ``(B, L, H)`` of a transformers causal LM or LVLM, after its
     final norm: what its LM head reads (for the NTP term) and what the embeddings are taken from
     (:func:`fsc_losses.last_token_embedding`). The LM head itself is not run.
 
+    The model's own forward (its base model's, ``model.base_model``) runs on ``input_ids`` and
+    everything its processor returned for them, so the model embeds the tokens, places the image
+    features, and builds its own position ids (Qwen2-VL's multimodal RoPE), attention masks
+    (PaliGemma's and Gemma 3's bidirectional image and prefix blocks) and image layout
+    (LLaVA-NeXT's ``image_sizes``, Idefics3's ``pixel_attention_mask``).
+
     Args:
-        model: a transformers ``*ForCausalLM`` / ``*ForConditionalGeneration`` (with peft's LoRA
-            layers injected, e.g. ``peft_model.get_base_model()``).
+        model: a transformers ``*ForConditionalGeneration`` / ``*ForCausalLM``, with peft's LoRA
+            layers injected or not (a peft model stands for its base model).
         input_ids, attention_mask: ``(B, L)``; image placeholders as the model's processor lays
             them out.
         pixel_values: the images, or None for text-only sequences.
-        soft_prompt: written into the input embeddings first.
+        soft_prompt: written into the token embeddings the model makes (a forward hook on
+            ``model.get_input_embeddings()`` while this call runs), before the image features are
+            placed.
+        inputs: every other processor output the base model's forward takes, by its name:
+            ``image_sizes``, ``image_grid_thw``, ``mm_token_type_ids``, ``token_type_ids``,
+            ``pixel_attention_mask``, ``batch_num_images``, ... A name the forward does not take is
+            an error; ``labels`` (which PaliGemma's processor returns) are the loss's and ignored.
 
-    Needs transformers >= 5: in 4.x an LVLM such as LLaVA neither exposes its language model as
-    ``base_model`` nor takes ``inputs_embeds`` together with ``pixel_values``.
+    A model that caches state between calls (Qwen2-VL's ``rope_deltas``, kept for generation) has
+    it cleared for this call and put back after, so that no call sees another's.
+
+    Needs transformers >= 5: in 4.x an LVLM such as LLaVA does not expose its language model as
+    ``base_model``.
     """
     import transformers  # the model's own library; this module imports only torch at import time
 
     if int(transformers.__version__.split(".")[0]) < 5:
         raise RuntimeError(
             f"hidden_states needs transformers >= 5, found {transformers.__version__}: in 4.x an LVLM "
-            "such as LLaVA neither exposes its language model as base_model nor takes inputs_embeds "
-            "with pixel_values"
+            "such as LLaVA does not expose its language model as base_model"
         )
-    inputs_embeds = model.get_input_embeddings()(input_ids)
+    if hasattr(model, "get_base_model"):  # a peft model's base_model is its LoRA wrapper
+        model = model.get_base_model()
+    base = model.base_model
+    inputs.pop("labels", None)
+    if pixel_values is not None:
+        inputs["pixel_values"] = pixel_values
+    _check_forward_inputs(base, inputs)
+    hook = None
     if soft_prompt is not None:
-        inputs_embeds = soft_prompt(input_ids, inputs_embeds)
-    images = {} if pixel_values is None else {"pixel_values": pixel_values}
-    out = model.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **images)
+        hook = base.get_input_embeddings().register_forward_hook(_soft_prompt_hook(soft_prompt))
+    try:
+        with _cleared(base, "rope_deltas"):
+            out = base(input_ids=input_ids, attention_mask=attention_mask, **inputs)
+    finally:
+        if hook is not None:
+            hook.remove()
     return out.last_hidden_state
+
+
+def _check_forward_inputs(base: nn.Module, inputs: dict) -> None:
+    """Every input must be a parameter of the base model's forward by name: its ``**kwargs`` go
+    to the attention and the vision tower, where a misspelt processor output would vanish."""
+    named = {
+        name
+        for name, p in inspect.signature(base.forward).parameters.items()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    unknown = sorted(set(inputs) - named)
+    if unknown:
+        raise ValueError(
+            f"{type(base).__name__}.forward takes no {unknown}; it takes {sorted(named)} (pass the "
+            "processor outputs the model's forward names, and no others)"
+        )
+
+
+def _soft_prompt_hook(soft_prompt: SoftPrompt):
+    """A forward hook for the input embedding layer: the soft prompt written into the embeddings
+    of a ``(B, L)`` batch of ids (other lookups, e.g. of a single special token, are left alone)."""
+
+    def hook(module, args, output):
+        ids = args[0] if args else None
+        if isinstance(ids, torch.Tensor) and ids.dim() == 2 and output.shape[:2] == ids.shape:
+            return soft_prompt(ids, output)
+        return None
+
+    return hook
+
+
+@contextlib.contextmanager
+def _cleared(module: nn.Module, name: str):
+    """``module.<name>`` (when it has one) is None inside the block and its old value after."""
+    if not hasattr(module, name):
+        yield
+        return
+    saved = getattr(module, name)
+    setattr(module, name, None)
+    try:
+        yield
+    finally:
+        setattr(module, name, saved)
 
 
 def sequence_embeddings(
@@ -188,10 +263,67 @@ def sequence_embeddings(
     attention_mask: torch.Tensor,
     pixel_values: torch.Tensor | None = None,
     soft_prompt: SoftPrompt | None = None,
+    **inputs,
 ) -> torch.Tensor:
     """The dual encoder's embeddings ``(B, H)`` of ``B`` sequences (an image, or a caption, then a
     summarising prompt): the last layer's hidden state at each row's last real position
     (:func:`hidden_states`, then :func:`fsc_losses.last_token_embedding`); arguments as
     :func:`hidden_states`."""
-    states = hidden_states(model, input_ids, attention_mask, pixel_values, soft_prompt)
+    states = hidden_states(model, input_ids, attention_mask, pixel_values, soft_prompt, **inputs)
     return last_token_embedding(states, attention_mask)
+
+
+def lm_head_softcap(model: nn.Module) -> float | None:
+    """The logit soft-capping of the model's LM head (``final_logit_softcapping`` of its text
+    config: Gemma 2, PaliGemma 2), or None: what ``ContrastiveNTPLoss(softcap=...)`` and
+    ``linear_cross_entropy(softcap=...)`` need for the NTP term to equal the model's own loss.
+
+    (transformers 5.25's ``Gemma3ForConditionalGeneration`` does not cap its logits even when its
+    text config sets a cap; the released Gemma 3 configs set none.)"""
+    config = model.config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    cap = getattr(text_config, "final_logit_softcapping", None)
+    return None if cap is None else float(cap)
+
+
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def lora_target_modules(model: nn.Module, projections: Sequence[str] = ATTENTION_PROJECTIONS) -> str:
+    """peft's ``target_modules`` for LoRA on the language model's ``projections`` and nowhere
+    else: a regular expression that peft matches against the full module names.
+
+    The plain list ``["q_proj", "v_proj"]`` would match by name suffix, and the vision towers of
+    LLaVA, PaliGemma, Gemma 3, Idefics3 and InternVL name their layers the same; a regex over
+    ``language_model`` matches nothing on Idefics3 and SmolVLM, whose LLM is ``text_model``. This
+    finds the language model (``model.get_decoder()``) wherever the architecture keeps it.
+
+    Args:
+        model: the transformers model, before peft wraps it (or a peft model: its base model).
+        projections: the linear layers' names inside the language model's decoder layers, e.g.
+            the attention's (the default) plus the MLP's ``("gate_proj", "up_proj",
+            "down_proj")``. Each must exist there.
+
+    Returns:
+        e.g. ``model\\.language_model\\..*\\.(q_proj|k_proj|v_proj|o_proj)`` for LLaVA.
+    """
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    decoder = model.get_decoder()
+    prefix = next((name for name, module in model.named_modules() if module is decoder), None)
+    if prefix is None:
+        raise ValueError(f"{type(model).__name__}.get_decoder() is not one of its submodules")
+    linear = {  # a layer peft has wrapped keeps its name, its own linear layer inside as base_layer
+        name.rsplit(".", 1)[-1]
+        for name, module in decoder.named_modules()
+        if isinstance(getattr(module, "base_layer", module), nn.Linear)
+        and not any(part == "base_layer" or part.startswith("lora_") for part in name.split("."))
+    }
+    missing = [p for p in projections if p not in linear]
+    if missing or not projections:
+        raise ValueError(
+            f"the language model of {type(model).__name__} ({prefix or 'the model itself'}) has no linear "
+            f"layers named {missing or list(projections)}; its linear layers: {sorted(linear)}"
+        )
+    names = "|".join(re.escape(p) for p in projections)
+    return rf"{re.escape(prefix)}\..*\.({names})" if prefix else rf".*\.({names})"
