@@ -277,6 +277,9 @@ def hn_contrast(
     return reference.hn_contrast_loss(logits, neg_valid, float(focal_gamma), float(label_smoothing or 0.0))
 
 
+_FEATURES_DTYPE_HINT = "encode both under one autocast, or cast one of them"
+
+
 def prepare_global_inputs(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
@@ -289,9 +292,13 @@ def prepare_global_inputs(
     checks.require_float("image_features", image_features)
     checks.require_float("text_features", text_features)
     checks.require_rank("image_features", image_features, (2,), "(B, D)")
+    checks.require_rows("image_features", image_features, "image")
     batch, dim = image_features.shape
     text_features = _grouped("text_features", text_features, 3, batch, "(B, G, D) or (B*G, D)")
     checks.require_size("text_features", text_features, 2, dim, "D")
+    checks.require_same_dtype(
+        _FEATURES_DTYPE_HINT, image_features=image_features, text_features=text_features
+    )
     checks.check_neg_valid(neg_valid, batch, text_features.shape[1])
     scale = checks.as_scale("logit_scale", logit_scale, image_features)
     checks.require_same_device(
@@ -340,7 +347,7 @@ def contrastive_loss(
     *,
     contrastive: str = "softmax",
     local_loss: bool = False,
-    gather_with_grad: bool = False,
+    gather_with_grad: bool | None = None,
     rank: int = 0,
     world_size: int = 1,
 ) -> torch.Tensor:
@@ -356,13 +363,16 @@ def contrastive_loss(
         contrastive: the kind of term, one of ``checks.CONTRASTIVE``:
 
             * ``"softmax"``: CLIP's symmetric InfoNCE, gathered as open_clip's ``ClipLoss``
-              (``local_loss``, ``gather_with_grad``).
+              (``local_loss``, ``gather_with_grad``; unset, ``gather_with_grad`` is False, as
+              there).
             * ``"sigmoid"``: SigLIP's pairwise sigmoid loss over this process's images and every
               process's captions, summed over the pairs and divided by ``n`` (open_clip's
-              ``SigLipLoss``). Only the captions are gathered; ``local_loss`` has no effect (the
-              term is always computed for the local images), and ``gather_with_grad=True`` is
-              what makes the processes' gradients, averaged by DDP, those of one process on the
-              whole batch (docs/integration.md).
+              ``SigLipLoss``). Only the captions are gathered, always with gradient, as
+              open_clip's exchange: a caption is a negative for every process's images, and
+              those processes' gradients must reach it, so that the processes' gradients,
+              averaged by DDP, are those of one process on the whole batch
+              (docs/integration.md). An explicit ``gather_with_grad=False`` is refused;
+              ``local_loss`` has no effect (the term is always computed for the local images).
         local_loss, gather_with_grad, rank, world_size: open_clip's distributed options.
 
     Returns:
@@ -375,25 +385,27 @@ def contrastive_loss(
     checks.require_float("text_features", text_features)
     checks.require_rank("image_features", image_features, (2,), "(n, D)")
     checks.require_rank("text_features", text_features, (2,), "(n, D)")
+    checks.require_rows("image_features", image_features, "image")
     checks.require_size("text_features", text_features, 0, image_features.shape[0], "n")
     checks.require_size("text_features", text_features, 1, image_features.shape[1], "D")
+    checks.require_same_dtype(
+        _FEATURES_DTYPE_HINT, image_features=image_features, text_features=text_features
+    )
     scale = checks.as_scale("logit_scale", logit_scale, image_features)
     if logit_bias is not None:
         logit_bias = checks.as_scale("logit_bias", logit_bias, image_features)
-    checks.check_contrastive(contrastive)
+    gather_with_grad = checks.resolve_gather_with_grad(contrastive, gather_with_grad)
     checks.check_distributed(rank, world_size)
     checks.require_same_device(
         image_features=image_features, text_features=text_features, logit_scale=scale, logit_bias=logit_bias
     )
     if contrastive == "sigmoid":
         # Each pair's term stands alone, so every process scores its own images against all
-        # captions and the per-process sums add up to the whole batch's: no image gather.
+        # captions and the per-process sums add up to the whole batch's: no image gather. The
+        # captions' gather carries gradient (gather_with_grad is True here): a caption's other
+        # terms are on the other processes.
         all_texts = gather_features(
-            text_features,
-            local_loss=False,
-            gather_with_grad=gather_with_grad,
-            rank=rank,
-            world_size=world_size,
+            text_features, local_loss=False, gather_with_grad=True, rank=rank, world_size=world_size
         )
         return reference.sigmoid_loss(
             image_features, all_texts, scale, logit_bias, label_offset=rank * image_features.shape[0]

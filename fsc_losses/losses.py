@@ -193,7 +193,9 @@ class FSCLoss(nn.Module):
         contrastive: the CLIP term, ``"softmax"`` (CLIP's InfoNCE, default) or ``"sigmoid"``
             (SigLIP's pairwise loss with ``logit_bias``: keep a SigLIP model's own objective).
         local_loss, gather_with_grad, rank, world_size: open_clip's distributed options for the
-            CLIP term (for ``"sigmoid"`` see ``functional.contrastive_loss``).
+            CLIP term. ``gather_with_grad`` unset (None) is open_clip's default for the kind:
+            False for ``"softmax"``; ``"sigmoid"`` always gathers with gradient and refuses an
+            explicit False (see ``functional.contrastive_loss``).
         backend: for the local term, ``"auto"``, ``"triton"`` or ``"reference"``.
         check_inputs: run the value checks (see the module docstring).
 
@@ -217,7 +219,7 @@ class FSCLoss(nn.Module):
         label_smoothing: float | None = 0.02,
         contrastive: str = "softmax",
         local_loss: bool = False,
-        gather_with_grad: bool = False,
+        gather_with_grad: bool | None = None,
         rank: int = 0,
         world_size: int = 1,
         backend: str = "auto",
@@ -226,7 +228,7 @@ class FSCLoss(nn.Module):
         super().__init__()
         checks.check_normalizer(normalizer, sparsify)
         checks.check_criterion_params(focal_gamma, label_smoothing)
-        checks.check_contrastive(contrastive)
+        gather_with_grad = checks.resolve_gather_with_grad(contrastive, gather_with_grad)
         functional.check_backend(backend)
         checks.check_distributed(rank, world_size)
         self.global_weight = float(global_weight)
@@ -391,7 +393,8 @@ class ContrastiveNTPLoss(nn.Module):
             Embeddings enter the contrastive term in float32 either way.
         ignore_index, label_smoothing: of the NTP term, as ``F.cross_entropy``.
         local_loss, gather_with_grad, rank, world_size: open_clip's distributed options for the
-            contrastive term; ``world_size`` also makes the NTP mean global.
+            contrastive term, as :class:`FSCLoss`'s; ``world_size`` also makes the NTP mean
+            global.
         backend, chunk_size: of the NTP term's linear cross-entropy (``"auto"``, ``"chunked"``,
             ``"reference"``).
         check_inputs: the NTP term's value check (labels in range: one host synchronisation).
@@ -412,7 +415,7 @@ class ContrastiveNTPLoss(nn.Module):
         ignore_index: int = -100,
         label_smoothing: float = 0.0,
         local_loss: bool = False,
-        gather_with_grad: bool = False,
+        gather_with_grad: bool | None = None,
         rank: int = 0,
         world_size: int = 1,
         backend: str = "auto",
@@ -420,7 +423,7 @@ class ContrastiveNTPLoss(nn.Module):
         check_inputs: bool = True,
     ):
         super().__init__()
-        checks.check_contrastive(contrastive)
+        gather_with_grad = checks.resolve_gather_with_grad(contrastive, gather_with_grad)
         checks.check_linear_ce_options(ignore_index, label_smoothing, 0.0, "mean", backend, chunk_size)
         checks.check_distributed(rank, world_size)
         self.ntp_weight = float(ntp_weight)
