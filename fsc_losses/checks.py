@@ -152,6 +152,7 @@ def check_linear_ce_options(
     reduction: str,
     backend: str,
     chunk_size: int | None,
+    softcap: float | None,
 ) -> None:
     """The non-tensor arguments of the linear cross-entropy."""
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
@@ -168,6 +169,8 @@ def check_linear_ce_options(
         isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
     ):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    if softcap is not None and (isinstance(softcap, bool) or not 0 < softcap < float("inf")):
+        raise ValueError(f"softcap must be a finite number > 0, or None for no cap; got {softcap!r}")
 
 
 def require_integer(name: str, t: torch.Tensor) -> None:

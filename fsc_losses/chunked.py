@@ -49,13 +49,20 @@ def _block_logits(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, start: int, end: int
 ) -> torch.Tensor:
     """``(N, end - start)`` logits of vocabulary entries ``start:end`` in float32 (float64 for
-    float64 inputs), a fresh tensor the caller may overwrite. As in the reference: the matmul in
-    the inputs' dtype, then the accumulation dtype."""
+    float64 inputs), before any soft cap, a fresh tensor the caller may overwrite. As in the
+    reference: the matmul in the inputs' dtype, then the accumulation dtype."""
     accumulate = torch.promote_types(hidden.dtype, torch.float32)
     logits = (hidden @ weight[start:end].T).to(accumulate)
     if bias is not None:
         logits = logits + bias[start:end].to(accumulate)
     return logits
+
+
+def _soft_capped(logits: torch.Tensor, softcap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``softcap * tanh(logits / softcap)`` and ``tanh(logits / softcap)`` (whose ``1 - t**2`` is
+    the cap's derivative); overwrites ``logits``."""
+    tanh = logits.div_(softcap).tanh_()
+    return tanh * softcap, tanh
 
 
 def _target_in_block(targets: torch.Tensor, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,10 +77,10 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     """Per-position losses ``(N,)`` (float32, or float64 for float64 inputs) of ``hidden (N, H)``,
     ``weight (V, H)``, ``bias (V,)`` or None, ``targets (N,)`` int64; 0 at ``ignore_index``, NaN
     at any other target outside ``[0, V)`` (the checks normally refuse those before they get
-    here)."""
+    here). ``softcap`` is a positive float or None (no cap)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, ignore_index, label_smoothing, z_loss, chunk):
+    def forward(ctx, hidden, weight, bias, targets, ignore_index, label_smoothing, z_loss, softcap, chunk):
         num_positions, vocab_size = hidden.shape[0], weight.shape[0]
         per_position = dict(device=hidden.device, dtype=torch.promote_types(hidden.dtype, torch.float32))
         running_max = torch.full((num_positions,), float("-inf"), **per_position)
@@ -83,6 +90,8 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         for start in range(0, vocab_size, chunk):
             end = min(start + chunk, vocab_size)
             logits = _block_logits(hidden, weight, bias, start, end)
+            if softcap is not None:
+                logits = _soft_capped(logits, softcap)[0]
             column, inside = _target_in_block(targets, start, end)
             target_logit = target_logit + torch.where(inside, logits.gather(1, column).squeeze(1), 0.0)
             if label_smoothing:
@@ -103,17 +112,18 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         losses = torch.where(counted, torch.where(in_range, losses, float("nan")), 0.0)
 
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
-        ctx.options = (ignore_index, label_smoothing, z_loss, chunk)
+        ctx.options = (ignore_index, label_smoothing, z_loss, softcap, chunk)
         return losses
 
     @staticmethod
     def backward(ctx, grad_losses):
         hidden, weight, bias, targets, lse = ctx.saved_tensors
-        ignore_index, label_smoothing, z_loss, chunk = ctx.options
+        ignore_index, label_smoothing, z_loss, softcap, chunk = ctx.options
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         vocab_size = weight.shape[0]
 
-        # d loss_i / d logit_ij = g_i * ((1 + 2 z lse_i) p_ij - (1 - eps) [j = t_i] - eps / V)
+        # d loss_i / d logit_ij = g_i * ((1 + 2 z lse_i) p_ij - (1 - eps) [j = t_i] - eps / V),
+        # logits after the cap; times the cap's derivative 1 - tanh**2 for the logits before it
         grad = torch.where(targets != ignore_index, grad_losses.to(lse.dtype), 0.0)
         softmax_scale = (grad * (1 + 2 * z_loss * lse)).unsqueeze(1)
         target_grad = (grad * (1 - label_smoothing)).unsqueeze(1)
@@ -127,12 +137,16 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         for start in range(0, vocab_size, chunk):
             end = min(start + chunk, vocab_size)
             grad_logits = _block_logits(hidden, weight, bias, start, end)
+            if softcap is not None:
+                grad_logits, tanh = _soft_capped(grad_logits, softcap)
             grad_logits.sub_(lse.unsqueeze(1)).exp_().mul_(softmax_scale)
             if label_smoothing:
                 grad_logits.sub_(uniform_grad)
             column, inside = _target_in_block(targets, start, end)
             at_target = grad_logits.gather(1, column)
             grad_logits.scatter_(1, column, at_target - torch.where(inside.unsqueeze(1), target_grad, 0.0))
+            if softcap is not None:
+                grad_logits.mul_(tanh.square_().neg_().add_(1))
             if need_bias:
                 grad_bias[start:end] = grad_logits.sum(dim=0)
             grad_logits = grad_logits.to(hidden.dtype)
@@ -142,7 +156,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                 grad_weight[start:end] = grad_logits.T @ hidden
         if need_hidden:
             grad_hidden = grad_hidden.to(hidden.dtype)
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None
 
 
 def linear_cross_entropy(
@@ -153,6 +167,7 @@ def linear_cross_entropy(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
+    softcap: float | None = None,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
     """:func:`fsc_losses.reference.linear_cross_entropy` (same arguments and result) computed one
@@ -160,5 +175,13 @@ def linear_cross_entropy(
     :func:`default_chunk_size`."""
     chunk = chunk_size or default_chunk_size(hidden.shape[0], weight.shape[0])
     return ChunkedLinearCrossEntropy.apply(
-        hidden, weight, bias, targets, ignore_index, float(label_smoothing), float(z_loss), chunk
+        hidden,
+        weight,
+        bias,
+        targets,
+        ignore_index,
+        float(label_smoothing),
+        float(z_loss),
+        None if softcap is None else float(softcap),
+        chunk,
     )

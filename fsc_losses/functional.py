@@ -452,6 +452,7 @@ def linear_cross_entropy(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
+    softcap: float | None = None,
     reduction: str = "mean",
     shift: bool = False,
     backend: str = "auto",
@@ -462,10 +463,12 @@ def linear_cross_entropy(
     by default without ever holding the ``(N, V)`` logits (docs/lvlm.md).
 
     The per-position loss is ``F.cross_entropy``'s for those logits, with the same
-    ``label_smoothing``, plus ``z_loss * logsumexp(logits)**2``. The logits come out of the matmul in
-    the inputs' dtype (float32 accumulation inside it) and everything after is float32 (float64 for
-    float64 inputs); gradients are returned in the inputs' dtype. Under autocast the inputs are
-    first cast to the autocast dtype, as the model's own LM head would be.
+    ``label_smoothing``, plus ``z_loss * logsumexp(logits)**2``; with ``softcap`` every term reads
+    the soft-capped logits ``softcap * tanh(logits / softcap)`` instead. The logits come out of the
+    matmul in the inputs' dtype (float32 accumulation inside it) and everything after, the cap
+    included, is float32 (float64 for float64 inputs); gradients are returned in the inputs' dtype.
+    Under autocast the inputs are first cast to the autocast dtype, as the model's own LM head
+    would be.
 
     Args:
         hidden: ``(..., H)`` hidden states, float32, bfloat16 or float16, any strides (a layout
@@ -476,6 +479,8 @@ def linear_cross_entropy(
         ignore_index: positions with this target count for nothing and get zero gradient.
         label_smoothing: in ``[0, 1]``, as ``F.cross_entropy``.
         z_loss: ``>= 0``, coefficient of ``logsumexp(logits)**2``.
+        softcap: ``> 0``, or None for no cap: the logit soft-capping of Gemma 2 and PaliGemma 2
+            (their config's ``final_logit_softcapping``), forward and backward.
         reduction: ``"mean"`` over the counted positions (an exact, differentiable 0 when none
             counts), ``"sum"``, or ``"none"``: the ``(...)`` losses, 0 at ignored positions.
         shift: the causal-LM convention: ``hidden (..., L, H)`` and ``targets (..., L)``, and
@@ -514,7 +519,9 @@ def linear_cross_entropy(
         checks.require_rank("bias", bias, (1,), "(V,)")
         checks.require_size("bias", bias, 0, weight.shape[0], "V")
     checks.require_same_device(hidden=hidden, weight=weight, targets=targets, bias=bias)
-    checks.check_linear_ce_options(ignore_index, label_smoothing, z_loss, reduction, backend, chunk_size)
+    checks.check_linear_ce_options(
+        ignore_index, label_smoothing, z_loss, reduction, backend, chunk_size, softcap
+    )
     if targets.numel() == 0:
         raise ValueError(
             f"the batch is empty: hidden has shape {tuple(hidden.shape)}, no position to predict"
@@ -536,7 +543,7 @@ def linear_cross_entropy(
         targets = _shift_targets(targets, ignore_index)
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
     flat_targets = targets.reshape(-1)
-    options = dict(ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss)
+    options = dict(ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
     with torch.autocast(hidden.device.type, enabled=False):
         if backend == "reference":
             losses = reference.linear_cross_entropy(flat_hidden, weight, flat_targets, bias, **options)
@@ -560,6 +567,7 @@ def ntp_loss(
     *,
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
+    softcap: float | None = None,
     world_size: int = 1,
     backend: str = "auto",
     chunk_size: int | None = None,
@@ -578,6 +586,7 @@ def ntp_loss(
         lm_head_weight: ``(V, H)``; lm_head_bias: ``(V,)`` or None.
         labels: ``(B, L)`` token ids, ``ignore_index`` where nothing is predicted (prompt,
             padding); position ``t`` predicts ``labels[..., t + 1]``.
+        softcap: the LM's final logit soft-capping (``final_logit_softcapping``), or None.
 
     Returns:
         Scalar.
@@ -586,6 +595,7 @@ def ntp_loss(
     options = dict(
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
+        softcap=softcap,
         shift=True,
         backend=backend,
         chunk_size=chunk_size,

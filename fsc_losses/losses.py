@@ -315,7 +315,7 @@ class LinearCrossEntropy(nn.Module):
     them (:func:`fsc_losses.functional.linear_cross_entropy`, which documents every argument).
 
     Args:
-        ignore_index, label_smoothing, z_loss, reduction, shift, backend, chunk_size,
+        ignore_index, label_smoothing, z_loss, softcap, reduction, shift, backend, chunk_size,
         check_inputs: as :func:`~fsc_losses.functional.linear_cross_entropy`.
 
     Shape:
@@ -328,6 +328,7 @@ class LinearCrossEntropy(nn.Module):
         ignore_index: int = -100,
         label_smoothing: float = 0.0,
         z_loss: float = 0.0,
+        softcap: float | None = None,
         reduction: str = "mean",
         shift: bool = False,
         backend: str = "auto",
@@ -335,10 +336,13 @@ class LinearCrossEntropy(nn.Module):
         check_inputs: bool = True,
     ):
         super().__init__()
-        checks.check_linear_ce_options(ignore_index, label_smoothing, z_loss, reduction, backend, chunk_size)
+        checks.check_linear_ce_options(
+            ignore_index, label_smoothing, z_loss, reduction, backend, chunk_size, softcap
+        )
         self.ignore_index = ignore_index
         self.label_smoothing = float(label_smoothing)
         self.z_loss = float(z_loss)
+        self.softcap = softcap
         self.reduction = reduction
         self.shift = shift
         self.backend = backend
@@ -360,6 +364,7 @@ class LinearCrossEntropy(nn.Module):
             ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing,
             z_loss=self.z_loss,
+            softcap=self.softcap,
             reduction=self.reduction,
             shift=self.shift,
             backend=self.backend,
@@ -370,8 +375,8 @@ class LinearCrossEntropy(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, "
-            f"z_loss={self.z_loss}, reduction={self.reduction!r}, shift={self.shift}, "
-            f"backend={self.backend!r}, chunk_size={self.chunk_size}"
+            f"z_loss={self.z_loss}, softcap={self.softcap}, reduction={self.reduction!r}, "
+            f"shift={self.shift}, backend={self.backend!r}, chunk_size={self.chunk_size}"
         )
 
 
@@ -392,6 +397,7 @@ class ContrastiveNTPLoss(nn.Module):
         normalize: L2-normalise the embeddings first (LVLM hidden states are not normalised).
             Embeddings enter the contrastive term in float32 either way.
         ignore_index, label_smoothing: of the NTP term, as ``F.cross_entropy``.
+        softcap: the NTP term's logit soft-capping (the LM's ``final_logit_softcapping``), or None.
         local_loss, gather_with_grad, rank, world_size: open_clip's distributed options for the
             contrastive term, as :class:`FSCLoss`'s; ``world_size`` also makes the NTP mean
             global.
@@ -414,6 +420,7 @@ class ContrastiveNTPLoss(nn.Module):
         normalize: bool = True,
         ignore_index: int = -100,
         label_smoothing: float = 0.0,
+        softcap: float | None = None,
         local_loss: bool = False,
         gather_with_grad: bool | None = None,
         rank: int = 0,
@@ -424,13 +431,16 @@ class ContrastiveNTPLoss(nn.Module):
     ):
         super().__init__()
         gather_with_grad = checks.resolve_gather_with_grad(contrastive, gather_with_grad)
-        checks.check_linear_ce_options(ignore_index, label_smoothing, 0.0, "mean", backend, chunk_size)
+        checks.check_linear_ce_options(
+            ignore_index, label_smoothing, 0.0, "mean", backend, chunk_size, softcap
+        )
         checks.check_distributed(rank, world_size)
         self.ntp_weight = float(ntp_weight)
         self.contrastive = contrastive
         self.normalize = normalize
         self.ignore_index = ignore_index
         self.label_smoothing = float(label_smoothing)
+        self.softcap = softcap
         self.local_loss = local_loss
         self.gather_with_grad = gather_with_grad
         self.rank = rank
@@ -477,6 +487,7 @@ class ContrastiveNTPLoss(nn.Module):
                 lm_head_bias,
                 ignore_index=self.ignore_index,
                 label_smoothing=self.label_smoothing,
+                softcap=self.softcap,
                 world_size=self.world_size,
                 backend=self.backend,
                 chunk_size=self.chunk_size,

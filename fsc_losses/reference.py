@@ -245,8 +245,10 @@ def linear_cross_entropy(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
+    softcap: float | None = None,
 ) -> torch.Tensor:
-    """Per-position cross-entropy of the logits ``hidden @ weight.T + bias``, materialised.
+    """Per-position cross-entropy of the logits ``hidden @ weight.T + bias``, materialised, soft-capped
+    to ``softcap * tanh(logits / softcap)`` when ``softcap`` is given (Gemma 2, PaliGemma 2).
 
     The logits come out of the matmul in the inputs' dtype (fp32 accumulation inside it), as a
     model's own LM head computes them, and everything after is float32 (float64 for float64
@@ -259,6 +261,7 @@ def linear_cross_entropy(
         bias: ``(V,)`` or None.
         label_smoothing: ``F.cross_entropy``'s: that mass spread uniformly over the ``V`` classes.
         z_loss: coefficient of ``logsumexp(logits)**2`` added to each counted position.
+        softcap: a positive float, or None for no cap. Every term above reads the capped logits.
 
     Returns:
         ``(N,)`` float32 (float64) losses, 0 at ignored positions.
@@ -267,6 +270,8 @@ def linear_cross_entropy(
     logits = (hidden @ weight.T).to(accumulate)
     if bias is not None:
         logits = logits + bias.to(accumulate)
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
     losses = F.cross_entropy(
         logits, targets, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction="none"
     )

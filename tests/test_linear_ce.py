@@ -27,14 +27,26 @@ def make_inputs(batch=(3, 7), hidden_size=8, vocab=37, dtype=torch.float64, bias
 
 
 def expected_loss(
-    hidden, weight, targets, bias, *, label_smoothing=0.0, z_loss=0.0, reduction="mean", shift=False
+    hidden,
+    weight,
+    targets,
+    bias,
+    *,
+    label_smoothing=0.0,
+    z_loss=0.0,
+    softcap=None,
+    reduction="mean",
+    shift=False,
 ):
-    """Materialised float64 logits and F.cross_entropy; ``shift`` by slicing."""
+    """Materialised float64 logits, soft-capped as Gemma 2 caps them, and F.cross_entropy;
+    ``shift`` by slicing."""
     if shift:
         hidden, targets = hidden[..., :-1, :], targets[..., 1:]
     logits = hidden.double() @ weight.double().T
     if bias is not None:
         logits = logits + bias.double()
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
     flat_logits, flat_targets = logits.reshape(-1, weight.shape[0]), targets.reshape(-1)
     losses = F.cross_entropy(
         flat_logits, flat_targets, ignore_index=IGNORE, label_smoothing=label_smoothing, reduction="none"
@@ -78,14 +90,21 @@ def call_expected(hidden, weight, targets, bias, **options):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
-    "label_smoothing, z_loss, reduction, with_bias, shift",
-    list(itertools.product([0.0, 0.1], [0.0, 1e-2], ["mean", "sum", "none"], [False, True], [False, True])),
+    "label_smoothing, z_loss, softcap, reduction, with_bias, shift",
+    list(
+        itertools.product(
+            [0.0, 0.1], [0.0, 1e-2], [None, 1.5], ["mean", "sum", "none"], [False, True], [False, True]
+        )
+    ),
 )
 def test_every_option_combination_matches_materialised_logits(
-    backend, label_smoothing, z_loss, reduction, with_bias, shift
+    backend, label_smoothing, z_loss, softcap, reduction, with_bias, shift
 ):
+    # logits have a standard deviation of about 2, so a cap of 1.5 bends most of them
     hidden, weight, targets, bias = make_inputs(bias=with_bias)
-    options = dict(label_smoothing=label_smoothing, z_loss=z_loss, reduction=reduction, shift=shift)
+    options = dict(
+        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, reduction=reduction, shift=shift
+    )
     got, got_grads = loss_and_grads(
         linear_cross_entropy, hidden, weight, targets, bias, backend=backend, chunk_size=10, **options
     )
@@ -300,7 +319,7 @@ def test_dtypes(dtype, backend):
     hidden, weight, targets, bias = make_inputs(
         batch=(8, 16), hidden_size=32, vocab=500, dtype=dtype, bias=True
     )
-    options = dict(label_smoothing=0.1, z_loss=1e-3)
+    options = dict(label_smoothing=0.1, z_loss=1e-3, softcap=4.0)
     got, got_grads = loss_and_grads(
         linear_cross_entropy, hidden, weight, targets, bias, backend=backend, chunk_size=96, **options
     )
@@ -320,8 +339,13 @@ def test_16_bit_chunked_matches_reference_roundings(dtype):
     hidden, weight, targets, bias = make_inputs(
         batch=(8, 16), hidden_size=32, vocab=500, dtype=dtype, bias=True
     )
-    chunked_out = loss_and_grads(linear_cross_entropy, hidden, weight, targets, bias, chunk_size=96)
-    reference_out = loss_and_grads(linear_cross_entropy, hidden, weight, targets, bias, backend="reference")
+    options = dict(softcap=4.0)
+    chunked_out = loss_and_grads(
+        linear_cross_entropy, hidden, weight, targets, bias, chunk_size=96, **options
+    )
+    reference_out = loss_and_grads(
+        linear_cross_entropy, hidden, weight, targets, bias, backend="reference", **options
+    )
     torch.testing.assert_close(chunked_out[0], reference_out[0], rtol=1e-5, atol=1e-5)
     for g, w in zip(chunked_out[1], reference_out[1], strict=True):
         torch.testing.assert_close(g, w, rtol=1e-2, atol=1e-2 * w.abs().max().item())
@@ -348,7 +372,7 @@ def test_torch_compile_fullgraph(compiler):
     hidden, weight, targets, bias = make_inputs(
         batch=(4, 9), hidden_size=16, vocab=200, dtype=torch.float32, bias=True
     )
-    options = dict(label_smoothing=0.1, z_loss=1e-3, shift=True, chunk_size=64)
+    options = dict(label_smoothing=0.1, z_loss=1e-3, softcap=3.0, shift=True, chunk_size=64)
 
     def loss_fn(hidden, weight, targets, bias):
         return linear_cross_entropy(hidden, weight, targets, bias, **options)
@@ -370,7 +394,9 @@ def test_unchecked_out_of_range_target_is_nan_in_chunked():
 
 def test_module_matches_function_and_keeps_options():
     hidden, weight, targets, bias = make_inputs(bias=True)
-    module = LinearCrossEntropy(label_smoothing=0.1, z_loss=1e-3, reduction="sum", shift=True, chunk_size=5)
+    module = LinearCrossEntropy(
+        label_smoothing=0.1, z_loss=1e-3, softcap=2.0, reduction="sum", shift=True, chunk_size=5
+    )
     want = linear_cross_entropy(
         hidden,
         weight,
@@ -378,12 +404,16 @@ def test_module_matches_function_and_keeps_options():
         bias,
         label_smoothing=0.1,
         z_loss=1e-3,
+        softcap=2.0,
         reduction="sum",
         shift=True,
         chunk_size=5,
     )
     assert torch.equal(module(hidden, weight, targets, bias), want)
-    assert "reduction='sum'" in repr(module) and "shift=True" in repr(module)
+    assert not torch.equal(
+        LinearCrossEntropy(reduction="sum", shift=True)(hidden, weight, targets, bias), want
+    )
+    assert all(f in repr(module) for f in ("reduction='sum'", "shift=True", "softcap=2.0"))
 
 
 def test_default_chunk_size_comes_from_the_budget():
@@ -450,6 +480,10 @@ BAD_INPUTS = [
     ("label_smoothing", dict(label_smoothing=1.5), ValueError, r"label_smoothing must be in \[0, 1\]"),
     ("z_loss", dict(z_loss=-1.0), ValueError, r"z_loss must be"),
     ("chunk_size", dict(chunk_size=0), ValueError, r"chunk_size must be a positive int"),
+    ("softcap_zero", dict(softcap=0.0), ValueError, r"softcap must be a finite number > 0, or None"),
+    ("softcap_negative", dict(softcap=-30.0), ValueError, r"softcap must be"),
+    ("softcap_inf", dict(softcap=float("inf")), ValueError, r"softcap must be"),
+    ("softcap_bool", dict(softcap=True), ValueError, r"softcap must be"),
     ("ignore_index", dict(ignore_index=1.5), TypeError, r"ignore_index must be an int"),
     (
         "shift_rank",
@@ -484,6 +518,7 @@ def test_out_of_range_check_can_be_skipped():
         (dict(reduction="avg"), "reduction"),
         (dict(backend="x"), "backend"),
         (dict(chunk_size=-3), "chunk_size"),
+        (dict(softcap=0), "softcap"),
     ],
 )
 def test_module_checks_options_at_construction(options, message):

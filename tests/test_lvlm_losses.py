@@ -100,10 +100,12 @@ def expected_contrastive(kind, images, texts, scale, bias):
     pytest.fail(f"no independent expectation written for contrastive={kind!r}")
 
 
-def expected_ntp(hidden, weight, labels, bias=None, label_smoothing=0.0):
+def expected_ntp(hidden, weight, labels, bias=None, label_smoothing=0.0, softcap=None):
     logits = hidden[:, :-1].double() @ weight.double().T
     if bias is not None:
         logits = logits + bias.double()
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
     return F.cross_entropy(
         logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE, label_smoothing=label_smoothing
     )
@@ -131,11 +133,12 @@ def with_grad(inputs):
 
 @pytest.mark.parametrize("contrastive", checks.CONTRASTIVE)
 @pytest.mark.parametrize("backend", ["chunked", "reference"])
-def test_contrastive_ntp_terms(contrastive, backend):
+@pytest.mark.parametrize("softcap", [None, 2.0])
+def test_contrastive_ntp_terms(contrastive, backend, softcap):
     inputs = with_grad(lvlm_batch())
     bias = torch.tensor(-5.0, dtype=torch.float64, requires_grad=True) if contrastive == "sigmoid" else None
     loss_fn = ContrastiveNTPLoss(
-        ntp_weight=0.7, contrastive=contrastive, label_smoothing=0.1, backend=backend
+        ntp_weight=0.7, contrastive=contrastive, label_smoothing=0.1, softcap=softcap, backend=backend
     )
     terms = loss_fn(**inputs, logit_bias=bias, output_dict=True)
     assert set(terms) == {"contrastive_loss", "ntp_loss"}
@@ -144,7 +147,7 @@ def test_contrastive_ntp_terms(contrastive, backend):
         contrastive, inputs["image_embeddings"], inputs["text_embeddings"], inputs["logit_scale"], bias
     )
     want_ntp = 0.7 * expected_ntp(
-        inputs["hidden_states"], inputs["lm_head_weight"], inputs["labels"], None, 0.1
+        inputs["hidden_states"], inputs["lm_head_weight"], inputs["labels"], None, 0.1, softcap
     )
     torch.testing.assert_close(terms["contrastive_loss"], want_contrastive, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(terms["ntp_loss"], want_ntp, rtol=1e-10, atol=1e-12)
