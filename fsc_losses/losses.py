@@ -315,12 +315,15 @@ class LinearCrossEntropy(nn.Module):
     them (:func:`fsc_losses.functional.linear_cross_entropy`, which documents every argument).
 
     Args:
-        ignore_index, label_smoothing, z_loss, softcap, reduction, shift, backend, chunk_size,
-        check_inputs: as :func:`~fsc_losses.functional.linear_cross_entropy`.
+        ignore_index, label_smoothing, z_loss, softcap, class_weight, reduction, shift,
+        return_z_loss, return_lse, backend, chunk_size, check_inputs: as
+            :func:`~fsc_losses.functional.linear_cross_entropy`. ``class_weight`` (``(V,)`` or
+            None) is a buffer, as ``nn.CrossEntropyLoss``'s ``weight``: ``.to(device)`` moves it.
 
     Shape:
         forward(hidden ``(..., H)``, weight ``(V, H)``, targets ``(...)`` int, bias ``(V,)`` or
-        None) -> float32 scalar, or ``(...)`` with ``reduction="none"``.
+        None) -> float32 scalar, or ``(...)`` with ``reduction="none"``; with ``return_z_loss``
+        and/or ``return_lse`` a tuple (loss, then the z-loss term, then the ``(...)`` lse).
     """
 
     def __init__(
@@ -329,8 +332,11 @@ class LinearCrossEntropy(nn.Module):
         label_smoothing: float = 0.0,
         z_loss: float = 0.0,
         softcap: float | None = None,
+        class_weight: torch.Tensor | None = None,
         reduction: str = "mean",
         shift: bool = False,
+        return_z_loss: bool = False,
+        return_lse: bool = False,
         backend: str = "auto",
         chunk_size: int | None = None,
         check_inputs: bool = True,
@@ -339,12 +345,19 @@ class LinearCrossEntropy(nn.Module):
         checks.check_linear_ce_options(
             ignore_index, label_smoothing, z_loss, reduction, backend, chunk_size, softcap
         )
+        if class_weight is not None:
+            checks.require_tensor("class_weight", class_weight)
+            checks.require_float("class_weight", class_weight)
+            checks.require_rank("class_weight", class_weight, (1,), "(V,)")
         self.ignore_index = ignore_index
         self.label_smoothing = float(label_smoothing)
         self.z_loss = float(z_loss)
         self.softcap = softcap
+        self.register_buffer("class_weight", None if class_weight is None else class_weight.detach())
         self.reduction = reduction
         self.shift = shift
+        self.return_z_loss = return_z_loss
+        self.return_lse = return_lse
         self.backend = backend
         self.chunk_size = chunk_size
         self.check_inputs = check_inputs
@@ -355,7 +368,7 @@ class LinearCrossEntropy(nn.Module):
         weight: torch.Tensor,
         targets: torch.Tensor,
         bias: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         return functional.linear_cross_entropy(
             hidden,
             weight,
@@ -365,8 +378,11 @@ class LinearCrossEntropy(nn.Module):
             label_smoothing=self.label_smoothing,
             z_loss=self.z_loss,
             softcap=self.softcap,
+            class_weight=self.class_weight,
             reduction=self.reduction,
             shift=self.shift,
+            return_z_loss=self.return_z_loss,
+            return_lse=self.return_lse,
             backend=self.backend,
             chunk_size=self.chunk_size,
             check_inputs=self.check_inputs,
@@ -375,8 +391,10 @@ class LinearCrossEntropy(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, "
-            f"z_loss={self.z_loss}, softcap={self.softcap}, reduction={self.reduction!r}, "
-            f"shift={self.shift}, backend={self.backend!r}, chunk_size={self.chunk_size}"
+            f"z_loss={self.z_loss}, softcap={self.softcap}, "
+            f"class_weight={'None' if self.class_weight is None else tuple(self.class_weight.shape)}, "
+            f"reduction={self.reduction!r}, shift={self.shift}, return_z_loss={self.return_z_loss}, "
+            f"return_lse={self.return_lse}, backend={self.backend!r}, chunk_size={self.chunk_size}"
         )
 
 
