@@ -574,12 +574,15 @@ def linear_cross_entropy(
     )
     with torch.autocast(hidden.device.type, enabled=False):
         if backend == "reference":
-            losses, lse = reference.linear_cross_entropy(flat_hidden, weight, flat_targets, bias, **options)
+            losses, lse = reference.linear_cross_entropy(
+                flat_hidden, weight, flat_targets, bias, **options, with_lse=bool(z_loss) or return_lse
+            )
         else:
             losses, lse = chunked.linear_cross_entropy(
                 flat_hidden, weight, flat_targets, bias, **options, chunk_size=chunk_size
             )
-        losses, lse = losses.view(targets.shape), lse.view(targets.shape)
+        losses = losses.view(targets.shape)
+        lse = None if lse is None else lse.view(targets.shape)
         loss, z_term = reference.reduce_linear_cross_entropy(
             losses, lse, targets, ignore_index, z_loss, class_weight, reduction
         )

@@ -246,7 +246,8 @@ def linear_cross_entropy(
     label_smoothing: float = 0.0,
     softcap: float | None = None,
     class_weight: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    with_lse: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-position cross-entropy and log-sum-exp of the logits ``hidden @ weight.T + bias``,
     materialised, soft-capped to ``softcap * tanh(logits / softcap)`` when ``softcap`` is given
     (Gemma 2, PaliGemma 2).
@@ -264,10 +265,13 @@ def linear_cross_entropy(
         softcap: a positive float, or None for no cap. Every term reads the capped logits.
         class_weight: ``(V,)`` or None, ``F.cross_entropy``'s ``weight``: a position's loss is
             ``(1 - eps) * w[t] * (lse - logit_t) + eps / V * sum_j w_j * (lse - logit_j)``.
+        with_lse: compute the logsumexp too (it costs ``(N, V)`` temporaries here, nothing in the
+            chunked backend).
 
     Returns:
         ``(N,)`` float32 (float64) losses, ``F.cross_entropy``'s with ``reduction="none"``, and
-        ``(N,)`` the logsumexp of each position's logits; both 0 at ignored positions.
+        ``(N,)`` the logsumexp of each position's logits (None without ``with_lse``); both 0 at
+        ignored positions.
     """
     accumulate = torch.promote_types(hidden.dtype, torch.float32)
     logits = (hidden @ weight.T).to(accumulate)
@@ -283,13 +287,14 @@ def linear_cross_entropy(
         label_smoothing=label_smoothing,
         reduction="none",
     )
-    lse = torch.where(targets != ignore_index, torch.logsumexp(logits, dim=-1), 0.0)
-    return losses, lse
+    if not with_lse:
+        return losses, None
+    return losses, torch.where(targets != ignore_index, torch.logsumexp(logits, dim=-1), 0.0)
 
 
 def reduce_linear_cross_entropy(
     losses: torch.Tensor,
-    lse: torch.Tensor,
+    lse: torch.Tensor | None,
     targets: torch.Tensor,
     ignore_index: int,
     z_loss: float,
@@ -297,7 +302,8 @@ def reduce_linear_cross_entropy(
     reduction: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The linear cross-entropy and its z-loss term from :func:`linear_cross_entropy`'s
-    per-position ``losses`` and ``lse`` (any shape, 0 at ignored positions).
+    per-position ``losses`` and ``lse`` (any shape, 0 at ignored positions; ``lse`` may be None
+    when ``z_loss`` is 0).
 
     The z-loss term (PaLM's) is ``z_loss * lse**2`` per counted position, whatever the class
     weights. ``"mean"`` divides the cross-entropy by the summed class weights of the counted
@@ -309,7 +315,7 @@ def reduce_linear_cross_entropy(
     Returns:
         The loss (the z-loss term included) and the z-loss term, reduced alike.
     """
-    z_term = z_loss * lse.square()
+    z_term = torch.zeros_like(losses) if lse is None else z_loss * lse.square()
     if reduction == "none":
         return losses + z_term, z_term
     if reduction == "sum":
