@@ -108,8 +108,8 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             column, inside = _target_in_block(targets, start, end)
             target_logit = target_logit + torch.where(inside, logits.gather(1, column).squeeze(1), 0.0)
             if label_smoothing:
-                block_sum = logits.sum(dim=1) if class_weight is None else logits @ class_weight[start:end]
-                weighted_logit_sum = weighted_logit_sum + block_sum
+                weighted = logits.sum(dim=1) if class_weight is None else logits @ class_weight[start:end]
+                weighted_logit_sum = weighted_logit_sum + weighted
             new_max = torch.maximum(running_max, logits.amax(dim=1))
             block_sum = logits.sub_(new_max.unsqueeze(1)).exp_().sum(dim=1)
             running_sum = running_sum * (running_max - new_max).exp() + block_sum

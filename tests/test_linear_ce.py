@@ -274,6 +274,24 @@ def test_outputs_asked_for(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_lse_alone_has_the_logsumexp_gradient(backend):
+    """Only the lse used (the loss gets no upstream gradient): the gradient of the logsumexp of
+    the counted positions' logits."""
+    hidden, weight, targets, bias = make_inputs(bias=True)
+    options = dict(backend=backend, softcap=2.0, return_lse=True, chunk_size=10)
+    got, got_grads = loss_and_grads(
+        lambda *a, **k: linear_cross_entropy(*a, **k)[1], hidden, weight, targets, bias, **options
+    )
+
+    def lse(hidden, weight, targets, bias):
+        logits = 2.0 * torch.tanh((hidden @ weight.T + bias) / 2.0)
+        return torch.where(targets != IGNORE, logits.logsumexp(-1), 0.0)
+
+    want, want_grads = loss_and_grads(lse, hidden, weight, targets, bias)
+    assert_matches(got, got_grads, want, want_grads)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "batch, vocab, chunk",
     [
