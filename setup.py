@@ -9,10 +9,10 @@ VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "fsc_losses" / "__init_
 TEST = ["pytest>=7"]
 # tqdm: the demo's progress bar (open_clip needs it too).
 OPEN_CLIP = ["open_clip_torch>=3.3", "tqdm>=4.60"]
-# transformers: the CLIP/SigLIP integration (tested with 4.49 and 5.23) and the LVLM glue (5.x only;
-# integrations.lvlm.hidden_states says so on 4.x); peft: LoRA for the LVLM losses (0.21);
+# transformers: the CLIP/SigLIP integration (from 4.49) and the LVLM glue (5.x only;
+# integrations.lvlm.hidden_states says so on 4.x); peft: LoRA for the LVLM losses;
 # accelerate: transformers' Trainer needs it, and integrations.hf_trainer uses its Accelerator
-# (autocast, gather, unwrap_model; tested with 1.15).
+# (autocast, gather, unwrap_model). The versions tested: docs/tested-versions.md.
 TRANSFORMERS = ["transformers>=4.49", "peft>=0.21", "accelerate>=1.1"]
 # python -m fsc_losses.train: open_clip's trainer ships in the open_clip_torch wheel, its [training]
 # extra brings the data pipeline (webdataset, pandas, ...); the versions it supports are those of

@@ -1,8 +1,10 @@
 """What test_hf_trainer_distributed.py runs, under torchrun (2 CPU processes, gloo) and in one
-process: on the same 4 rows, one SGD step of FSCTrainer (CLIP, SigLIP) and of
-ContrastiveNTPTrainer (the example's LLaVA with LoRA and a soft prompt), each model saved with its
+process: on the same 4 rows, from the same seeded weights, one SGD step of FSCTrainer (CLIP, SigLIP)
+and of ContrastiveNTPTrainer (the example's LLaVA with LoRA and a soft prompt), each model saved with its
 logs; and, on 2 processes, ContrastiveNTPTrainer.compute_loss on the model sharded with FSDP2's
-``fully_shard``, whose gradients are saved.
+``fully_shard``, whose gradients are saved. Every model runs in float64: the two sides add the same
+terms in different orders, and in float32 that difference is as large as the tolerance a test
+could set without missing real errors.
 
     python -m torch.distributed.run --nproc_per_node 2 -m tests.hf_trainer_worker OUT
 """
@@ -36,6 +38,10 @@ def training_args(out: Path, world_size: int):
 
 
 def train_and_save(trainer, out: Path) -> None:
+    """The trained model and its first log in ``out``; in one process, the model before the step
+    in ``out / "initial"`` too, so that the test compares the steps, not weights much larger."""
+    if trainer.args.world_size == 1:
+        trainer.save_model(str(out / "initial"))
     trainer.train()
     trainer.save_model(str(out))
     if trainer.is_world_process_zero():
@@ -45,7 +51,7 @@ def train_and_save(trainer, out: Path) -> None:
 def lvlm_parts():
     example = load_example("finetune_lvlm")
     _, collator, rows, _, model = example.build(example.parse_args(LVLM_RUN))
-    return collator, rows, model
+    return collator, rows, model.double()
 
 
 def fsdp_gradients(out: Path, world_size: int) -> None:
@@ -70,7 +76,7 @@ def main(out: Path) -> None:
     for family in hf_models.FAMILIES:
         processor = hf_models.processor(family)
         trainer = FSCTrainer(
-            model=hf_models.model(family),
+            model=hf_models.model(family).double(),
             args=training_args(out / family, world_size),
             train_dataset=hf_models.rows(ROWS),
             data_collator=FSCCollator(processor.tokenizer, processor.image_processor),

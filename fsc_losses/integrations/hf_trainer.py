@@ -334,6 +334,11 @@ class ContrastiveNTPCollator:
 # ---- trainers ---------------------------------------------------------------------------------
 
 
+def _at_least_float32(term: torch.Tensor) -> torch.Tensor:
+    """A loss term in float32 if it is 16-bit (a sum of 16-bit terms rounds), else as it is."""
+    return term.to(torch.promote_types(term.dtype, torch.float32))
+
+
 @contextlib.contextmanager
 def _forward_is(module: nn.Module, forward: Callable):
     """``module(...)`` runs ``forward`` inside the block: what a DDP / FSDP / DeepSpeed wrapper
@@ -381,8 +386,8 @@ class _LossTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The objective's terms on ``inputs``, run as the (unwrapped) model's forward under the
-        Trainer's mixed precision; returns their sum in float32 (and ``{"loss": sum}`` with
-        ``return_outputs``)."""
+        Trainer's mixed precision; returns their sum in float32, or float64 for float64 terms (and
+        ``{"loss": sum}`` with ``return_outputs``)."""
         inner = self.accelerator.unwrap_model(model, keep_torch_compile=False)
 
         def forward(**batch):
@@ -391,7 +396,7 @@ class _LossTrainer(Trainer):
         # accelerate applies autocast by wrapping the model's forward, which this one replaces
         with self.accelerator.autocast(), _forward_is(inner, forward):
             terms = model(**inputs)
-        loss = sum(term.float() for term in terms.values())  # 16-bit terms would round the sum
+        loss = sum(_at_least_float32(term) for term in terms.values())  # 16-bit terms would round the sum
         if self.is_in_train and model.training:  # a training step (not evaluation, not a direct call)
             self._record(terms)
         return (loss, {"loss": loss}) if return_outputs else loss
@@ -401,7 +406,7 @@ class _LossTrainer(Trainer):
         number of micro-batches of this optimizer step (so a step's shares sum to one step)."""
         share = 1 / self.current_gradient_accumulation_steps
         for name, value in terms.items():  # on the device: no host synchronisation per step
-            self._term_sums[name] = self._term_sums.get(name, 0.0) + value.detach().float() * share
+            self._term_sums[name] = self._term_sums.get(name, 0.0) + _at_least_float32(value.detach()) * share
         self._term_steps += share
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
