@@ -3,12 +3,14 @@
     python benchmarks/bench_linear_ce.py            # GPU: LLaVA-1.5-7B, Qwen2-VL-2B, Gemma-2-2B shapes, bf16
     python benchmarks/bench_linear_ce.py --cpu      # CPU: N = 2048, H = 256, V = 32000, fp32
     python benchmarks/bench_linear_ce.py --smoke    # tiny shape on the CPU, for CI
+    python benchmarks/bench_linear_ce.py --cpu --chunk-size 500 2000 8000   # chunked's trade-off
 
 One call is ``loss = provider(hidden (N, H), weight (V, H), targets (N,))`` then the gradients of
 ``hidden`` and ``weight``; every provider computes the mean cross-entropy of the logits
 ``hidden @ weight.T`` over all ``N`` positions. Providers:
 
-- ``chunked``: ``linear_cross_entropy(backend="chunked")``, the default;
+- ``chunked``: ``linear_cross_entropy(backend="chunked")``, the default, once per ``--chunk-size``
+  (default: its default chunk size);
 - ``reference``: ``linear_cross_entropy(backend="reference")``, the logits materialised;
 - ``compiled``: ``torch.compile(fullgraph=True, dynamic=False)`` of the reference;
 - ``cce``: Apple's ``cut_cross_entropy.linear_cross_entropy``, and ``liger``: Liger-Kernel's
@@ -40,7 +42,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common  # noqa: E402
-from fsc_losses import linear_cross_entropy  # noqa: E402
+from fsc_losses import chunked, linear_cross_entropy  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,11 @@ TARGETS = {"cpu": ("chunked", "reference", 0.15, 1.5), "cuda": ("chunked", "cce"
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _package_loss(backend: str) -> LossFn:
+def _package_loss(backend: str, chunk_size: int | None = None) -> LossFn:
     def loss(hidden, weight, targets):
-        return linear_cross_entropy(hidden, weight, targets, backend=backend, check_inputs=False)
+        return linear_cross_entropy(
+            hidden, weight, targets, backend=backend, chunk_size=chunk_size, check_inputs=False
+        )
 
     return loss
 
@@ -89,10 +93,13 @@ def _liger_loss() -> LossFn:
 COMPARATORS = {"cce": ("cut_cross_entropy", _cce_loss), "liger": ("liger_kernel", _liger_loss)}
 
 
-def build_loss(provider: str, device: torch.device) -> tuple[LossFn | None, str | None]:
-    """The provider's loss function, or None and why it cannot run here."""
+def build_loss(
+    provider: str, device: torch.device, chunk_size: int | None = None
+) -> tuple[LossFn | None, str | None]:
+    """The provider's loss function (``chunked`` with ``chunk_size`` entries per block), or None
+    and why it cannot run here."""
     if provider in ("chunked", "reference"):
-        return _package_loss(provider), None
+        return _package_loss(provider, chunk_size), None
     if provider == "compiled":
         torch.compiler.reset()  # one compile per shape, not a pile-up towards the recompile limit
         return torch.compile(_package_loss("reference"), fullgraph=True, dynamic=False), None
@@ -120,13 +127,24 @@ def make_call(loss_fn: LossFn, hidden, weight, targets) -> common.MakeCall:
     return lambda i: lambda: torch.autograd.grad(loss_fn(hidden, weight, targets), (hidden, weight))
 
 
-def measure(shape, dtype_name, providers, device, plan, seed, notes) -> list[dict[str, object]]:
+def runs(providers: Sequence[str], chunk_sizes: Sequence[int], shape: Shape) -> list[tuple[str, int | None]]:
+    """``(provider, chunk)`` pairs to measure: ``chunked`` once per chunk size (its default when
+    none is given), the others once with no chunk."""
+    default = [chunked.default_chunk_size(shape.positions, shape.vocab)]
+    return [
+        (provider, chunk)
+        for provider in providers
+        for chunk in ((chunk_sizes or default) if provider == "chunked" else [None])
+    ]
+
+
+def measure(shape, dtype_name, providers, chunk_sizes, device, plan, seed, notes) -> list[dict[str, object]]:
     dtype = DTYPES[dtype_name]
     hidden, weight, targets = make_inputs(shape, dtype, device, seed)
     outputs = (hidden.numel() + weight.numel()) * hidden.element_size() / common.MIB
     rows = []
-    for provider in providers:
-        loss_fn, reason = build_loss(provider, device)
+    for provider, chunk in runs(providers, chunk_sizes, shape):
+        loss_fn, reason = build_loss(provider, device, chunk)
         calls = None if loss_fn is None else make_call(loss_fn, hidden, weight, targets)
         reason = reason or common.skip_reason(provider, calls(0), device)
         if reason is not None:
@@ -147,6 +165,7 @@ def measure(shape, dtype_name, providers, device, plan, seed, notes) -> list[dic
                 "V": shape.vocab,
                 "dtype": dtype_name,
                 "provider": provider,
+                "chunk": "" if chunk is None else chunk,
                 "reps": timing.reps,
                 "median_ms": timing.median_us / 1e3,
                 "p20_ms": timing.p20_us / 1e3,
@@ -156,19 +175,25 @@ def measure(shape, dtype_name, providers, device, plan, seed, notes) -> list[dic
                 "logits_mib": shape.positions * shape.vocab * 4 / common.MIB,
             }
         )
+        label = provider if chunk is None else f"{provider} (chunk {chunk})"
         print(
-            f"{shape.name} {dtype_name} {provider}: {timing.median_us / 1e3:,.2f} ms, {peak:,.1f} MiB",
+            f"{shape.name} {dtype_name} {label}: {timing.median_us / 1e3:,.2f} ms, {peak:,.1f} MiB",
             flush=True,
         )
     return rows
 
 
 def target_checks(rows: Sequence[dict], device_type: str) -> list[dict[str, object]]:
-    """The issue's targets, per shape, where both providers ran."""
+    """The issue's targets, per shape, where both providers ran (``chunked`` at its default chunk
+    size)."""
     provider, baseline, max_peak, max_time = TARGETS[device_type]
     checks = []
     for shape in dict.fromkeys(r["shape"] for r in rows):
-        mine = next((r for r in rows if r["shape"] == shape and r["provider"] == provider), None)
+        default = chunked.default_chunk_size(*next((r["N"], r["V"]) for r in rows if r["shape"] == shape))
+        mine = next(
+            (r for r in rows if r["shape"] == shape and r["provider"] == provider and r["chunk"] == default),
+            None,
+        )
         base = next((r for r in rows if r["shape"] == shape and r["provider"] == baseline), None)
         if mine is None or base is None:
             continue
@@ -195,6 +220,7 @@ def results_table(rows: Sequence[dict]) -> str:
             ("shape", lambda r: r["shape"]),
             ("dtype", lambda r: r["dtype"]),
             ("provider", lambda r: r["provider"]),
+            ("chunk", lambda r: str(r["chunk"])),
             ("median ms", lambda r: common.fmt(r["median_ms"], 2)),
             ("p20 ms", lambda r: common.fmt(r["p20_ms"], 2)),
             ("p80 ms", lambda r: common.fmt(r["p80_ms"], 2)),
@@ -231,6 +257,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--shape", type=common.int_tuple(3, "N,H,V"), action="append", default=[], metavar="N,H,V"
     )
     parser.add_argument("--provider", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="C",
+        help="chunked's vocabulary entries per block, one run each (default: its default)",
+    )
     parser.add_argument("--dtype", choices=DTYPES, help="default bf16 on the GPU, fp32 on the CPU")
     parser.add_argument(
         "--reps", type=int, help="timed repetitions (default 20 on the GPU, 5 on the CPU, 2 smoke)"
@@ -268,7 +302,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
     for shape in shapes:
         rows += [
             {**meta, **row}
-            for row in measure(shape, dtype_name, args.provider, device, plan, args.seed, notes)
+            for row in measure(
+                shape, dtype_name, args.provider, args.chunk_size, device, plan, args.seed, notes
+            )
         ]
     threads = f", {torch.get_num_threads()} thread(s)" if on_cpu else ""
     where = f"{meta['device']}{threads}, torch {torch.__version__}"

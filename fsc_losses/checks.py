@@ -47,6 +47,20 @@ def require_size(name: str, t: torch.Tensor, dim: int, expected: int, what: str)
         )
 
 
+def require_rows(name: str, t: torch.Tensor, what: str) -> None:
+    """``t`` has at least one row (dim 0): an empty batch is an error, not a NaN loss."""
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} has shape {_shape(t)}: the batch is empty, no {what} to score")
+
+
+def require_same_dtype(hint: str, **tensors: torch.Tensor) -> None:
+    """The tensors share a dtype; ``hint`` says how to get there."""
+    dtypes = {name: t.dtype for name, t in tensors.items()}
+    if len(set(dtypes.values())) > 1:
+        listing = ", ".join(f"{name} {dtype}" for name, dtype in dtypes.items())
+        raise TypeError(f"{' and '.join(dtypes)} must share a dtype, got {listing} ({hint})")
+
+
 def require_mask(name: str, t: torch.Tensor) -> None:
     if t.dtype == torch.bool:
         return
@@ -105,6 +119,25 @@ def check_criterion_params(focal_gamma: float, label_smoothing: float | None) ->
 def check_contrastive(contrastive: str) -> None:
     if contrastive not in CONTRASTIVE:
         raise ValueError(f"contrastive must be one of {CONTRASTIVE}, got {contrastive!r}")
+
+
+def resolve_gather_with_grad(contrastive: str, gather_with_grad: bool | None) -> bool:
+    """``gather_with_grad`` for a contrastive term of kind ``contrastive``: unset (None) means
+    open_clip's default for that kind, False for ``"softmax"`` (``ClipLoss``) and True for
+    ``"sigmoid"`` (``SigLipLoss``, whose exchange of the captions always carries gradient). An
+    explicit False with ``"sigmoid"`` is refused: it would train on a truncated gradient."""
+    check_contrastive(contrastive)
+    if contrastive != "sigmoid":
+        return bool(gather_with_grad)
+    if gather_with_grad is not None and not gather_with_grad:
+        raise ValueError(
+            "gather_with_grad=False cannot be used with contrastive='sigmoid': each process scores "
+            "its own images against every process's captions, so a caption's gradient from the "
+            "other processes' images has to flow back through the gather (as open_clip's "
+            "SigLipLoss exchange does); without it the captions train on a truncated gradient. "
+            "Leave gather_with_grad unset (None) or pass True"
+        )
+    return True
 
 
 def check_distributed(rank: int, world_size: int) -> None:

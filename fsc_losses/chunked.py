@@ -2,13 +2,13 @@
 
 The vocabulary is cut into blocks of ``chunk`` entries. The forward runs an online logsumexp over
 the blocks (a running maximum and sum per position) and keeps, per position, only the logsumexp,
-the target's logit and, with label smoothing, the sum of the logits. The backward recomputes each
-block's logits from ``hidden`` and ``weight``, turns them into that block's logit gradient, and
-takes from it the block's rows of the weight (and bias) gradient, complete, and its contribution to
-the hidden gradient, accumulated in float32. Everything after the matmuls is float32 (float64 for
-float64 inputs). Live memory beyond the inputs and the returned gradients is a few ``(N, chunk)``
-float32 blocks, ``O(N)`` vectors and, for 16-bit inputs, the ``(N, H)`` float32 hidden-gradient
-accumulator.
+the target's logit and, with label smoothing, the (class-weighted) sum of the logits. The backward
+recomputes each block's logits from ``hidden`` and ``weight``, turns them into that block's logit
+gradient (from the loss's and the logsumexp's upstream gradients), and takes from it the block's
+rows of the weight (and bias) gradient, complete, and its contribution to the hidden gradient,
+accumulated in float32. Everything after the matmuls is float32 (float64 for float64 inputs). Live
+memory beyond the inputs and the returned gradients is a few ``(N, chunk)`` float32 blocks,
+``O(N)`` vectors and, for 16-bit inputs, the ``(N, H)`` float32 hidden-gradient accumulator.
 
 Blocks of the vocabulary rather than of the positions: each weight-gradient row then comes from a
 single matmul over all positions, rounded once to the input dtype, instead of a sum over position
@@ -73,20 +73,33 @@ def _target_in_block(targets: torch.Tensor, start: int, end: int) -> tuple[torch
     return column, inside
 
 
+def _class_weights(
+    class_weight: torch.Tensor | None, targets: torch.Tensor, vocab_size: int
+) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    """``(N,)`` class weight of each target (clamped into ``[0, V)``: ignored and out-of-range
+    positions are masked later) and the sum of all class weights; 1 and ``V`` without weights."""
+    if class_weight is None:
+        return 1.0, float(vocab_size)
+    return class_weight[targets.clamp(0, vocab_size - 1)], class_weight.sum()
+
+
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
-    """Per-position losses ``(N,)`` (float32, or float64 for float64 inputs) of ``hidden (N, H)``,
-    ``weight (V, H)``, ``bias (V,)`` or None, ``targets (N,)`` int64; 0 at ``ignore_index``, NaN
-    at any other target outside ``[0, V)`` (the checks normally refuse those before they get
-    here). ``softcap`` is a positive float or None (no cap)."""
+    """Per-position losses and logsumexps ``(N,)`` (float32, or float64 for float64 inputs) of
+    ``hidden (N, H)``, ``weight (V, H)``, ``bias (V,)`` or None, ``targets (N,)`` int64, with
+    ``class_weight (V,)`` (accumulation dtype) or None; both 0 at ``ignore_index``, the loss NaN at
+    any other target outside ``[0, V)`` (the checks normally refuse those before they get here).
+    ``softcap`` is a positive float or None (no cap). Both outputs are differentiable."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, ignore_index, label_smoothing, z_loss, softcap, chunk):
+    def forward(
+        ctx, hidden, weight, bias, class_weight, targets, ignore_index, label_smoothing, softcap, chunk
+    ):
         num_positions, vocab_size = hidden.shape[0], weight.shape[0]
         per_position = dict(device=hidden.device, dtype=torch.promote_types(hidden.dtype, torch.float32))
         running_max = torch.full((num_positions,), float("-inf"), **per_position)
         running_sum = torch.zeros(num_positions, **per_position)
         target_logit = torch.zeros(num_positions, **per_position)
-        logit_sum = torch.zeros(num_positions, **per_position)
+        weighted_logit_sum = torch.zeros(num_positions, **per_position)  # sum_j w_j logit_j
         for start in range(0, vocab_size, chunk):
             end = min(start + chunk, vocab_size)
             logits = _block_logits(hidden, weight, bias, start, end)
@@ -95,39 +108,52 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             column, inside = _target_in_block(targets, start, end)
             target_logit = target_logit + torch.where(inside, logits.gather(1, column).squeeze(1), 0.0)
             if label_smoothing:
-                logit_sum = logit_sum + logits.sum(dim=1)
+                weighted = logits.sum(dim=1) if class_weight is None else logits @ class_weight[start:end]
+                weighted_logit_sum = weighted_logit_sum + weighted
             new_max = torch.maximum(running_max, logits.amax(dim=1))
             block_sum = logits.sub_(new_max.unsqueeze(1)).exp_().sum(dim=1)
             running_sum = running_sum * (running_max - new_max).exp() + block_sum
             running_max = new_max
         lse = running_max + running_sum.log()
 
-        losses = lse - (1 - label_smoothing) * target_logit
+        # F.cross_entropy's: (1 - eps) w_t (lse - logit_t) + eps / V * sum_j w_j (lse - logit_j)
+        target_weight, total_weight = _class_weights(class_weight, targets, vocab_size)
+        losses = (1 - label_smoothing) * target_weight * (lse - target_logit)
         if label_smoothing:
-            losses = losses - (label_smoothing / vocab_size) * logit_sum
-        if z_loss:
-            losses = losses + z_loss * lse.square()
+            losses = losses + (label_smoothing / vocab_size) * (total_weight * lse - weighted_logit_sum)
         counted = targets != ignore_index
         in_range = (targets >= 0) & (targets < vocab_size)
         losses = torch.where(counted, torch.where(in_range, losses, float("nan")), 0.0)
 
-        ctx.save_for_backward(hidden, weight, bias, targets, lse)
-        ctx.options = (ignore_index, label_smoothing, z_loss, softcap, chunk)
-        return losses
+        ctx.save_for_backward(hidden, weight, bias, class_weight, targets, lse)
+        ctx.options = (ignore_index, label_smoothing, softcap, chunk)
+        ctx.set_materialize_grads(False)
+        return losses, torch.where(counted, lse, 0.0)
 
     @staticmethod
-    def backward(ctx, grad_losses):
-        hidden, weight, bias, targets, lse = ctx.saved_tensors
-        ignore_index, label_smoothing, z_loss, softcap, chunk = ctx.options
+    def backward(ctx, grad_losses, grad_lse):
+        hidden, weight, bias, class_weight, targets, lse = ctx.saved_tensors
+        ignore_index, label_smoothing, softcap, chunk = ctx.options
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         vocab_size = weight.shape[0]
 
-        # d loss_i / d logit_ij = g_i * ((1 + 2 z lse_i) p_ij - (1 - eps) [j = t_i] - eps / V),
-        # logits after the cap; times the cap's derivative 1 - tanh**2 for the logits before it
-        grad = torch.where(targets != ignore_index, grad_losses.to(lse.dtype), 0.0)
-        softmax_scale = (grad * (1 + 2 * z_loss * lse)).unsqueeze(1)
-        target_grad = (grad * (1 - label_smoothing)).unsqueeze(1)
-        uniform_grad = (grad * (label_smoothing / vocab_size)).unsqueeze(1)
+        # With g the loss's upstream gradient and h the lse's, on the logits after the cap:
+        # d / d logit_ij = (g_i ((1 - eps) w_t + eps W / V) + h_i) p_ij - g_i (1 - eps) w_t [j = t_i]
+        # - g_i eps w_j / V  (w = 1, W = V without class weights); times the cap's derivative
+        # 1 - tanh**2 for the logits before it. Ignored positions get none.
+        counted = targets != ignore_index
+        target_weight, total_weight = _class_weights(class_weight, targets, vocab_size)
+        grad = torch.zeros_like(lse)
+        if grad_losses is not None:
+            grad = torch.where(counted, grad_losses.to(lse.dtype), 0.0)
+        softmax_scale = grad * (
+            (1 - label_smoothing) * target_weight + label_smoothing / vocab_size * total_weight
+        )
+        if grad_lse is not None:
+            softmax_scale = softmax_scale + torch.where(counted, grad_lse.to(lse.dtype), 0.0)
+        softmax_scale = softmax_scale.unsqueeze(1)
+        target_grad = (grad * (1 - label_smoothing) * target_weight).unsqueeze(1)
+        uniform_grad = grad * (label_smoothing / vocab_size)
 
         grad_hidden = (
             torch.zeros(hidden.shape, dtype=lse.dtype, device=hidden.device) if need_hidden else None
@@ -140,8 +166,10 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             if softcap is not None:
                 grad_logits, tanh = _soft_capped(grad_logits, softcap)
             grad_logits.sub_(lse.unsqueeze(1)).exp_().mul_(softmax_scale)
-            if label_smoothing:
-                grad_logits.sub_(uniform_grad)
+            if label_smoothing and class_weight is None:
+                grad_logits.sub_(uniform_grad.unsqueeze(1))
+            elif label_smoothing:
+                grad_logits.addr_(uniform_grad, class_weight[start:end], alpha=-1)
             column, inside = _target_in_block(targets, start, end)
             at_target = grad_logits.gather(1, column)
             grad_logits.scatter_(1, column, at_target - torch.where(inside.unsqueeze(1), target_grad, 0.0))
@@ -166,22 +194,24 @@ def linear_cross_entropy(
     bias: torch.Tensor | None = None,
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
     softcap: float | None = None,
+    class_weight: torch.Tensor | None = None,
     chunk_size: int | None = None,
-) -> torch.Tensor:
-    """:func:`fsc_losses.reference.linear_cross_entropy` (same arguments and result) computed one
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`fsc_losses.reference.linear_cross_entropy` (same arguments and results) computed one
     vocabulary block at a time; ``chunk_size`` entries per block, default
     :func:`default_chunk_size`."""
     chunk = chunk_size or default_chunk_size(hidden.shape[0], weight.shape[0])
+    if class_weight is not None:
+        class_weight = class_weight.detach().to(torch.promote_types(hidden.dtype, torch.float32))
     return ChunkedLinearCrossEntropy.apply(
         hidden,
         weight,
         bias,
+        class_weight,
         targets,
         ignore_index,
         float(label_smoothing),
-        float(z_loss),
         None if softcap is None else float(softcap),
         chunk,
     )

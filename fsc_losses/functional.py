@@ -277,6 +277,9 @@ def hn_contrast(
     return reference.hn_contrast_loss(logits, neg_valid, float(focal_gamma), float(label_smoothing or 0.0))
 
 
+_FEATURES_DTYPE_HINT = "encode both under one autocast, or cast one of them"
+
+
 def prepare_global_inputs(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
@@ -289,9 +292,13 @@ def prepare_global_inputs(
     checks.require_float("image_features", image_features)
     checks.require_float("text_features", text_features)
     checks.require_rank("image_features", image_features, (2,), "(B, D)")
+    checks.require_rows("image_features", image_features, "image")
     batch, dim = image_features.shape
     text_features = _grouped("text_features", text_features, 3, batch, "(B, G, D) or (B*G, D)")
     checks.require_size("text_features", text_features, 2, dim, "D")
+    checks.require_same_dtype(
+        _FEATURES_DTYPE_HINT, image_features=image_features, text_features=text_features
+    )
     checks.check_neg_valid(neg_valid, batch, text_features.shape[1])
     scale = checks.as_scale("logit_scale", logit_scale, image_features)
     checks.require_same_device(
@@ -340,7 +347,7 @@ def contrastive_loss(
     *,
     contrastive: str = "softmax",
     local_loss: bool = False,
-    gather_with_grad: bool = False,
+    gather_with_grad: bool | None = None,
     rank: int = 0,
     world_size: int = 1,
 ) -> torch.Tensor:
@@ -356,13 +363,16 @@ def contrastive_loss(
         contrastive: the kind of term, one of ``checks.CONTRASTIVE``:
 
             * ``"softmax"``: CLIP's symmetric InfoNCE, gathered as open_clip's ``ClipLoss``
-              (``local_loss``, ``gather_with_grad``).
+              (``local_loss``, ``gather_with_grad``; unset, ``gather_with_grad`` is False, as
+              there).
             * ``"sigmoid"``: SigLIP's pairwise sigmoid loss over this process's images and every
               process's captions, summed over the pairs and divided by ``n`` (open_clip's
-              ``SigLipLoss``). Only the captions are gathered; ``local_loss`` has no effect (the
-              term is always computed for the local images), and ``gather_with_grad=True`` is
-              what makes the processes' gradients, averaged by DDP, those of one process on the
-              whole batch (docs/integration.md).
+              ``SigLipLoss``). Only the captions are gathered, always with gradient, as
+              open_clip's exchange: a caption is a negative for every process's images, and
+              those processes' gradients must reach it, so that the processes' gradients,
+              averaged by DDP, are those of one process on the whole batch
+              (docs/integration.md). An explicit ``gather_with_grad=False`` is refused;
+              ``local_loss`` has no effect (the term is always computed for the local images).
         local_loss, gather_with_grad, rank, world_size: open_clip's distributed options.
 
     Returns:
@@ -375,25 +385,27 @@ def contrastive_loss(
     checks.require_float("text_features", text_features)
     checks.require_rank("image_features", image_features, (2,), "(n, D)")
     checks.require_rank("text_features", text_features, (2,), "(n, D)")
+    checks.require_rows("image_features", image_features, "image")
     checks.require_size("text_features", text_features, 0, image_features.shape[0], "n")
     checks.require_size("text_features", text_features, 1, image_features.shape[1], "D")
+    checks.require_same_dtype(
+        _FEATURES_DTYPE_HINT, image_features=image_features, text_features=text_features
+    )
     scale = checks.as_scale("logit_scale", logit_scale, image_features)
     if logit_bias is not None:
         logit_bias = checks.as_scale("logit_bias", logit_bias, image_features)
-    checks.check_contrastive(contrastive)
+    gather_with_grad = checks.resolve_gather_with_grad(contrastive, gather_with_grad)
     checks.check_distributed(rank, world_size)
     checks.require_same_device(
         image_features=image_features, text_features=text_features, logit_scale=scale, logit_bias=logit_bias
     )
     if contrastive == "sigmoid":
         # Each pair's term stands alone, so every process scores its own images against all
-        # captions and the per-process sums add up to the whole batch's: no image gather.
+        # captions and the per-process sums add up to the whole batch's: no image gather. The
+        # captions' gather carries gradient (gather_with_grad is True here): a caption's other
+        # terms are on the other processes.
         all_texts = gather_features(
-            text_features,
-            local_loss=False,
-            gather_with_grad=gather_with_grad,
-            rank=rank,
-            world_size=world_size,
+            text_features, local_loss=False, gather_with_grad=True, rank=rank, world_size=world_size
         )
         return reference.sigmoid_loss(
             image_features, all_texts, scale, logit_bias, label_offset=rank * image_features.shape[0]
@@ -441,22 +453,25 @@ def linear_cross_entropy(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    class_weight: torch.Tensor | None = None,
     reduction: str = "mean",
     shift: bool = False,
+    return_z_loss: bool = False,
+    return_lse: bool = False,
     backend: str = "auto",
     chunk_size: int | None = None,
     check_inputs: bool = True,
-) -> torch.Tensor:
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Cross-entropy of the logits ``hidden @ weight.T + bias`` (an LM head) against ``targets``,
     by default without ever holding the ``(N, V)`` logits (docs/lvlm.md).
 
     The per-position loss is ``F.cross_entropy``'s for those logits, with the same
-    ``label_smoothing``, plus ``z_loss * logsumexp(logits)**2``; with ``softcap`` every term reads
-    the soft-capped logits ``softcap * tanh(logits / softcap)`` instead. The logits come out of the
-    matmul in the inputs' dtype (float32 accumulation inside it) and everything after, the cap
-    included, is float32 (float64 for float64 inputs); gradients are returned in the inputs' dtype.
-    Under autocast the inputs are first cast to the autocast dtype, as the model's own LM head
-    would be.
+    ``label_smoothing`` and class weights, plus ``z_loss * logsumexp(logits)**2``; with ``softcap``
+    every term reads the soft-capped logits ``softcap * tanh(logits / softcap)`` instead. The
+    logits come out of the matmul in the inputs' dtype (float32 accumulation inside it) and
+    everything after, the cap included, is float32 (float64 for float64 inputs); gradients are
+    returned in the inputs' dtype. Under autocast the inputs are first cast to the autocast dtype,
+    as the model's own LM head would be.
 
     Args:
         hidden: ``(..., H)`` hidden states, float32, bfloat16 or float16, any strides (a layout
@@ -466,14 +481,26 @@ def linear_cross_entropy(
         bias: ``(V,)`` or None.
         ignore_index: positions with this target count for nothing and get zero gradient.
         label_smoothing: in ``[0, 1]``, as ``F.cross_entropy``.
-        z_loss: ``>= 0``, coefficient of ``logsumexp(logits)**2``.
+        z_loss: ``>= 0``, coefficient of ``logsumexp(logits)**2`` (PaLM's z-loss), added at each
+            counted position whatever its class weight.
         softcap: ``> 0``, or None for no cap: the logit soft-capping of Gemma 2 and PaliGemma 2
             (their config's ``final_logit_softcapping``), forward and backward.
-        reduction: ``"mean"`` over the counted positions (an exact, differentiable 0 when none
-            counts), ``"sum"``, or ``"none"``: the ``(...)`` losses, 0 at ignored positions.
+        class_weight: ``(V,)`` float or None: ``F.cross_entropy``'s ``weight`` (named so because
+            ``weight`` is the LM head's; Liger's ``ce_weight``), a constant (it gets no
+            gradient). ``"mean"`` then divides the cross-entropy by the summed weights of the
+            counted targets, as ``F.cross_entropy`` does.
+        reduction: ``"mean"``: the cross-entropy over the counted positions (weighted as above)
+            plus the z-loss term's mean over them; an exact, differentiable 0 when none counts
+            (``F.cross_entropy`` gives NaN there). ``"sum"``, or ``"none"``: the ``(...)``
+            losses, 0 at ignored positions.
         shift: the causal-LM convention: ``hidden (..., L, H)`` and ``targets (..., L)``, and
             position ``t`` predicts ``targets[..., t + 1]``; the last position predicts nothing
-            (its ``"none"`` loss is 0). ``hidden`` is not copied.
+            (its ``"none"`` loss and its lse are 0, and the ``(..., L)`` shape is kept).
+            ``hidden`` is not copied.
+        return_z_loss: also return the z-loss term, reduced as the loss (it is included in the
+            loss; differentiable, for logging or a loss of your own).
+        return_lse: also return the ``(...)`` logsumexp of each position's logits (after the cap),
+            0 at ignored positions; differentiable.
         backend: ``"chunked"`` (:mod:`fsc_losses.chunked`: extra memory a few ``(N, chunk)``
             blocks), ``"reference"`` (materialises the logits, ``F.cross_entropy``) or
             ``"auto"`` (today ``"chunked"``).
@@ -484,7 +511,10 @@ def linear_cross_entropy(
             Unchecked, the chunked backend makes such a position's loss NaN.
 
     Returns:
-        float32 (float64 for float64 inputs) scalar, or ``(...)`` with ``reduction="none"``.
+        The loss, float32 (float64 for float64 inputs), a scalar or ``(...)`` with
+        ``reduction="none"``; with ``return_z_loss`` and/or ``return_lse`` a tuple of the loss,
+        then the z-loss term, then the lse, each only if asked (``loss, lse`` as Cut
+        Cross-Entropy's ``return_lse``, ``loss, z_loss`` as Liger-Kernel's ``return_z_loss``).
     """
     for name, value in (("hidden", hidden), ("weight", weight), ("targets", targets)):
         checks.require_tensor(name, value)
@@ -501,12 +531,20 @@ def linear_cross_entropy(
             f"targets must have hidden's shape without its last dimension, "
             f"{tuple(hidden.shape[:-1])}, got {tuple(targets.shape)}"
         )
-    if bias is not None:
-        checks.require_tensor("bias", bias)
-        checks.require_float("bias", bias)
-        checks.require_rank("bias", bias, (1,), "(V,)")
-        checks.require_size("bias", bias, 0, weight.shape[0], "V")
-    checks.require_same_device(hidden=hidden, weight=weight, targets=targets, bias=bias)
+    for name, value in (("bias", bias), ("class_weight", class_weight)):
+        if value is not None:
+            checks.require_tensor(name, value)
+            checks.require_float(name, value)
+            checks.require_rank(name, value, (1,), "(V,)")
+            checks.require_size(name, value, 0, weight.shape[0], "V")
+    if class_weight is not None and class_weight.requires_grad:
+        raise ValueError(
+            "class_weight requires grad, but it is a constant of the loss (as F.cross_entropy's "
+            "weight): pass class_weight.detach()"
+        )
+    checks.require_same_device(
+        hidden=hidden, weight=weight, targets=targets, bias=bias, class_weight=class_weight
+    )
     checks.check_linear_ce_options(
         ignore_index, label_smoothing, z_loss, reduction, backend, chunk_size, softcap
     )
@@ -531,20 +569,26 @@ def linear_cross_entropy(
         targets = _shift_targets(targets, ignore_index)
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
     flat_targets = targets.reshape(-1)
-    options = dict(ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
+    options = dict(
+        ignore_index=ignore_index, label_smoothing=label_smoothing, softcap=softcap, class_weight=class_weight
+    )
     with torch.autocast(hidden.device.type, enabled=False):
         if backend == "reference":
-            losses = reference.linear_cross_entropy(flat_hidden, weight, flat_targets, bias, **options)
+            losses, lse = reference.linear_cross_entropy(
+                flat_hidden, weight, flat_targets, bias, **options, with_lse=bool(z_loss) or return_lse
+            )
         else:
-            losses = chunked.linear_cross_entropy(
+            losses, lse = chunked.linear_cross_entropy(
                 flat_hidden, weight, flat_targets, bias, **options, chunk_size=chunk_size
             )
-    if reduction == "none":
-        return losses.view(targets.shape)
-    if reduction == "sum":
-        return losses.sum()
-    counted = (flat_targets != ignore_index).sum()
-    return losses.sum() / counted.clamp(min=1)
+        losses = losses.view(targets.shape)
+        lse = None if lse is None else lse.view(targets.shape)
+        loss, z_term = reference.reduce_linear_cross_entropy(
+            losses, lse, targets, ignore_index, z_loss, class_weight, reduction
+        )
+    if not (return_z_loss or return_lse):
+        return loss
+    return (loss, *([z_term] if return_z_loss else []), *([lse] if return_lse else []))
 
 
 def ntp_loss(

@@ -193,7 +193,9 @@ class FSCLoss(nn.Module):
         contrastive: the CLIP term, ``"softmax"`` (CLIP's InfoNCE, default) or ``"sigmoid"``
             (SigLIP's pairwise loss with ``logit_bias``: keep a SigLIP model's own objective).
         local_loss, gather_with_grad, rank, world_size: open_clip's distributed options for the
-            CLIP term (for ``"sigmoid"`` see ``functional.contrastive_loss``).
+            CLIP term. ``gather_with_grad`` unset (None) is open_clip's default for the kind:
+            False for ``"softmax"``; ``"sigmoid"`` always gathers with gradient and refuses an
+            explicit False (see ``functional.contrastive_loss``).
         backend: for the local term, ``"auto"``, ``"triton"`` or ``"reference"``.
         check_inputs: run the value checks (see the module docstring).
 
@@ -217,7 +219,7 @@ class FSCLoss(nn.Module):
         label_smoothing: float | None = 0.02,
         contrastive: str = "softmax",
         local_loss: bool = False,
-        gather_with_grad: bool = False,
+        gather_with_grad: bool | None = None,
         rank: int = 0,
         world_size: int = 1,
         backend: str = "auto",
@@ -226,7 +228,7 @@ class FSCLoss(nn.Module):
         super().__init__()
         checks.check_normalizer(normalizer, sparsify)
         checks.check_criterion_params(focal_gamma, label_smoothing)
-        checks.check_contrastive(contrastive)
+        gather_with_grad = checks.resolve_gather_with_grad(contrastive, gather_with_grad)
         functional.check_backend(backend)
         checks.check_distributed(rank, world_size)
         self.global_weight = float(global_weight)
@@ -313,12 +315,15 @@ class LinearCrossEntropy(nn.Module):
     them (:func:`fsc_losses.functional.linear_cross_entropy`, which documents every argument).
 
     Args:
-        ignore_index, label_smoothing, z_loss, softcap, reduction, shift, backend, chunk_size,
-        check_inputs: as :func:`~fsc_losses.functional.linear_cross_entropy`.
+        ignore_index, label_smoothing, z_loss, softcap, class_weight, reduction, shift,
+        return_z_loss, return_lse, backend, chunk_size, check_inputs: as
+            :func:`~fsc_losses.functional.linear_cross_entropy`. ``class_weight`` (``(V,)`` or
+            None) is a buffer, as ``nn.CrossEntropyLoss``'s ``weight``: ``.to(device)`` moves it.
 
     Shape:
         forward(hidden ``(..., H)``, weight ``(V, H)``, targets ``(...)`` int, bias ``(V,)`` or
-        None) -> float32 scalar, or ``(...)`` with ``reduction="none"``.
+        None) -> float32 scalar, or ``(...)`` with ``reduction="none"``; with ``return_z_loss``
+        and/or ``return_lse`` a tuple (loss, then the z-loss term, then the ``(...)`` lse).
     """
 
     def __init__(
@@ -327,8 +332,11 @@ class LinearCrossEntropy(nn.Module):
         label_smoothing: float = 0.0,
         z_loss: float = 0.0,
         softcap: float | None = None,
+        class_weight: torch.Tensor | None = None,
         reduction: str = "mean",
         shift: bool = False,
+        return_z_loss: bool = False,
+        return_lse: bool = False,
         backend: str = "auto",
         chunk_size: int | None = None,
         check_inputs: bool = True,
@@ -337,12 +345,19 @@ class LinearCrossEntropy(nn.Module):
         checks.check_linear_ce_options(
             ignore_index, label_smoothing, z_loss, reduction, backend, chunk_size, softcap
         )
+        if class_weight is not None:
+            checks.require_tensor("class_weight", class_weight)
+            checks.require_float("class_weight", class_weight)
+            checks.require_rank("class_weight", class_weight, (1,), "(V,)")
         self.ignore_index = ignore_index
         self.label_smoothing = float(label_smoothing)
         self.z_loss = float(z_loss)
         self.softcap = softcap
+        self.register_buffer("class_weight", None if class_weight is None else class_weight.detach())
         self.reduction = reduction
         self.shift = shift
+        self.return_z_loss = return_z_loss
+        self.return_lse = return_lse
         self.backend = backend
         self.chunk_size = chunk_size
         self.check_inputs = check_inputs
@@ -353,7 +368,7 @@ class LinearCrossEntropy(nn.Module):
         weight: torch.Tensor,
         targets: torch.Tensor,
         bias: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         return functional.linear_cross_entropy(
             hidden,
             weight,
@@ -363,8 +378,11 @@ class LinearCrossEntropy(nn.Module):
             label_smoothing=self.label_smoothing,
             z_loss=self.z_loss,
             softcap=self.softcap,
+            class_weight=self.class_weight,
             reduction=self.reduction,
             shift=self.shift,
+            return_z_loss=self.return_z_loss,
+            return_lse=self.return_lse,
             backend=self.backend,
             chunk_size=self.chunk_size,
             check_inputs=self.check_inputs,
@@ -373,8 +391,10 @@ class LinearCrossEntropy(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, "
-            f"z_loss={self.z_loss}, softcap={self.softcap}, reduction={self.reduction!r}, "
-            f"shift={self.shift}, backend={self.backend!r}, chunk_size={self.chunk_size}"
+            f"z_loss={self.z_loss}, softcap={self.softcap}, "
+            f"class_weight={'None' if self.class_weight is None else tuple(self.class_weight.shape)}, "
+            f"reduction={self.reduction!r}, shift={self.shift}, return_z_loss={self.return_z_loss}, "
+            f"return_lse={self.return_lse}, backend={self.backend!r}, chunk_size={self.chunk_size}"
         )
 
 
@@ -397,7 +417,8 @@ class ContrastiveNTPLoss(nn.Module):
         ignore_index, label_smoothing: of the NTP term, as ``F.cross_entropy``.
         softcap: the NTP term's logit soft-capping (the LM's ``final_logit_softcapping``), or None.
         local_loss, gather_with_grad, rank, world_size: open_clip's distributed options for the
-            contrastive term; ``world_size`` also makes the NTP mean global.
+            contrastive term, as :class:`FSCLoss`'s; ``world_size`` also makes the NTP mean
+            global.
         backend, chunk_size: of the NTP term's linear cross-entropy (``"auto"``, ``"chunked"``,
             ``"reference"``).
         check_inputs: the NTP term's value check (labels in range: one host synchronisation).
@@ -419,7 +440,7 @@ class ContrastiveNTPLoss(nn.Module):
         label_smoothing: float = 0.0,
         softcap: float | None = None,
         local_loss: bool = False,
-        gather_with_grad: bool = False,
+        gather_with_grad: bool | None = None,
         rank: int = 0,
         world_size: int = 1,
         backend: str = "auto",
@@ -427,7 +448,7 @@ class ContrastiveNTPLoss(nn.Module):
         check_inputs: bool = True,
     ):
         super().__init__()
-        checks.check_contrastive(contrastive)
+        gather_with_grad = checks.resolve_gather_with_grad(contrastive, gather_with_grad)
         checks.check_linear_ce_options(
             ignore_index, label_smoothing, 0.0, "mean", backend, chunk_size, softcap
         )

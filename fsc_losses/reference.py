@@ -244,11 +244,13 @@ def linear_cross_entropy(
     bias: torch.Tensor | None = None,
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
     softcap: float | None = None,
-) -> torch.Tensor:
-    """Per-position cross-entropy of the logits ``hidden @ weight.T + bias``, materialised, soft-capped
-    to ``softcap * tanh(logits / softcap)`` when ``softcap`` is given (Gemma 2, PaliGemma 2).
+    class_weight: torch.Tensor | None = None,
+    with_lse: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-position cross-entropy and log-sum-exp of the logits ``hidden @ weight.T + bias``,
+    materialised, soft-capped to ``softcap * tanh(logits / softcap)`` when ``softcap`` is given
+    (Gemma 2, PaliGemma 2).
 
     The logits come out of the matmul in the inputs' dtype (fp32 accumulation inside it), as a
     model's own LM head computes them, and everything after is float32 (float64 for float64
@@ -260,11 +262,16 @@ def linear_cross_entropy(
         targets: ``(N,)`` int64 class indices or ``ignore_index``.
         bias: ``(V,)`` or None.
         label_smoothing: ``F.cross_entropy``'s: that mass spread uniformly over the ``V`` classes.
-        z_loss: coefficient of ``logsumexp(logits)**2`` added to each counted position.
-        softcap: a positive float, or None for no cap. Every term above reads the capped logits.
+        softcap: a positive float, or None for no cap. Every term reads the capped logits.
+        class_weight: ``(V,)`` or None, ``F.cross_entropy``'s ``weight``: a position's loss is
+            ``(1 - eps) * w[t] * (lse - logit_t) + eps / V * sum_j w_j * (lse - logit_j)``.
+        with_lse: compute the logsumexp too (it costs ``(N, V)`` temporaries here, nothing in the
+            chunked backend).
 
     Returns:
-        ``(N,)`` float32 (float64) losses, 0 at ignored positions.
+        ``(N,)`` float32 (float64) losses, ``F.cross_entropy``'s with ``reduction="none"``, and
+        ``(N,)`` the logsumexp of each position's logits (None without ``with_lse``); both 0 at
+        ignored positions.
     """
     accumulate = torch.promote_types(hidden.dtype, torch.float32)
     logits = (hidden @ weight.T).to(accumulate)
@@ -273,9 +280,54 @@ def linear_cross_entropy(
     if softcap is not None:
         logits = softcap * torch.tanh(logits / softcap)
     losses = F.cross_entropy(
-        logits, targets, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction="none"
+        logits,
+        targets,
+        weight=None if class_weight is None else class_weight.to(accumulate),
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        reduction="none",
     )
-    if z_loss:
-        counted = targets != ignore_index
-        losses = losses + z_loss * torch.where(counted, torch.logsumexp(logits, dim=-1) ** 2, 0.0)
-    return losses
+    if not with_lse:
+        return losses, None
+    return losses, torch.where(targets != ignore_index, torch.logsumexp(logits, dim=-1), 0.0)
+
+
+def reduce_linear_cross_entropy(
+    losses: torch.Tensor,
+    lse: torch.Tensor | None,
+    targets: torch.Tensor,
+    ignore_index: int,
+    z_loss: float,
+    class_weight: torch.Tensor | None,
+    reduction: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The linear cross-entropy and its z-loss term from :func:`linear_cross_entropy`'s
+    per-position ``losses`` and ``lse`` (any shape, 0 at ignored positions; ``lse`` may be None
+    when ``z_loss`` is 0).
+
+    The z-loss term (PaLM's) is ``z_loss * lse**2`` per counted position, whatever the class
+    weights. ``"mean"`` divides the cross-entropy by the summed class weights of the counted
+    targets (their number without class weights), as ``F.cross_entropy`` does, and the z-loss term
+    by the number of counted positions, as Liger-Kernel does; a zero divisor (nothing counts) is
+    taken as 1, so that the loss is then an exact, differentiable 0. ``"sum"`` sums; ``"none"``
+    keeps the per-position values.
+
+    Returns:
+        The loss (the z-loss term included) and the z-loss term, reduced alike.
+    """
+    z_term = torch.zeros_like(losses) if lse is None else z_loss * lse.square()
+    if reduction == "none":
+        return losses + z_term, z_term
+    if reduction == "sum":
+        return losses.sum() + z_term.sum(), z_term.sum()
+    counted = targets != ignore_index
+    count = counted.sum().to(losses.dtype)
+    if class_weight is None:
+        total_weight = count
+    else:
+        # clamped: an unchecked target outside [0, V) makes its loss NaN, not this gather fail
+        classes = targets.clamp(0, class_weight.shape[0] - 1)
+        total_weight = torch.where(counted, class_weight.to(losses.dtype)[classes], 0.0).sum()
+    mean_z = z_term.sum() / count.clamp(min=1)
+    mean_ce = losses.sum() / torch.where(total_weight == 0, 1.0, total_weight)
+    return mean_ce + mean_z, mean_z

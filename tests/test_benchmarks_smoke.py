@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from benchmarks import bench_linear_ce, bench_local_hn, common
+from fsc_losses import chunked
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ["fwd", "bwd", "fwd+bwd"]
@@ -74,6 +75,7 @@ LINEAR_CE_COLUMNS = META_COLUMNS + [
     "V",
     "dtype",
     "provider",
+    "chunk",
     "reps",
     "median_ms",
     "p20_ms",
@@ -276,6 +278,19 @@ def test_kernel_launches_that_compute_fill_the_gpu():
                         assert kernel_cost.occupancy(cost.busy, gpu) >= 0.75, where
 
 
+def test_linear_ce_runs_chunked_once_per_chunk_size():
+    shape = bench_linear_ce.SMOKE_SHAPE
+    providers = ["chunked", "reference"]
+    assert bench_linear_ce.runs(providers, [100, 500], shape) == [
+        ("chunked", 100),
+        ("chunked", 500),
+        ("reference", None),
+    ]
+    default = chunked.default_chunk_size(shape.positions, shape.vocab)
+    assert bench_linear_ce.runs(providers, [], shape) == [("chunked", default), ("reference", None)]
+    assert bench_linear_ce.parse_args(["--chunk-size", "64", "128"]).chunk_size == [64, 128]
+
+
 def test_linear_ce_smoke(tmp_path):
     results = tmp_path / "linear_ce.csv"
     out = run_smoke("bench_linear_ce.py", results)
@@ -305,6 +320,9 @@ def test_linear_ce_smoke(tmp_path):
         # measured on the CPU too, and at least the gradients it returns
         assert peaks[row["provider"]] >= float(row["outputs_mib"]) - 0.05
         assert any(line.split()[:3] == ["smoke", "fp32", row["provider"]] for line in out.splitlines())
+        # chunked at its default chunk size, the others with none
+        default_chunk = str(chunked.default_chunk_size(n, v))
+        assert row["chunk"] == (default_chunk if row["provider"] == "chunked" else "")
     # the reference holds the logits, their log-softmax and its gradient; chunked a few blocks
     assert peaks["reference"] > 2 * n * v * 4 / 2**20 > peaks["chunked"]
     assert "Targets" not in out  # smoke numbers are not compared with the targets
@@ -327,13 +345,17 @@ def test_cpu_peak_extra_mib_follows_allocations_and_frees():
 
 
 def test_linear_ce_targets_from_rows():
+    size = dict(N=64, V=1000)  # default chunk 128
     rows = [
-        {"shape": "s", "provider": "reference", "median_ms": 10.0, "peak_extra_mib": 100.0},
-        {"shape": "s", "provider": "chunked", "median_ms": 14.0, "peak_extra_mib": 15.0},
-        {"shape": "t", "provider": "reference", "median_ms": 10.0, "peak_extra_mib": 100.0},
-        {"shape": "t", "provider": "chunked", "median_ms": 16.0, "peak_extra_mib": 10.0},
-        {"shape": "u", "provider": "chunked", "median_ms": 1.0, "peak_extra_mib": 1.0},  # no baseline
+        {"shape": "s", "provider": "reference", "chunk": "", "median_ms": 10.0, "peak_extra_mib": 100.0},
+        {"shape": "s", "provider": "chunked", "chunk": 128, "median_ms": 14.0, "peak_extra_mib": 15.0},
+        # another chunk size is not what the targets are about
+        {"shape": "s", "provider": "chunked", "chunk": 500, "median_ms": 9.0, "peak_extra_mib": 50.0},
+        {"shape": "t", "provider": "reference", "chunk": "", "median_ms": 10.0, "peak_extra_mib": 100.0},
+        {"shape": "t", "provider": "chunked", "chunk": 128, "median_ms": 16.0, "peak_extra_mib": 10.0},
+        {"shape": "u", "provider": "chunked", "chunk": 128, "median_ms": 1.0, "peak_extra_mib": 1.0},
     ]
+    rows = [dict(r, **size) for r in rows]
     checks = bench_linear_ce.target_checks(rows, "cpu")
     assert [(c["shape"], c["met"]) for c in checks] == [("s", True), ("t", False)]
     assert checks[1]["time_ratio"] == pytest.approx(1.6) and checks[0]["peak_ratio"] == pytest.approx(0.15)

@@ -115,3 +115,16 @@ def test_bad_inputs_name_the_argument(kind):
         contrastive_loss(image.detach().long(), text, scale, bias, contrastive=kind)
     with pytest.raises(RuntimeError, match="world_size=2 needs an initialised"):
         contrastive_loss(image, text, scale, bias, contrastive=kind, rank=1, world_size=2)
+    with pytest.raises(ValueError, match=r"image_features has shape \(0, 8\): the batch is empty"):
+        contrastive_loss(image[:0], text[:0], scale, bias, contrastive=kind)
+    dtypes = r"image_features and text_features must share a dtype, got image_features torch.float32, "
+    with pytest.raises(TypeError, match=dtypes + "text_features torch.float64"):
+        contrastive_loss(image.float(), text, scale, bias, contrastive=kind)
+
+
+def test_fsc_loss_bad_batches_name_the_argument():
+    image, text, scale, bias = features(3)
+    with pytest.raises(ValueError, match=r"image_features has shape \(0, 8\): the batch is empty"):
+        FSCLoss()(image[:0], text[:0], scale)
+    with pytest.raises(TypeError, match="image_features and text_features must share a dtype"):
+        FSCLoss()(image, text.float(), scale)

@@ -35,11 +35,16 @@ def expected_loss(
     label_smoothing=0.0,
     z_loss=0.0,
     softcap=None,
+    class_weight=None,
     reduction="mean",
     shift=False,
+    return_z_loss=False,
+    return_lse=False,
 ):
-    """Materialised float64 logits, soft-capped as Gemma 2 caps them, and F.cross_entropy;
-    ``shift`` by slicing."""
+    """Materialised float64 logits, soft-capped as Gemma 2 caps them, and F.cross_entropy with
+    its own reductions (class weights included), plus the z-loss term averaged over the counted
+    positions; ``shift`` by slicing, then the per-position outputs padded back to ``(..., L)``."""
+    full_shape = targets.shape
     if shift:
         hidden, targets = hidden[..., :-1, :], targets[..., 1:]
     logits = hidden.double() @ weight.double().T
@@ -48,16 +53,34 @@ def expected_loss(
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
     flat_logits, flat_targets = logits.reshape(-1, weight.shape[0]), targets.reshape(-1)
-    losses = F.cross_entropy(
-        flat_logits, flat_targets, ignore_index=IGNORE, label_smoothing=label_smoothing, reduction="none"
+    ce_options = dict(
+        weight=None if class_weight is None else class_weight.double(),
+        ignore_index=IGNORE,
+        label_smoothing=label_smoothing,
     )
     counted = flat_targets != IGNORE
-    losses = losses + z_loss * torch.where(counted, flat_logits.logsumexp(-1) ** 2, 0.0)
+    lse = torch.where(counted, flat_logits.logsumexp(-1), 0.0)
+    z_term = z_loss * lse**2
+
+    def per_position(values):  # (N,) -> targets' unshifted shape, 0 at the last position with shift
+        values = values.view(targets.shape)
+        if shift:
+            values = torch.cat([values, values.new_zeros(*values.shape[:-1], 1)], dim=-1)
+        assert values.shape == full_shape
+        return values
+
     if reduction == "none":
-        return losses.view(targets.shape)
-    if reduction == "sum":
-        return losses.sum()
-    return losses.sum() / counted.sum().clamp(min=1)
+        losses = F.cross_entropy(flat_logits, flat_targets, **ce_options, reduction="none")
+        loss, z_term = per_position(losses + z_term), per_position(z_term)
+    elif reduction == "sum":
+        losses = F.cross_entropy(flat_logits, flat_targets, **ce_options, reduction="sum")
+        loss, z_term = losses + z_term.sum(), z_term.sum()
+    else:
+        losses = F.cross_entropy(flat_logits, flat_targets, **ce_options, reduction="mean")
+        z_term = z_term.sum() / counted.sum()
+        loss = losses + z_term
+    extras = ([z_term] if return_z_loss else []) + ([per_position(lse)] if return_lse else [])
+    return (loss, *extras) if extras else loss
 
 
 def leaves(hidden, weight, bias):
@@ -65,18 +88,25 @@ def leaves(hidden, weight, bias):
 
 
 def loss_and_grads(fn, hidden, weight, targets, bias, upstream_seed=1, **options):
-    """The loss and the gradients of hidden, weight (and bias) for a random upstream gradient."""
+    """The loss (or the tuple of outputs) and the gradients of hidden, weight (and bias) for
+    random upstream gradients, one per output."""
     hidden, weight, bias = leaves(hidden, weight, bias)
-    loss = fn(hidden, weight, targets, bias, **options)
-    upstream = torch.randn(
-        loss.shape, generator=torch.Generator().manual_seed(upstream_seed), dtype=loss.dtype
-    )
+    result = fn(hidden, weight, targets, bias, **options)
+    outputs = result if isinstance(result, tuple) else (result,)
+    upstreams = [  # drawn in float64, then cast: the same values for every dtype of output
+        torch.randn(
+            out.shape, generator=torch.Generator().manual_seed(upstream_seed + i), dtype=torch.float64
+        ).to(out.dtype)
+        for i, out in enumerate(outputs)
+    ]
     inputs = [t for t in (hidden, weight, bias) if t is not None]
-    return loss.detach(), torch.autograd.grad(loss, inputs, upstream)
+    grads = torch.autograd.grad(outputs, inputs, upstreams)
+    detached = tuple(out.detach() for out in outputs)
+    return (detached if isinstance(result, tuple) else detached[0]), grads
 
 
 def assert_matches(got, got_grads, want, want_grads):
-    """Loss and gradients equal to float64 rounding."""
+    """Loss (or outputs) and gradients equal to float64 rounding."""
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     for g, w in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
@@ -88,40 +118,48 @@ def call_expected(hidden, weight, targets, bias, **options):
     return expected_loss(hidden, weight, targets, bias, **options)
 
 
+def class_weights(vocab, dtype=torch.float64, seed=5):
+    """Random class weights in [0, 2): some classes nearly ignored, some counted twice."""
+    return 2 * torch.rand(vocab, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
-    "label_smoothing, z_loss, softcap, reduction, with_bias, shift",
+    "label_smoothing, z_loss, softcap, weighted, reduction, with_bias_and_shift",
     list(
         itertools.product(
-            [0.0, 0.1], [0.0, 1e-2], [None, 1.5], ["mean", "sum", "none"], [False, True], [False, True]
+            [0.0, 0.1], [0.0, 1e-2], [None, 1.5], [False, True], ["mean", "sum", "none"], [False, True]
         )
     ),
 )
 def test_every_option_combination_matches_materialised_logits(
-    backend, label_smoothing, z_loss, softcap, reduction, with_bias, shift
+    backend, label_smoothing, z_loss, softcap, weighted, reduction, with_bias_and_shift
 ):
+    """The loss, the z-loss term and the lse, and the gradients through all three. The bias and
+    the shift touch nothing the other options do (the logits' matmul, the targets' order), so
+    they vary together."""
+    with_bias = shift = with_bias_and_shift
     # logits have a standard deviation of about 2, so a cap of 1.5 bends most of them
     hidden, weight, targets, bias = make_inputs(bias=with_bias)
     options = dict(
-        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, reduction=reduction, shift=shift
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        class_weight=class_weights(weight.shape[0]) if weighted else None,
+        reduction=reduction,
+        shift=shift,
+        return_z_loss=True,
+        return_lse=True,
     )
     got, got_grads = loss_and_grads(
         linear_cross_entropy, hidden, weight, targets, bias, backend=backend, chunk_size=10, **options
     )
-    if reduction == "none" and shift:
-        # the last position predicts nothing: its loss is 0 and its upstream gradient is unused
-        assert torch.equal(got[..., -1], torch.zeros_like(got[..., -1]))
-        want, want_grads = loss_and_grads(
-            lambda *a, **k: torch.cat([call_expected(*a, **k), torch.zeros(3, 1, dtype=torch.float64)], -1),
-            hidden,
-            weight,
-            targets,
-            bias,
-            **options,
-        )
-    else:
-        want, want_grads = loss_and_grads(call_expected, hidden, weight, targets, bias, **options)
-    assert got.dtype == torch.float64 and got.shape == want.shape
+    want, want_grads = loss_and_grads(call_expected, hidden, weight, targets, bias, **options)
+    if shift:
+        # the last position predicts nothing: its lse (and its "none" loss) is 0 and its upstream
+        # gradient is unused
+        assert torch.equal(got[2][..., -1], torch.zeros_like(got[2][..., -1]))
+    assert [t.dtype for t in got] == [torch.float64] * 3 and [t.shape for t in got] == [t.shape for t in want]
     assert len(got_grads) == len(want_grads) == (3 if with_bias else 2)
     assert_matches(got, got_grads, want, want_grads)
 
@@ -173,16 +211,84 @@ def test_other_ignore_index(backend, ignore_index):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_all_targets_ignored_is_an_exact_differentiable_zero(backend, reduction):
+@pytest.mark.parametrize("weighted", [False, True])
+def test_all_targets_ignored_is_an_exact_differentiable_zero(backend, reduction, weighted):
+    """Our convention where F.cross_entropy, CCE and Liger return NaN for "mean" (docs/lvlm.md)."""
     hidden, weight, targets, bias = make_inputs(bias=True, ignored=1.0)
     assert (targets == IGNORE).all()
     hidden, weight, bias = leaves(hidden, weight, bias)
-    loss = linear_cross_entropy(
-        hidden, weight, targets, bias, reduction=reduction, backend=backend, z_loss=0.1
+    class_weight = class_weights(weight.shape[0]) if weighted else None
+    loss, z_term, lse = linear_cross_entropy(
+        hidden,
+        weight,
+        targets,
+        bias,
+        reduction=reduction,
+        backend=backend,
+        z_loss=0.1,
+        label_smoothing=0.1,
+        class_weight=class_weight,
+        return_z_loss=True,
+        return_lse=True,
     )
-    assert loss.requires_grad and loss.item() == 0.0
-    for grad in torch.autograd.grad(loss, (hidden, weight, bias)):
+    assert loss.requires_grad and loss.item() == 0.0 and z_term.item() == 0.0
+    assert torch.equal(lse, torch.zeros_like(lse))
+    for grad in torch.autograd.grad(loss + lse.sum(), (hidden, weight, bias)):
         assert torch.equal(grad, torch.zeros_like(grad))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_targets_of_zero_weight_count_nothing(backend):
+    """Class weight 0 on every counted target: F.cross_entropy's mean is 0/0 there; ours, as for no
+    counted target, divides by 1: the loss is the label-smoothing part alone, and the z-loss term
+    still averages over the counted positions."""
+    hidden, weight, targets, bias = make_inputs(bias=True)
+    class_weight = class_weights(weight.shape[0])
+    class_weight[targets[targets != IGNORE]] = 0.0
+    options = dict(backend=backend, class_weight=class_weight, label_smoothing=0.1, z_loss=0.1)
+    total = linear_cross_entropy(
+        hidden, weight, targets, bias, reduction="sum", return_z_loss=True, **options
+    )
+    loss, z_term = linear_cross_entropy(hidden, weight, targets, bias, return_z_loss=True, **options)
+    torch.testing.assert_close(loss - z_term, total[0] - total[1], rtol=1e-12, atol=0)
+    torch.testing.assert_close(z_term, total[1] / (targets != IGNORE).sum(), rtol=1e-12, atol=0)
+    assert torch.isfinite(loss) and loss > z_term
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_outputs_asked_for(backend):
+    """A bare tensor by default; ``loss, z_loss`` (Liger's order), ``loss, lse`` (CCE's), or all
+    three, each equal to the full call's."""
+    hidden, weight, targets, bias = make_inputs(bias=True)
+    options = dict(backend=backend, z_loss=1e-2, shift=True)
+    loss = linear_cross_entropy(hidden, weight, targets, bias, **options)
+    assert isinstance(loss, torch.Tensor)
+    full = linear_cross_entropy(hidden, weight, targets, bias, return_z_loss=True, return_lse=True, **options)
+    assert len(full) == 3 and torch.equal(full[0], loss) and full[2].shape == targets.shape
+    loss_z = linear_cross_entropy(hidden, weight, targets, bias, return_z_loss=True, **options)
+    loss_lse = linear_cross_entropy(hidden, weight, targets, bias, return_lse=True, **options)
+    assert all(torch.equal(a, b) for a, b in zip(loss_z, full[:2], strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(loss_lse, full[::2], strict=True))
+    no_z = linear_cross_entropy(hidden, weight, targets, bias, return_z_loss=True, backend=backend)
+    assert no_z[1].item() == 0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lse_alone_has_the_logsumexp_gradient(backend):
+    """Only the lse used (the loss gets no upstream gradient): the gradient of the logsumexp of
+    the counted positions' logits."""
+    hidden, weight, targets, bias = make_inputs(bias=True)
+    options = dict(backend=backend, softcap=2.0, return_lse=True, chunk_size=10)
+    got, got_grads = loss_and_grads(
+        lambda *a, **k: linear_cross_entropy(*a, **k)[1], hidden, weight, targets, bias, **options
+    )
+
+    def lse(hidden, weight, targets, bias):
+        logits = 2.0 * torch.tanh((hidden @ weight.T + bias) / 2.0)
+        return torch.where(targets != IGNORE, logits.logsumexp(-1), 0.0)
+
+    want, want_grads = loss_and_grads(lse, hidden, weight, targets, bias)
+    assert_matches(got, got_grads, want, want_grads)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -316,18 +422,28 @@ LOW_PRECISION = {torch.bfloat16: dict(loss=2e-2, grad=2e-2), torch.float16: dict
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_dtypes(dtype, backend):
+    """Every option at once (float32 class weights, as users pass them), the loss, the z-loss
+    term and the lse, and the gradients through all three."""
     hidden, weight, targets, bias = make_inputs(
         batch=(8, 16), hidden_size=32, vocab=500, dtype=dtype, bias=True
     )
-    options = dict(label_smoothing=0.1, z_loss=1e-3, softcap=4.0)
+    options = dict(
+        label_smoothing=0.1,
+        z_loss=1e-3,
+        softcap=4.0,
+        class_weight=class_weights(500, torch.float32),
+        return_z_loss=True,
+        return_lse=True,
+    )
     got, got_grads = loss_and_grads(
         linear_cross_entropy, hidden, weight, targets, bias, backend=backend, chunk_size=96, **options
     )
     want, want_grads = loss_and_grads(call_expected, hidden, weight, targets, bias, **options)
-    assert got.dtype == torch.float32
+    assert [t.dtype for t in got] == [torch.float32] * 3
     assert [g.dtype for g in got_grads] == [dtype] * 3
     tol = LOW_PRECISION.get(dtype, dict(loss=1e-5, grad=1e-5))
-    torch.testing.assert_close(got.double(), want, rtol=tol["loss"], atol=tol["loss"])
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g.double(), w, rtol=tol["loss"], atol=tol["loss"])
     for g, w in zip(got_grads, want_grads, strict=True):
         w = w.double()
         torch.testing.assert_close(g.double(), w, rtol=0, atol=tol["grad"] * w.abs().max().item())
@@ -372,7 +488,15 @@ def test_torch_compile_fullgraph(compiler):
     hidden, weight, targets, bias = make_inputs(
         batch=(4, 9), hidden_size=16, vocab=200, dtype=torch.float32, bias=True
     )
-    options = dict(label_smoothing=0.1, z_loss=1e-3, softcap=3.0, shift=True, chunk_size=64)
+    options = dict(
+        label_smoothing=0.1,
+        z_loss=1e-3,
+        softcap=3.0,
+        class_weight=class_weights(200, torch.float32),
+        shift=True,
+        return_lse=True,
+        chunk_size=64,
+    )
 
     def loss_fn(hidden, weight, targets, bias):
         return linear_cross_entropy(hidden, weight, targets, bias, **options)
@@ -394,26 +518,32 @@ def test_unchecked_out_of_range_target_is_nan_in_chunked():
 
 def test_module_matches_function_and_keeps_options():
     hidden, weight, targets, bias = make_inputs(bias=True)
-    module = LinearCrossEntropy(
-        label_smoothing=0.1, z_loss=1e-3, softcap=2.0, reduction="sum", shift=True, chunk_size=5
-    )
-    want = linear_cross_entropy(
-        hidden,
-        weight,
-        targets,
-        bias,
+    options = dict(
         label_smoothing=0.1,
         z_loss=1e-3,
         softcap=2.0,
+        class_weight=class_weights(weight.shape[0]),
         reduction="sum",
         shift=True,
+        return_z_loss=True,
+        return_lse=True,
         chunk_size=5,
     )
-    assert torch.equal(module(hidden, weight, targets, bias), want)
+    module = LinearCrossEntropy(**options)
+    want = linear_cross_entropy(hidden, weight, targets, bias, **options)
+    got = module(hidden, weight, targets, bias)
+    assert len(got) == 3 and all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
     assert not torch.equal(
-        LinearCrossEntropy(reduction="sum", shift=True)(hidden, weight, targets, bias), want
+        LinearCrossEntropy(reduction="sum", shift=True)(hidden, weight, targets, bias), want[0]
     )
-    assert all(f in repr(module) for f in ("reduction='sum'", "shift=True", "softcap=2.0"))
+    assert all(
+        f in repr(module)
+        for f in ("reduction='sum'", "shift=True", "softcap=2.0", "class_weight=(37,)", "return_lse=True")
+    )
+    # the class weights are a buffer, as nn.CrossEntropyLoss's: they follow .to() and the state dict
+    assert torch.equal(module.state_dict()["class_weight"], options["class_weight"])
+    assert module.to(torch.float32).class_weight.dtype == torch.float32
+    assert "class_weight" not in LinearCrossEntropy().state_dict()
 
 
 def test_default_chunk_size_comes_from_the_budget():
@@ -485,6 +615,32 @@ BAD_INPUTS = [
     ("softcap_inf", dict(softcap=float("inf")), ValueError, r"softcap must be"),
     ("softcap_bool", dict(softcap=True), ValueError, r"softcap must be"),
     ("ignore_index", dict(ignore_index=1.5), TypeError, r"ignore_index must be an int"),
+    ("class_weight_shape", dict(class_weight=torch.ones(36)), ValueError, r"class_weight has V = 36"),
+    (
+        "class_weight_rank",
+        dict(class_weight=torch.ones(37, 1)),
+        ValueError,
+        r"class_weight must have shape \(V,\)",
+    ),
+    (
+        "class_weight_int",
+        dict(class_weight=torch.ones(37, dtype=torch.long)),
+        TypeError,
+        r"class_weight must be a floating",
+    ),
+    (
+        "class_weight_device",
+        dict(class_weight=torch.ones(37, device="meta")),
+        ValueError,
+        r"class_weight on meta",
+    ),
+    (
+        "class_weight_grad",
+        dict(class_weight=torch.ones(37, requires_grad=True)),
+        ValueError,
+        r"class_weight requires grad",
+    ),
+    ("class_weight_list", dict(class_weight=[1.0] * 37), TypeError, r"class_weight must be a torch.Tensor"),
     (
         "shift_rank",
         dict(
@@ -519,6 +675,7 @@ def test_out_of_range_check_can_be_skipped():
         (dict(backend="x"), "backend"),
         (dict(chunk_size=-3), "chunk_size"),
         (dict(softcap=0), "softcap"),
+        (dict(class_weight=torch.ones(3, 1)), "class_weight"),
     ],
 )
 def test_module_checks_options_at_construction(options, message):
