@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 
+from . import mmvp_vlm
+
 VL_COMPO = "vl_compo"
 FSC_CLIP = "fsc_clip"
 TABLES = {VL_COMPO: "vl_compo table", FSC_CLIP: "FSC-CLIP table"}
@@ -72,17 +74,6 @@ def _each(prefix: str, names, suffix: str = "") -> tuple[tuple[str, ...], ...]:
     return tuple((f"{prefix}::{name}{suffix}",) for name in names)
 
 
-_MMVP = (
-    "Orientation and Direction",
-    "Presence of Specific Features",
-    "State and Condition",
-    "Quantity and Count",
-    "Positional and Relational Context",
-    "Color and Appearance",
-    "Structural Characteristics",
-    "Texts",
-    "Viewpoint and Perspective",
-)
 _CHECKLIST = {
     "Object": (
         "Location_center",
@@ -106,7 +97,7 @@ SUMMARIES: dict[str, Summary] = {
         + (("eqben::eqbensd::group",),)
     ),
     "imagecode": Summary((("imagecode::videos", "imagecode::static"),)),
-    "mmvp_vlm": Summary(_each("mmvp_vlm", _MMVP, "::group")),
+    "mmvp_vlm": Summary(_each("mmvp_vlm", mmvp_vlm.CATEGORIES, "::group")),
     "sugarcrepe": Summary(
         tuple(
             tuple(f"sugarcrepe::{subset}" for subset in group)
