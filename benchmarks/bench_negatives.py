@@ -214,7 +214,7 @@ def measure(captions: list[str], seeds: Sequence[int] = (0,), repeats: int = 3) 
     for seed in seeds:
         negatives, valid = make_hard_negatives(captions, kinds, seed=seed)
         totals["all kinds"] += int(valid.all(1).sum())
-        for b, caption in enumerate(captions):
+        for b in range(n):
             made = [negatives[k * n + b] for k in range(len(kinds)) if valid[b, k]]
             totals["same across kinds"] += len({m.lower() for m in made}) < len(made)
         for k, kind in enumerate(kinds):

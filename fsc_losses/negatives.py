@@ -206,9 +206,10 @@ _CONTRASTS = _build_contrasts()
 # (part of speech, word): a contrast of "cut" the verb is never "whole", a contrast of "cut" the
 # adjective.
 _VOCABULARY = {(_POS[cat], w) for cat, groups in LEXICON.items() for g in groups for w in g}
-# (category, group index) -> every word of the category's other groups, sorted.
+# (category, group index) -> the first (most common) word of each of the category's other
+# groups, sorted: "dog" becomes "cow", not "cattle".
 _SIBLINGS = {
-    (cat, gi): tuple(sorted(w for gj, g in enumerate(groups) if gj != gi for w in g))
+    (cat, gi): tuple(sorted(g[0] for gj, g in enumerate(groups) if gj != gi))
     for cat, groups in LEXICON.items()
     for gi in range(len(groups))
 }
@@ -382,20 +383,17 @@ def _is_plural(unit: _Unit) -> bool:
     return unit.reading.form == "pl" or (unit.reading.form == "inv" and unit.reading.lemma.endswith("s"))
 
 
-def _noun_text(modifier: str, lemma: str, plural: bool, *, as_is: bool = False) -> str:
-    noun = _plural(lemma) if plural and not as_is and lemma not in _UNCOUNTABLE else lemma
+def _noun_text(modifier: str, lemma: str, plural: bool) -> str:
+    noun = _plural(lemma) if plural and lemma not in _UNCOUNTABLE else lemma
     return f"{modifier} {noun}" if modifier else noun
 
 
-def _put(
-    slot: _Unit, lemma: str, units: list[_Unit], modifier: str = "", *, as_is: bool = False
-) -> list[tuple[int, int, str]]:
+def _put(slot: _Unit, lemma: str, units: list[_Unit], modifier: str = "") -> list[tuple[int, int, str]]:
     """Edits that write ``lemma`` (with a noun's ``modifier``) into ``slot``, keeping agreement:
-    a noun takes the slot's number (unless ``as_is``: a word the lexicon does not know, written
-    as it was), a verb its form, a number re-inflects its noun."""
+    a noun takes the slot's number, a verb its form, a number re-inflects its noun."""
     reading = slot.reading
     if reading.pos == "noun":
-        return [(slot.start, slot.end, _noun_text(modifier, lemma, _is_plural(slot), as_is=as_is))]
+        return [(slot.start, slot.end, _noun_text(modifier, lemma, _is_plural(slot)))]
     if reading.pos == "verb":
         return [(slot.start, slot.end, _inflect(lemma, reading.form))]
     edits = [(slot.start, slot.end, lemma)]
@@ -502,6 +500,18 @@ def _parse(caption: str) -> tuple[list[Token], list[_Unit]]:
     return toks, _find(toks)
 
 
+def _move(unit: _Unit, slot: _Unit, toks: list[Token], units: list[_Unit]) -> list[tuple[int, int, str]]:
+    """Edits that write ``unit`` into ``slot``: as written ("Nintendo Wii") where it needs no new
+    inflection (the sentence's capital aside), else re-inflected from its lemma."""
+    reading = unit.reading
+    if reading.pos == "noun" and (_is_plural(unit) == _is_plural(slot) or reading.category == "unknown"):
+        text = " ".join(t for _, t in toks[unit.start : unit.end])
+        if unit.start == 0 and text[:1].isupper() and not text.split()[0].isupper():
+            text = text[:1].lower() + text[1:]
+        return [(slot.start, slot.end, text)]
+    return _put(slot, reading.lemma, units, unit.modifier)
+
+
 def _swap(caption: str, rng: random.Random) -> str | None:
     toks, units = _parse(caption)
     words = [t.lower() for _, t in toks]
@@ -525,8 +535,7 @@ def _swap(caption: str, rng: random.Random) -> str | None:
     for a, b in pairs:
         if _keeps_meaning(a, b, words, units):
             continue
-        edits = _put(a, b.reading.lemma, units, b.modifier, as_is=b.reading.category == "unknown")
-        edits += _put(b, a.reading.lemma, units, a.modifier, as_is=a.reading.category == "unknown")
+        edits = _move(b, a, toks, units) + _move(a, b, toks, units)
         neg = _apply(toks, edits) if _changes(toks, edits) else None
         if neg is not None:
             return neg

@@ -137,7 +137,8 @@ NOUNS: dict[str, str] = {
     "blender, mixer, coffee maker, freezer, washing machine/washer, dryer, heater, fan, "
     "air conditioner, bathtub/tub/bath, shower, faucet, urinal, hair dryer/hairdryer/hair drier, "
     "vending machine, grill/barbecue, furnace",
-    "toiletry": "toothbrush, hair brush/hairbrush/brush, comb, toothpaste, soap, toilet paper, shower curtain, towel rack, "
+    "toiletry": "toothbrush, hair brush/hairbrush/brush, comb, toothpaste, soap, toilet paper, "
+    "shower curtain, towel rack, "
     "trash can/garbage can/trashcan/trash bin, trash/garbage",
     "street fixture": "parking meter/meter, fire hydrant/hydrant, "
     "traffic light/stoplight/stop light/traffic signal, street light/streetlight/lamp post, "
@@ -150,7 +151,8 @@ NOUNS: dict[str, str] = {
     "router, console, joystick, watch, cable, cord, wire, charger, battery, antenna, "
     "satellite dish, wii, nintendo, xbox, playstation, gaming system/game console, videogame, "
     "flat screen/flatscreen, touchscreen, e-reader/kindle, mp3 player/ipod, dvd player, stereo, "
-    "webcam, flash drive, hard drive, scale, switch/light switch, outlet, lamp, chandelier, lantern, light/light fixture/fixture",
+    "webcam, flash drive, hard drive, scale, switch/light switch, outlet, lamp, chandelier, lantern, "
+    "light/light fixture/fixture",
     "garment": "shirt/t-shirt/tee, jacket/coat, tie/necktie, dress/gown, suit, pants/trousers, "
     "jeans, shorts, skirt, uniform, vest, sweater/sweatshirt/hoodie, wetsuit, bikini, swimsuit, "
     "apron, costume, robe, pajamas, jersey, blouse, tank top, overalls, raincoat, poncho, diaper, "
@@ -174,7 +176,8 @@ NOUNS: dict[str, str] = {
     "plant pot/flower pot/pot plant, ornament, torch, cigarette, pipe, key, lock, bell, whistle, "
     "sticker, exhibit, rack, feeder/bird feeder, hanger, clothesline, laundry, cardboard box, "
     "envelope, letter, package/parcel, gift/present, ribbon, bow, dime/coin, money/cash, case, "
-    "holder, canopy, blinds, hose, receipt, pocket, button, pocket knife, fire extinguisher, hammock, tag, supply, guitar, piano, drum, "
+    "holder, canopy, blinds, hose, receipt, pocket, button, pocket knife, fire extinguisher, "
+    "hammock, tag, supply, guitar, piano, drum, "
     "violin, trumpet, instrument, art/artwork, wrapper, tube, string, cargo, sculpture piece, "
     "display case, cardboard, newspaper stand, sign post, coat rack",
     "structure": "fence, gate, wall, window, door, floor, ceiling, stairs/staircase/steps, "
@@ -205,7 +208,9 @@ UNCOUNTABLE = (
     "ice, ice cream, fruit, corn, lettuce, spinach, cabbage, garlic, beef, pork, bacon, ham, "
     "hay, straw, fog, rain, sky, sugar, salt, butter, honey, syrup, sauce, ketchup, mustard, "
     "mayonnaise, chocolate, candy, popcorn, oatmeal, yogurt, cereal, soup, tofu, sushi, "
-    "frosting, icing, soda, lemonade, traffic, trash, garbage, oil, vinegar, wood, food, equipment, clothing, wildlife, livestock, electronics, stuff, meat, produce, champagne, whiskey, vodka, liquor, moss, shade, "
+    "frosting, icing, soda, lemonade, traffic, trash, garbage, oil, vinegar, wood, food, equipment, "
+    "clothing, wildlife, livestock, electronics, stuff, meat, produce, champagne, whiskey, vodka, "
+    "liquor, moss, shade, "
     "furniture, paper, toast, salmon, turkey, hummus, salsa, cauliflower, zucchini, cattle, "
     "jelly, jam, stew, curry, daytime, nighttime, tennis, soccer, football, basketball, "
     "volleyball, golf, hockey, rugby, cricket, softball, polo, lacrosse, badminton, ping pong, "
@@ -239,7 +244,8 @@ FUNCTION_NOUNS = (
     "group, bunch, lot, lots, pair, herd, flock, pile, stack, row, "
     "line, variety, number, assortment, collection, set, kind, type, sort, piece, slice, side, "
     "top, front, middle, back, bottom, edge, corner, view, close up, closeup, close-up, picture of, "
-    "photo of, photograph of, image of, shot of, view of, reflection, scene, display, selection, array, dozen, handful, bit, "
+    "photo of, photograph of, image of, shot of, view of, reflection, scene, display, selection, "
+    "array, dozen, handful, bit, "
     "part, spot, way, end, half, couple of, other, others, "
     "background, foreground, distance, air, sort of, something, anything, everything, "
     "nothing, color, colour, shape, size, center, centre, surface, match, trick, time, "
