@@ -97,9 +97,10 @@ NOUNS: dict[str, str] = {
     "ground, land, hole, island, desert, jungle, forest/woods, dune, canyon, ridge, peak, glacier, volcano, "
     "mountainside, hilltop, horizon, gravel, pebble",
     "plant": "tree, grass, flower, bush/shrub, hedge, weed, palm tree, pine tree, cactus, vine, "
-    "moss, rose, tulip, daisy, sunflower, lily, orchid, leaf, branch/tree branch, log, stump, "
-    "twig, root, petal, treetop, greenery, vegetation, hay, straw, potted plant/houseplant, "
-    "wood, firewood, christmas tree, bouquet, wreath",
+    "moss, rose, tulip, daisy, sunflower, lily, orchid, greenery, vegetation, "
+    "potted plant/houseplant, christmas tree, bouquet, wreath",
+    "plant part": "leaf, branch/tree branch, log, stump, twig, root, petal, treetop, hay, straw, "
+    "wood, firewood",
     "sky": "sky, cloud, sun, moon, rain, fog, mist, snow, ice, frost, storm, lightning, rainbow, "
     "sunset, sunrise, smoke, steam, fire, flame, wind, shade, landscape",
     "fruit": "apple, banana, orange, lemon, lime, grape, strawberry, blueberry, raspberry, "

@@ -4,8 +4,10 @@ that cannot work.
 The fork (github ytaek-oh/fsc-clip, ``src/training/params.py``) adds its flags to a copy of
 open_clip's parser. Here they live in a parser of their own: it takes them out of the command line
 first and hands the rest to the installed ``open_clip_train.params.parse_args`` unchanged, so every
-open_clip flag keeps its meaning and its default. Where one of the fork's flags is absent, the
-fork's default applies (see docs/training.md for the table and for the deliberate differences).
+open_clip flag keeps its meaning and its default, except the two whose default or effect the fork
+changed: ``--delete-previous-checkpoint`` (on, parsed here) and ``--force-context-length``
+(truncating, in ``trainer``). Where one of the fork's flags is absent, the fork's default applies
+(see docs/training.md for the table and for the deliberate differences).
 """
 
 from __future__ import annotations
