@@ -3,7 +3,7 @@
 FSC-CLIP (Oh et al., EMNLP 2024) trains on image-text pairs plus K hard-negative
 captions per positive. This module makes them with a built-in lexicon of everyday
 caption words (``fsc_losses.negatives_lexicon``) and a few rules: no parser, no
-model, no download, about 2,000 captions a second for the three kinds.
+model, no download, about 3,000 captions a second for the three kinds.
 
 Kinds (see ``docs/negatives.md``):
 
@@ -13,7 +13,7 @@ Kinds (see ``docs/negatives.md``):
   of a coordination ("red and white"), the two ends of a symmetric relation ("a
   dog next to a cat"), two adjectives of one noun.
 * ``replace`` -- change one word or phrase to a contrasting one of its category
-  ("left of" -> "right of", "red" -> "blue", "dog" -> "horse", "two" -> "five").
+  ("left of" -> "right of", "red" -> "blue", "dog" -> "cow", "two" -> "five").
 * ``shuffle`` -- cut the caption into word pairs and permute the pairs.
 
 The generator never guarantees grammaticality, only that a valid negative differs
@@ -134,7 +134,7 @@ def _inflect(verb: str, form: str) -> str:
 
 class _Reading(NamedTuple):
     pos: str  # "noun", "adj", "verb", "rel", "num", or "function" (counted, never edited)
-    category: str
+    category: str  # a LEXICON category; "unknown" for a noun the lexicon does not know
     lemma: str  # singular noun, base verb, the phrase itself otherwise
     form: str  # noun: "sg", "pl" or "inv" (uncountable / plural only); verb: "base", "ing" or "s"
 
@@ -181,12 +181,17 @@ def _build_forms() -> dict[str, tuple[_Reading, ...]]:
     return {phrase: tuple(readings) for phrase, readings in forms.items()}
 
 
+def _longest_phrases(forms: dict[str, tuple[_Reading, ...]]) -> dict[str, int]:
+    """word -> the most words of a phrase that starts with it."""
+    longest: dict[str, int] = {}
+    for phrase in forms:
+        words = phrase.split()
+        longest[words[0]] = max(longest.get(words[0], 0), len(words))
+    return longest
+
+
 _FORMS = _build_forms()
-# word -> the most words of a phrase that starts with it
-_LONGEST: dict[str, int] = {}
-for _phrase in _FORMS:
-    _first, *_rest = _phrase.split()
-    _LONGEST[_first] = max(_LONGEST.get(_first, 0), 1 + len(_rest))
+_LONGEST = _longest_phrases(_FORMS)
 # (category, word) -> index of its synonym group.
 _GROUP = {(cat, w): gi for cat, groups in LEXICON.items() for gi, g in enumerate(groups) for w in g}
 

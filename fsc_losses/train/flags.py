@@ -240,7 +240,8 @@ def check_args(args: argparse.Namespace) -> None:
     training = is_training(args)
     if args.force_context_length is not None and args.force_context_length < 2:
         raise UsageError(
-            f"--force-context-length must hold the start and end tokens (>= 2), got {args.force_context_length}"
+            "--force-context-length must hold the start and end tokens (>= 2), got "
+            f"{args.force_context_length}"
         )
     if training and args.loss_name == "clip":
         _check_clip(args)
