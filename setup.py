@@ -19,7 +19,8 @@ TRANSFORMERS = ["transformers>=4.49", "peft>=0.21", "accelerate>=1.1"]
 # python -m fsc_losses.train: open_clip's trainer ships in the open_clip_torch wheel, its [training]
 # extra brings the data pipeline (webdataset, pandas, ...); the versions it supports are those of
 # fsc_losses.train.SUPPORTED_OPEN_CLIP. peft: --lora-rank (its target_parameters, 0.21).
-TRAIN = ["open_clip_torch[training]>=3.3,<3.4", "peft>=0.21", "tqdm>=4.60"]
+# tensorboard: the released FSC-CLIP commands pass --report-to tensorboard (tested with 2.21).
+TRAIN = ["open_clip_torch[training]>=3.3,<3.4", "peft>=0.21", "tqdm>=4.60", "tensorboard>=2.10"]
 
 setup(
     name="fsc_losses",

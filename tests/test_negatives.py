@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import difflib
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks.bench_negatives import is_coordination_swap, is_symmetric_swap
 from fsc_losses.negatives import HN_KINDS, LEXICON, make_hard_negatives
 
 DEMO = [
@@ -16,7 +18,10 @@ DEMO = [
     "a man riding a horse on the beach",
     "two dogs playing with a frisbee in the park",
 ]
-CATEGORY = {w.replace(" ", "_"): cat for cat, groups in LEXICON.items() for g in groups for w in g}
+CATEGORY: dict[str, str] = {}  # word -> its first category (nouns come first: "square" the shape)
+for _cat, _groups in LEXICON.items():
+    for _word in (w for g in _groups for w in g):
+        CATEGORY.setdefault(_word.replace(" ", "_"), _cat)
 PHRASES = sorted((w for w in CATEGORY if "_" in w), key=len, reverse=True)
 
 
@@ -78,9 +83,9 @@ def test_pinned_output_for_seed():
     negs, valid = make_hard_negatives([DEMO[0], DEMO[3]], seed=7)
     assert negs == [
         "a small red sphere left of a large blue cube",
-        "two parks playing with a frisbee in the dog",
-        "a big red cube left of a large blue sphere",
-        "two bicycles playing with a frisbee in the park",
+        "two dogs playing in a frisbee with the park",
+        "a huge red cube left of a large blue sphere",
+        "two german shepherds playing with a frisbee in the park",
         "blue sphere a small a large left of red cube",
         "in the two dogs park playing with a frisbee",
     ]
@@ -142,7 +147,7 @@ def test_negative_never_equals_caption_and_placeholders():
         ("", (False, False, False)),
         ("go go go go", (False, False, False)),  # every bigram identical
         ("left of left of", (False, True, False)),
-        ("hello world good morning", (False, False, True)),  # no lexicon word
+        ("hello world again please", (False, False, True)),  # no lexicon word
         ("hello world", (False, False, False)),  # a single bigram cannot move
         ("red red", (False, True, False)),  # nothing different to swap, one pair
         ("a red cube", (False, True, True)),
@@ -159,7 +164,7 @@ def test_empty_batch():
 
 
 def test_swap_keeps_words_changes_order():
-    cap = "a red cube above a blue ball below a green star"
+    cap = "a red cube above a blue sphere below a green star"
     kinds_seen = set()
     for seed in range(40):
         (neg,), valid = column([cap], "swap", seed)
@@ -187,13 +192,13 @@ def replaced(cap: str, neg: str) -> tuple[str, str]:
 
 
 def test_replace_changes_one_phrase_within_category():
-    cap = "a red cube left of a blue ball"
+    cap = "a red cube left of a blue sphere"
     cats = set()
     for seed in range(60):
         (neg,), valid = column([cap], "replace", seed)
         assert valid.item()
         old, new = replaced(cap, neg)
-        assert CATEGORY[old] == CATEGORY[new] and old != new
+        assert new.replace("_", " ") in {w for g in LEXICON[CATEGORY[old]] for w in g} and old != new
         if old == "left_of":
             assert new == "right_of"  # relations flip to their opposite
         cats.add(CATEGORY[old])
@@ -204,7 +209,7 @@ def test_replace_changes_one_phrase_within_category():
     "caption, word, allowed",
     [
         ("a cube above a ball", "above", {"below", "beneath", "underneath", "under"}),
-        ("a cat in front of a dog", "in_front_of", {"behind"}),
+        ("a cat in front of a dog", "in_front_of", {"behind", "in_the_back_of"}),
         ("a tiny dog", "tiny", {"large", "big", "huge", "giant"}),
         ("a big dog", "big", {"small", "little", "tiny"}),  # never the synonym "large"
     ],
@@ -223,7 +228,7 @@ def test_replace_uses_contrasts(caption, word, allowed):
 def test_replace_number_reinflects_noun():
     for seed in range(30):
         (neg,), _ = column(["one cat"], "replace", seed)
-        num, noun = neg.split()
+        num, noun = neg.split(" ", 1)
         if num != "one":
             assert CATEGORY[num] == "number" and noun == "cats"
 
@@ -281,3 +286,159 @@ def test_swap_never_exchanges_synonyms():
         assert negatives[0] == "a big cat near a large dog"
     _, neg_valid = make_hard_negatives(["a small box near a tiny box"], kinds=("swap",), seed=0)
     assert not neg_valid[0, 0]
+
+
+# --- real captions (tests/data/coco_captions_sample.txt: 300 COCO captions, see its README) ---
+
+SAMPLE = Path(__file__).parent / "data" / "coco_captions_sample.txt"
+
+
+@pytest.fixture(scope="module")
+def sample():
+    captions = SAMPLE.read_text(encoding="utf-8").splitlines()
+    assert len(captions) == 300
+    return captions
+
+
+def test_real_captions_get_every_kind(sample):
+    """The measured figures on these captions are swap 95.7%, replace and shuffle 100%
+    (benchmarks/bench_negatives.py); the old built-in lexicon gave swap about 56%."""
+    for seed in (0, 1):
+        negatives, valid = make_hard_negatives(sample, seed=seed)
+        rates = valid.float().mean(0).tolist()
+        assert rates[0] >= 0.93 and rates[1] >= 0.99 and rates[2] == 1.0, rates
+        n = len(sample)
+        for k in range(3):
+            for b, caption in enumerate(sample):
+                if valid[b, k]:
+                    assert negatives[k * n + b].lower().split() != caption.lower().split()
+
+
+def test_real_swaps_never_only_reorder_a_coordination(sample):
+    # Checked with the benchmark's own detector, which reads only the caption and the negative.
+    # Without the rule 14 of these captions' swaps only reorder a coordination.
+    negatives, valid = make_hard_negatives(sample, kinds=("swap",), seed=0)
+    assert valid.float().mean() > 0.9
+    reordered = [
+        (caption, negatives[b])
+        for b, caption in enumerate(sample)
+        if valid[b, 0]
+        and (is_coordination_swap(caption, negatives[b]) or is_symmetric_swap(caption, negatives[b]))
+    ]
+    assert reordered == []
+
+
+@pytest.mark.parametrize(
+    "caption",
+    [
+        "a red and white room",  # the two sides of a coordination
+        "a toilet and a sink",
+        "red, white and blue",  # a list
+        "a dog next to a cat",  # a symmetric relation
+        "a big tall tower",  # two adjectives of one noun
+        "a huge, tall tower",
+    ],
+)
+def test_swaps_that_keep_the_meaning_are_not_made(caption):
+    for seed in range(10):
+        _, valid = make_hard_negatives([caption], kinds=("swap",), seed=seed)
+        assert not valid[0, 0], caption
+
+
+@pytest.mark.parametrize(
+    "caption, expected",
+    [
+        # a coordination whose sides carry their own attributes: the swap rebinds them
+        ("a red car and a blue truck", {"a red truck and a blue car", "a blue car and a red truck"}),
+        # the verb makes the relation one-sided
+        ("a dog chasing a cat", {"a cat chasing a dog"}),
+        # a relation that is not symmetric
+        ("a cat on a table", {"a table on a cat"}),
+    ],
+)
+def test_swaps_that_change_the_meaning_are_made(caption, expected):
+    seen = {make_hard_negatives([caption], kinds=("swap",), seed=s)[0][0] for s in range(20)}
+    assert seen == expected
+
+
+def test_replace_never_writes_a_synonym_or_touches_in():
+    for caption in ("a cat in a box", "a big dog in the water", "a man in a red shirt"):
+        for seed in range(40):
+            (neg,), valid = column([caption], "replace", seed)
+            assert valid.item()
+            old, new = replaced(caption, neg)
+            assert old != "in" and new not in ("inside", "inside_of", "within")
+            if old == "big":
+                assert new in {"small", "little", "tiny"}
+
+
+def test_contrasts_keep_the_part_of_speech():
+    # "cut" the adjective contrasts with "whole"; "cut" the verb must not become "wholing".
+    for seed in range(40):
+        (neg,), _ = column(["a person cutting a cake"], "replace", seed)
+        assert "whol" not in neg
+
+
+@pytest.mark.parametrize(
+    "caption, swap",
+    [
+        # compounds move whole; each slot keeps its number; "a"/"an" agree
+        ("a man holding a tennis racket", "a tennis racket holding a man"),
+        ("two dogs chasing an elephant", "two elephants chasing a dog"),
+        # a capital that is the sentence's moves, a proper noun's stays
+        ("A woman holding a Nintendo Wii controller", "A Nintendo Wii controller holding a woman"),
+        ("Dogs chasing a ball", "Balls chasing a dog"),
+        # uncountable and plural-only nouns are not inflected
+        ("a boy in the water", "a water in the boy"),
+        ("a man wearing jeans", "a jeans wearing men"),
+        # a word the lexicon does not know, at the end of a noun phrase, is swapped as a noun
+        ("a skiier travels down a slope", "a slope travels down a skiier"),
+        # all capitals stay all capitals
+        ("A DOG ON A BED", "A BED ON A DOG"),
+    ],
+)
+def test_swap_agreement(caption, swap):
+    assert column([caption], "swap", 0)[0] == [swap]
+
+
+def test_the_lexicon_is_consistent():
+    """Each word has one category per part of speech, and every word the other tables name is a
+    word of the lexicon (no dead entries)."""
+    from fsc_losses import negatives, negatives_lexicon
+
+    seen: dict[tuple[str, str], str] = {}
+    for cat, groups in LEXICON.items():
+        for word in (w for g in groups for w in g):
+            key = (negatives._POS[cat], word)
+            assert key not in seen, f"{word!r} is in {seen[key]!r} and {cat!r}"
+            seen[key] = cat
+    words = {w for _, w in seen}
+    nouns = {w for (pos, w) in seen if pos == "noun"}
+    functions = set(negatives._words(negatives_lexicon.FUNCTION_NOUNS))
+    assert set(negatives._words(negatives_lexicon.UNCOUNTABLE)) <= nouns
+    assert {p.split()[0] for p in negatives._words(negatives_lexicon.IRREGULAR_PLURALS)} <= nouns | functions
+    assert set(negatives._words(negatives_lexicon.DOUBLING_VERBS)) <= {
+        w for (pos, w) in seen if pos == "verb"
+    }
+    assert set(negatives._words(negatives_lexicon.SYMMETRIC_RELATIONS)) <= set(CATEGORY_WORDS("relation"))
+    for rule in negatives_lexicon.CONTRASTS.split(";"):
+        for side in rule.split(">"):
+            assert {w.strip() for w in side.split("/")} <= words, rule
+    verbs = {w for (pos, w) in seen if pos == "verb"}
+    assert not functions & (words - verbs)  # "a row of" / "rowing": told apart by context
+
+
+def CATEGORY_WORDS(category: str) -> list[str]:
+    return [w for g in LEXICON[category] for w in g]
+
+
+def test_inflection():
+    from fsc_losses.negatives import _inflect, _plural
+
+    plurals = {"bus": "buses", "man": "men", "woman": "women", "policeman": "policemen", "knife": "knives"}
+    plurals |= {"city": "cities", "toy": "toys", "person": "people", "hot dog": "hot dogs", "box": "boxes"}
+    assert {w: _plural(w) for w in plurals} == plurals
+    forms = {("ride", "ing"): "riding", ("run", "ing"): "running", ("lie", "ing"): "lying"}
+    forms |= {("see", "ing"): "seeing", ("carry", "s"): "carries", ("watch", "s"): "watches"}
+    forms |= {("take off", "ing"): "taking off", ("play", "s"): "plays", ("sit", "base"): "sit"}
+    assert {k: _inflect(*k) for k in forms} == forms

@@ -176,11 +176,11 @@ def test_precomputed_negatives_from_a_csv_column(space):
     assert list(first) == ["Contrastive_loss", "Global_hn_loss", "Loss"]
 
 
-def _write_csv(path, header, rows):
+def _write_csv(path, header, rows, delimiter=","):
     import csv
 
     with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
+        writer = csv.writer(f, delimiter=delimiter)
         writer.writerow(header)
         writer.writerows(rows)
 
@@ -426,3 +426,107 @@ def test_siglip_trains_with_the_sigmoid_contrastive_term(space):
         out["image_features"], out["text_features"][:, 0], out["logit_scale"], out["logit_bias"]
     )
     assert torch.allclose(terms["contrastive_loss"], expected, rtol=1e-5)
+
+
+# The fork's README training commands (github ytaek-oh/fsc-clip, README.md, "Training Scripts"),
+# COCO and COCO with LoRA: only the model and the data paths are changed below.
+FORK_README_COCO = """
+    --save-frequency 1 --zeroshot-frequency 1 --val-frequency 1 --report-to tensorboard --log-every-n-steps 50
+    --train-data="train_neg_clip" --model ViT-B-32 --pretrained openai
+    --lr=5e-6 --wd=0.1 --epochs=5 --warmup 50 --batch-size=256 --workers=4
+    --add-random-text-hard-negatives="fsc-clip"
+    --loss-name="fsc-clip" --neg-loss-name="focal_loss" --focal-gamma 2.0 --neg-label-smoothing 0.02
+    --apply-global-neg-loss --neg-loss-weight 0.5
+    --return-dense-tokens --apply-local-neg-loss --local-neg-weight 0.2
+    --logs="./logs/fsc-clip"
+    --name fsc-clip-coco
+"""
+FORK_README_COCO_LORA = (
+    FORK_README_COCO.replace("--lr=5e-6", "--lr=5e-5")
+    .replace("--workers=4", "--workers=4 --lora-rank 4")
+    .replace("fsc-clip-coco", "fsc-clip-lora-coco")
+)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 4 worker processes:UserWarning")
+@pytest.mark.parametrize("command", [FORK_README_COCO, FORK_README_COCO_LORA], ids=["coco", "coco-lora"])
+def test_the_forks_readme_commands_run_as_written(space, tmp_path, monkeypatch, command):
+    """Every flag as the README writes it, on a NegCLIP-format TSV (title, filepath, neg_caption,
+    neg_image). The TSV holds fewer rows than one batch of 256, so each epoch has no step (a step
+    of this size takes half a minute on a CPU): the training steps of these flags are tested above;
+    here the command line, the five epochs, TensorBoard and the checkpoints."""
+    monkeypatch.chdir(tmp_path)
+    rows = [
+        [c, str(space.folder / f"{i}.png"), repr([c.replace("a ", "the ", 1)]), "[1]"]
+        for i, c in enumerate(CAPTIONS)
+    ]
+    _write_csv(tmp_path / "train_neg_clip.tsv", ["title", "filepath", "neg_caption", "neg_image"], rows, "\t")
+    weights = str(space.model_dir.removeprefix("local-dir:")) + "/open_clip_model.safetensors"
+    argv = (
+        command.replace('"train_neg_clip"', str(tmp_path / "train_neg_clip.tsv"))
+        .replace("ViT-B-32 --pretrained openai", f"{space.model_dir} --pretrained {weights}")
+        .replace('"', "")
+        .split()
+    )
+    assert train_main(argv) is None
+    run_dir = tmp_path / "logs" / "fsc-clip" / argv[argv.index("--name") + 1]
+    assert "Start epoch 4" in (run_dir / "out.log").read_text()
+    # the fork keeps only the last checkpoint (open_clip 3.3 alone would keep all five)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch_5.pt"]
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_force_context_length_keeps_the_first_positions(space):
+    """As the fork: the first 16 of the checkpoint's 32 text positions (open_clip 3.3 alone would
+    interpolate them)."""
+    import open_clip_train.main as open_clip_main
+
+    from fsc_losses.train.trainer import _Run
+
+    run = _Run(open_clip_main)
+    run.parse_args(
+        [*space.base_argv("context"), *space.csv_argv(), *PAPER_FLAGS, "--force-context-length=16"]
+    )
+    model, _, _ = run.create_model_and_transforms(space.model_dir, None, force_context_length=16)
+    folder = open_clip.create_model(space.model_dir).state_dict()["positional_embedding"]
+    assert torch.equal(model.positional_embedding.detach(), folder[:16])
+    assert model.attn_mask.shape == (16, 16)
+    interpolated = open_clip.create_model(space.model_dir, force_context_length=16).positional_embedding
+    assert not torch.allclose(interpolated, folder[:16])
+
+
+def test_csv_negclip_trains_on_one_negative_drawn_per_row(space):
+    """The fork's csv_negclip: K = 1, drawn from the row's neg_caption list, the same draw for a
+    (seed, epoch, row); a row whose list is empty has no negative."""
+    lists = {
+        i: [c.replace("a ", "the ", 1), c.replace("a ", "one ", 1), c + " again"]
+        for i, c in enumerate(CAPTIONS)
+    }
+    lists[2], lists[5] = [], ["only this one"]
+    table = space.folder / "negclip.csv"
+    rows = [[f"{i}.png", caption, repr(lists[i])] for i, caption in enumerate(CAPTIONS)]
+    _write_csv(table, ["image_path", "caption", "neg_caption"], rows)
+    flags = ["--apply-global-neg-loss", "--add-random-text-hard-negatives=csv_negclip", "--seed=5"]
+    with recording(GroupedCLIP) as calls:
+        train(space, "csv-negclip", *flags, data=space.csv_argv(table))
+    tokenizer = open_clip.get_tokenizer(space.model_dir)
+    expected = NegativeCaptions(
+        tokenizer, seed=5, rows=[(c, tuple(lists[i])) for i, c in enumerate(CAPTIONS)], epoch=SharedEpoch(0)
+    )
+    caption_tokens = tokenizer(CAPTIONS)
+    seen = 0
+    for _, (_, texts), out in calls:
+        assert texts.shape[:2] == (4, 2)  # each caption and one negative
+        for block, neg_valid in zip(texts, out["neg_valid"], strict=True):
+            row = next(i for i, tokens in enumerate(caption_tokens) if torch.equal(tokens, block[0]))
+            expected.row = row
+            assert torch.equal(block, expected(CAPTIONS[row])[0])
+            assert neg_valid.item() == bool(lists[row])
+            seen += 1
+    assert seen == 8
+
+
+def train_main(argv):
+    from fsc_losses.train import main
+
+    return main(argv)

@@ -59,8 +59,14 @@ WDS = ["--train-data=x.tar", "--dataset-type=webdataset"]
         (TRAIN + ["--apply-global-neg-loss", "--add-random-text-hard-negatives=swap,swap"], "distinct kinds"),
         (TRAIN + ["--apply-global-neg-loss", "--add-random-text-hard-negatives=svlc"], "SVLC"),
         (
-            TRAIN + ["--apply-global-neg-loss", "--add-random-text-hard-negatives=csv_negclip"],
-            "--hard-negatives-key neg_caption",
+            WDS + ["--apply-global-neg-loss", "--add-random-text-hard-negatives=csv_negclip"],
+            "csv_negclip reads the column neg_caption of a CSV/TSV",
+        ),
+        (TRAIN + GLOBAL + ["--force-context-length=1"], "--force-context-length must hold"),
+        (TRAIN + GLOBAL + ["--comp-data-root=/tmp"], "--comp-data-root without --comp-validation-datasets"),
+        (
+            TRAIN + GLOBAL + ["--comp-batch-size=8", "--comp-data-root=/tmp"],
+            "--comp-data-root and --comp-batch-size without --comp-validation-datasets .* sugarcrepe",
         ),
         (TRAIN + ["--apply-global-neg-loss", "--add-random-text-hard-negatives=ngram_shuffle_3"], "pairs"),
         (
@@ -71,7 +77,7 @@ WDS = ["--train-data=x.tar", "--dataset-type=webdataset"]
         (TRAIN + GLOBAL + ["--focal-gamma=-1"], "--focal-gamma must be >= 0"),
         (
             WDS + ["--apply-global-neg-loss", "--hard-negatives-key=neg"],
-            "--hard-negatives-key neg reads a column",
+            "--hard-negatives-key neg reads the column neg of a CSV",
         ),
         (
             WDS + GLOBAL + ["--caption-key=coca_captions"],
@@ -104,6 +110,31 @@ def test_comp_validation_refusals(monkeypatch, tmp_path):
         main(TRAIN + GLOBAL + ["--val-data=pairs.csv", *comp[:2], f"--comp-data-root={tmp_path / 'missing'}"])
     with pytest.raises(UsageError, match="unknown benchmark sugar_crepe, aros; known: sugarcrepe, aro, "):
         main(TRAIN + GLOBAL + ["--val-data=pairs.csv", "--comp-validation-datasets", "sugar_crepe", "aros"])
+
+
+@pytest.mark.parametrize("logger, module", [("tensorboard", "torch.utils.tensorboard"), ("wandb", "wandb")])
+def test_a_missing_logger_is_named_at_start(monkeypatch, logger, module):
+    # open_clip asserts it only after building the model; the fork's commands pass tensorboard
+    monkeypatch.setitem(sys.modules, module, None)  # an import of it fails
+    for report_to in (logger, "all"):
+        with pytest.raises(
+            UsageError, match=rf"--report-to {report_to} needs {logger}.*pip install {logger}"
+        ):
+            main(TRAIN + PAPER_FLAGS + [f"--report-to={report_to}"])
+
+
+def test_checkpoints_are_deleted_as_the_fork_does():
+    assert _args(*GLOBAL).delete_previous_checkpoint is True  # open_clip's default is False
+    assert _args(*GLOBAL, "--delete-previous-checkpoint").delete_previous_checkpoint is True
+    assert _args(*GLOBAL, "--no-delete-previous-checkpoint").delete_previous_checkpoint is False
+
+
+def test_comp_flags_take_their_defaults_with_the_datasets(tmp_path):
+    args = _args(
+        *GLOBAL, "--val-data=pairs.csv", "--comp-validation-datasets", "aro", f"--comp-data-root={tmp_path}"
+    )
+    assert (args.comp_data_root, args.comp_batch_size) == (str(tmp_path), 64)
+    assert _args(*GLOBAL).comp_validation_datasets is None  # off, as before
 
 
 def test_comp_data_root_expands_the_home_folder(monkeypatch, tmp_path):
@@ -240,6 +271,41 @@ def test_negative_captions_make_a_caption_block(tokenizer):
     )
     with pytest.raises(ValueError, match="one caption per call"):
         captions(["a", "b"])
+
+
+def test_csv_negclip_draws_one_negative_per_row_seed_and_epoch(tokenizer):
+    rows = [("a dog", ("a cat", "a cow", "a hen")), ("a dog", ("a fox",)), ("a bird", ())]
+    epoch = SharedEpoch(0)
+    captions = NegativeCaptions(tokenizer, seed=3, rows=rows, epoch=epoch)
+    assert captions.num_negatives == 1
+
+    def draws(captions, epochs=range(8)):
+        out = []
+        for e in epochs:
+            captions.epoch.set_value(e)
+            for row, (caption, _) in enumerate(rows):
+                captions.row = row
+                out.append(captions.negatives(caption))
+        return out
+
+    first = draws(captions)
+    again = draws(NegativeCaptions(tokenizer, seed=3, rows=rows, epoch=SharedEpoch(0)))
+    assert first == again  # the same for a (seed, epoch, row), in any instance or process
+    assert first != draws(NegativeCaptions(tokenizer, seed=4, rows=rows, epoch=SharedEpoch(0)))
+    row0 = [negatives[0] for negatives, _ in first[0::3]]
+    assert set(row0) <= set(rows[0][1]) and len(set(row0)) > 1  # new draws across epochs
+    assert all(negatives == ["a fox"] for negatives, _ in first[1::3])  # its own row's list
+    assert all(result == ([""], [False]) for result in first[2::3])  # no negatives: a missing slot
+    captions.row = 2
+    block = captions("a bird")
+    assert block.shape == (1, 2, 32) and (block[0, 1] == MISSING_TOKEN).all()
+    captions.row = 0
+    with pytest.raises(RuntimeError, match="row 0 holds the caption 'a dog', the dataset gave 'a bird'"):
+        captions("a bird")
+    with pytest.raises(RuntimeError, match="must set .row"):
+        NegativeCaptions(tokenizer, rows=rows)("a dog")
+    with pytest.raises(ValueError, match="not both"):
+        NegativeCaptions(tokenizer, rows=rows, precomputed={})
 
 
 def test_negatives_depend_on_seed_epoch_and_caption_only(tokenizer):
@@ -383,10 +449,11 @@ def test_a_missing_column_is_named(tmp_path):
     path = _table(tmp_path / "t.tsv", [["0.jpg", "a dog", "a cat"]])
     columns = r"\['filepath', 'title', 'neg_caption'\]"
     with pytest.raises(
-        UsageError, match=rf"--hard-negatives-key negs: .*t.tsv has no such column; its columns are {columns}"
+        UsageError,
+        match=rf"--hard-negatives-key negs: .*t.tsv has no such column negs; its columns are {columns}",
     ):
         read_negatives_column(str(path), "negs", caption_column="title", sep="\t")
-    with pytest.raises(UsageError, match="--csv-caption-key caption: .*has no such column"):
+    with pytest.raises(UsageError, match="--csv-caption-key caption: .*has no such column caption"):
         read_negatives_column(str(path), "neg_caption", caption_column="caption", sep="\t")
 
 

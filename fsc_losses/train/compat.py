@@ -18,7 +18,8 @@ REPLACED = ("parse_args", "create_model_and_transforms", "get_data", "create_los
 # What else of the trainer the replacements rely on, module by module.
 _NEEDED = {
     "open_clip_train.main": ("main", *REPLACED),
-    "open_clip_train.data": ("SharedEpoch",),
+    "open_clip_train.data": ("SharedEpoch", "CsvDataset"),
+    "open_clip.factory": ("resize_text_pos_embed",),
     "open_clip_train.zero_shot": ("accuracy",),
 }
 

@@ -4,19 +4,31 @@ that cannot work.
 The fork (github ytaek-oh/fsc-clip, ``src/training/params.py``) adds its flags to a copy of
 open_clip's parser. Here they live in a parser of their own: it takes them out of the command line
 first and hands the rest to the installed ``open_clip_train.params.parse_args`` unchanged, so every
-open_clip flag keeps its meaning and its default. Where one of the fork's flags is absent, the
-fork's default applies (see docs/training.md for the table and for the deliberate differences).
+open_clip flag keeps its meaning and its default, except the two whose default or effect the fork
+changed: ``--delete-previous-checkpoint`` (on, parsed here) and ``--force-context-length``
+(truncating, in ``trainer``). Where one of the fork's flags is absent, the fork's default applies
+(see docs/training.md for the table and for the deliberate differences).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 from collections.abc import Callable, Sequence
 
 from ..negatives import HN_KINDS
 
-__all__ = ["UsageError", "build_parser", "negative_kinds", "parse_args", "is_training"]
+__all__ = [
+    "UsageError",
+    "build_parser",
+    "draws_one_negative",
+    "negative_kinds",
+    "negatives_column",
+    "parse_args",
+    "is_training",
+]
+_COMP_DEFAULTS = {"comp_data_root": "~/datasets", "comp_batch_size": 64}
 
 # The fork's ``--add-random-text-hard-negatives`` styles and the rule-based kinds of
 # ``fsc_losses.negatives`` that stand in for its spaCy / WordNet generators.
@@ -29,9 +41,11 @@ HN_STYLES: dict[str, tuple[str, ...]] = {
 _REFUSED_STYLES = {
     "svlc": "the SVLC rule-based negatives (attribute, action and state word lists) are not "
     "implemented; 'replace' is the closest kind",
-    "csv_negclip": "the fork's NegCLIP COCO negatives come from the TSV's neg_caption column: pass "
-    "--hard-negatives-key neg_caption instead",
 }
+# The fork's style that reads NegCLIP's negatives instead of making them: one negative per sample
+# and step, drawn from the row's list in this column (the fork's only one).
+CSV_NEGCLIP = "csv_negclip"
+CSV_NEGCLIP_COLUMN = "neg_caption"
 # What the fork's --caption-key means for webdataset, the only dataset type it reads it for.
 _WDS_CAPTION_KEY = "caption"
 
@@ -71,13 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STYLE",
         default=None,
         help=f"generate negatives per caption in the data workers: {', '.join(HN_STYLES)}, or a "
-        f"comma-separated list of the kinds {', '.join(HN_KINDS)}",
+        f"comma-separated list of the kinds {', '.join(HN_KINDS)}; or {CSV_NEGCLIP}: one negative "
+        f"per sample and epoch drawn from the CSV/TSV's {CSV_NEGCLIP_COLUMN} list (the fork's)",
     )
     data.add_argument(
         "--hard-negatives-key",
         metavar="COLUMN",
         default=None,
-        help="CSV/TSV column of precomputed negatives: one caption, or a JSON / Python list of them",
+        help="CSV/TSV column of precomputed negatives: one caption, or a JSON / Python list of them; "
+        f"every one is used, or with {CSV_NEGCLIP} the column it draws from",
     )
     data.add_argument(
         "--caption-key",
@@ -103,8 +119,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     comp = parser.add_argument_group("compositional validation (fsc_losses.eval)")
     comp.add_argument("--comp-validation-datasets", nargs="+", default=None, metavar="BENCHMARK")
-    comp.add_argument("--comp-data-root", default="~/datasets", help="where the benchmarks' files are")
-    comp.add_argument("--comp-batch-size", type=int, default=64)
+    # None here tells "not given" apart: given without --comp-validation-datasets is an error.
+    comp.add_argument(
+        "--comp-data-root",
+        default=None,
+        help=f"where the benchmarks' files are ({_COMP_DEFAULTS['comp_data_root']})",
+    )
+    comp.add_argument(
+        "--comp-batch-size", type=int, default=None, help=f"({_COMP_DEFAULTS['comp_batch_size']})"
+    )
+
+    trainer = parser.add_argument_group("open_clip flags whose default the fork changed")
+    trainer.add_argument(
+        "--delete-previous-checkpoint",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="delete the previous epoch's checkpoint after saving one (the fork's default; "
+        "open_clip's is to keep them)",
+    )
     return parser
 
 
@@ -121,6 +153,16 @@ def parse_args(argv: Sequence[str], open_clip_parse_args: Callable[[list[str]], 
         open_clip_parse_args(["--help"])  # prints open_clip's flags and exits
     ours, rest = parser.parse_known_args(argv)
     args = open_clip_parse_args(rest)
+    given = ["--" + name.replace("_", "-") for name in _COMP_DEFAULTS if getattr(ours, name) is not None]
+    if given and not ours.comp_validation_datasets:
+        raise UsageError(
+            f"{' and '.join(given)} without --comp-validation-datasets would do nothing: compositional "
+            "validation is off unless --comp-validation-datasets names the benchmarks (the fork "
+            "validates on sugarcrepe by default: add --comp-validation-datasets sugarcrepe)"
+        )
+    for name, default in _COMP_DEFAULTS.items():
+        if getattr(ours, name) is None:
+            setattr(ours, name, default)
     for name, value in vars(ours).items():
         setattr(args, name, value)
     args.comp_data_root = os.path.expanduser(args.comp_data_root)
@@ -133,9 +175,21 @@ def is_training(args: argparse.Namespace) -> bool:
     return bool(args.train_data) or args.dataset_type == "synthetic"
 
 
+def draws_one_negative(args: argparse.Namespace) -> bool:
+    """Whether the run draws one negative per sample from a CSV column (the fork's csv_negclip)."""
+    return args.add_random_text_hard_negatives == CSV_NEGCLIP
+
+
+def negatives_column(args: argparse.Namespace) -> str | None:
+    """The CSV/TSV column the run reads negatives from, or None."""
+    if draws_one_negative(args):
+        return args.hard_negatives_key or CSV_NEGCLIP_COLUMN
+    return args.hard_negatives_key
+
+
 def negative_kinds(style: str | None) -> tuple[str, ...]:
     """``fsc_losses.negatives`` kinds for an ``--add-random-text-hard-negatives`` style."""
-    if style is None:
+    if style is None or style == CSV_NEGCLIP:
         return ()
     if style in HN_STYLES:
         return HN_STYLES[style]
@@ -184,6 +238,11 @@ def check_args(args: argparse.Namespace) -> None:
         )
     kinds = negative_kinds(args.add_random_text_hard_negatives)
     training = is_training(args)
+    if args.force_context_length is not None and args.force_context_length < 2:
+        raise UsageError(
+            "--force-context-length must hold the start and end tokens (>= 2), got "
+            f"{args.force_context_length}"
+        )
     if training and args.loss_name == "clip":
         _check_clip(args)
     elif training:  # without training data no loss runs, so its flags do not matter
@@ -209,6 +268,24 @@ def check_args(args: argparse.Namespace) -> None:
             )
     if args.comp_validation_datasets:
         _check_comp_validation(args)
+    _check_loggers(args)
+
+
+def _check_loggers(args: argparse.Namespace) -> None:
+    """open_clip asserts a logger's package only after building the model; say it at start."""
+    wanted = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb"}
+    for name, module in wanted.items():
+        if name in args.report_to or "all" in args.report_to:
+            try:
+                importlib.import_module(module)
+            except ImportError as e:
+                extra = (
+                    ' (the train extra has it: pip install -e ".[train]")' if name == "tensorboard" else ""
+                )
+                raise UsageError(
+                    f"--report-to {args.report_to} needs {name}, which does not import ({e}): "
+                    f"pip install {name}{extra}"
+                ) from None
 
 
 def _check_clip(args: argparse.Namespace) -> None:
@@ -247,15 +324,21 @@ def _check_fsc_clip(args: argparse.Namespace, kinds: tuple[str, ...]) -> None:
             "--return-dense-tokens without --apply-local-neg-loss: only the local HN term uses the "
             "tokens, so they would be computed for nothing"
         )
-    if not kinds and args.hard_negatives_key is None:
+    column = negatives_column(args)
+    if not kinds and column is None:
         raise UsageError(
             "the hard-negative terms need negatives: generate them with "
             "--add-random-text-hard-negatives STYLE and/or read them with --hard-negatives-key COLUMN"
         )
-    if args.hard_negatives_key is not None and not _is_csv(args):
+    if column is not None and not _is_csv(args):
+        flag = (
+            f"--add-random-text-hard-negatives {CSV_NEGCLIP}"
+            if draws_one_negative(args)
+            else f"--hard-negatives-key {column}"
+        )
         raise UsageError(
-            f"--hard-negatives-key {args.hard_negatives_key} reads a column of a CSV/TSV training "
-            f"file; the training data is {args.train_data!r} (--dataset-type {args.dataset_type})"
+            f"{flag} reads the column {column} of a CSV/TSV training file; the training data is "
+            f"{args.train_data!r} (--dataset-type {args.dataset_type})"
         )
     if args.sim_sparsify and args.sim_normalizer != "minmax":
         raise UsageError(

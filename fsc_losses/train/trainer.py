@@ -6,8 +6,10 @@ names are bound to the methods of a ``_Run`` (and put back afterwards):
 
 * ``parse_args``: the fork's flags, then open_clip's own parser on the rest (``flags``);
 * ``create_model_and_transforms``: open_clip's (a ``local-dir:`` model also taking a ``--pretrained``
-  checkpoint file), then WiSE-FT, the grouped-caption forward, LoRA;
-* ``get_data``: open_clip's, with the training set tokenized by ``NegativeCaptions``;
+  checkpoint file; ``--force-context-length`` keeping the first positions, as the fork does), then
+  WiSE-FT, the grouped-caption forward, LoRA;
+* ``get_data``: open_clip's, with the training set tokenized by ``NegativeCaptions`` (and a CSV
+  dataset telling it the row, for ``csv_negclip``);
 * ``create_loss``: ``TrainerLoss`` for ``fsc-clip``, open_clip's own for ``clip``;
 * ``evaluate``: open_clip's, then the compositional validation.
 
@@ -27,12 +29,14 @@ from contextlib import contextmanager
 from types import ModuleType
 
 import open_clip
+import open_clip.factory
 import torch
+from open_clip_train.data import CsvDataset
 from torch.nn.parallel import DistributedDataParallel
 
 from ..integrations.open_clip import create_model_and_transforms
 from . import flags
-from .captions import NegativeCaptions, read_negatives_column
+from .captions import NegativeCaptions, read_negatives_column, read_negatives_rows
 from .compat import REPLACED
 from .loss import TrainerLoss
 from .models import add_lora, dense_token_ids, enable_grouped_captions
@@ -59,13 +63,16 @@ class _Run:
         return self.args
 
     def create_model_and_transforms(self, model_name: str, pretrained: str | None = None, **kwargs):
-        # open_clip's, except that a local-dir: model also takes a --pretrained checkpoint file
-        model, preprocess_train, preprocess_val = create_model_and_transforms(
-            model_name, pretrained, **kwargs
-        )
+        # open_clip's, except that a local-dir: model also takes a --pretrained checkpoint file and
+        # that a shorter --force-context-length keeps the first positions (open_clip interpolates)
         args = self.args
+        with _first_text_positions(args.force_context_length):
+            model, preprocess_train, preprocess_val = create_model_and_transforms(
+                model_name, pretrained, **kwargs
+            )
         if args.wise_ft_alpha is not None:
-            zero_shot = _zero_shot_model(args)
+            with _first_text_positions(args.force_context_length):
+                zero_shot = _zero_shot_model(args)
             model.load_state_dict(wise_ft(zero_shot.state_dict(), model.state_dict(), args.wise_ft_alpha))
         if args.loss_name == "fsc-clip" and flags.is_training(args):
             enable_grouped_captions(model, dense=args.return_dense_tokens)
@@ -80,19 +87,26 @@ class _Run:
             return get_data(args, preprocess_fns, epoch=epoch, tokenizer=tokenizer)
         from open_clip_train.data import SharedEpoch
 
-        precomputed = None
-        if args.hard_negatives_key is not None:
-            precomputed = read_negatives_column(
+        precomputed = rows = None
+        column = flags.negatives_column(args)
+        if flags.draws_one_negative(args):
+            rows = read_negatives_rows(
                 args.train_data,
-                args.hard_negatives_key,
+                column,
                 caption_column=args.csv_caption_key,
                 sep=args.csv_separator,
+                flag=f"--add-random-text-hard-negatives {flags.CSV_NEGCLIP} (column {column})",
+            )
+        elif column is not None:
+            precomputed = read_negatives_column(
+                args.train_data, column, caption_column=args.csv_caption_key, sep=args.csv_separator
             )
         captions = NegativeCaptions(
             tokenizer,
             kinds=flags.negative_kinds(args.add_random_text_hard_negatives),
             seed=args.seed,
             precomputed=precomputed,
+            rows=rows,
         )
         if args.return_dense_tokens:
             self.model.fsc_token_ids = dense_token_ids(tokenizer)
@@ -104,6 +118,15 @@ class _Run:
             tokenizer=captions,
         )
         train = data["train"]
+        if rows is not None:
+            dataset = train.dataloader.dataset
+            if type(dataset) is not CsvDataset or len(dataset) != len(rows):
+                raise flags.UsageError(
+                    f"--add-random-text-hard-negatives {flags.CSV_NEGCLIP} draws from the rows of "
+                    f"open_clip's CsvDataset; got a {type(dataset).__name__} of {len(dataset)} items "
+                    f"for {len(rows)} rows"
+                )
+            dataset.__class__ = _RowTellingCsvDataset
         # DataInfo.set_epoch sets this shared value, which the data workers read: webdataset
         # makes one for its shuffling, the other dataset types get one here.
         if train.shared_epoch is None:
@@ -155,7 +178,40 @@ def _zero_shot_model(args: argparse.Namespace) -> torch.nn.Module:
             raise flags.UsageError(
                 f"--zeroshot-model {spec!r}: expected PRETRAINED:MODEL, e.g. openai:ViT-B-32"
             )
-    return open_clip.create_model(name, pretrained, cache_dir=args.cache_dir)
+    # the same context length as the fine-tuned model's (the fork keeps the first positions too)
+    return open_clip.create_model(
+        name, pretrained, cache_dir=args.cache_dir, force_context_length=args.force_context_length
+    )
+
+
+class _RowTellingCsvDataset(CsvDataset):
+    """open_clip's ``CsvDataset`` that tells its tokenizer (``NegativeCaptions``) which row it
+    tokenizes, so that ``csv_negclip`` draws from that row's negatives."""
+
+    def __getitem__(self, idx):
+        self.tokenize.row = idx
+        return super().__getitem__(idx)
+
+
+@contextmanager
+def _first_text_positions(context_length: int | None) -> Iterator[None]:
+    """With ``--force-context-length`` shorter than a loaded checkpoint's, keep the checkpoint's
+    first text positions, as the fork does; open_clip 3.3 interpolates them. A longer one is
+    interpolated by both."""
+    if context_length is None:
+        yield
+        return
+    interpolate = open_clip.factory.resize_text_pos_embed
+
+    def resize(state_dict, model, *args, **kwargs):
+        key = "positional_embedding" if "positional_embedding" in state_dict else "text.positional_embedding"
+        positions = state_dict.get(key)
+        if positions is not None and positions.shape[0] > context_length:
+            state_dict[key] = positions[:context_length]
+        return interpolate(state_dict, model, *args, **kwargs)
+
+    with _bound(open_clip.factory, {"resize_text_pos_embed": resize}):
+        yield
 
 
 class _DDPWithoutCPUDeviceIds(DistributedDataParallel):
