@@ -1,5 +1,5 @@
 """``fsc_losses.eval`` on excerpts of the benchmarks' real published files (tests/data/, sources in
-tests/data/SOURCES.md), with stand-in images under the names they give: CREPE's CSVs with their set
+tests/data/README.md), with stand-in images under the names they give: CREPE's CSVs with their set
 literals, SugarCrepe++'s JSON with its exact ties."""
 
 import ast
