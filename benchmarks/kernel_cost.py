@@ -90,7 +90,7 @@ def costs(shape: bench_local_hn.Shape, dtype_name: str, gpu: Gpu) -> tuple[local
     tiles = local_hn.plan(
         torch.empty(B, P, D, **meta),
         torch.empty(B, G, T, D, **meta),
-        local_hn.DeviceSpec(SHARED_LIMIT[gpu.arch]),
+        local_hn.DeviceSpec(SHARED_LIMIT[gpu.arch], divmod(gpu.arch, 10)),
     )
     e = dtype.itemsize
     rows, padded = rows_per_image(G, shape.counted, tiles.rows)

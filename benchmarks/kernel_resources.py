@@ -118,7 +118,7 @@ def plan_launches(shape, dtype: torch.dtype, arch: int, normalizer: str, sparsif
     """``(dispatch, tiles, launches)``: every launch of the custom ops ``ops`` (``"loss"``,
     ``"scores"``), forward and backward, as the host code makes them on a device like ``arch``."""
     B, G, T, P, D = shape
-    spec = local_hn.DeviceSpec(SHARED_LIMIT[arch])
+    spec = local_hn.DeviceSpec(SHARED_LIMIT[arch], divmod(arch, 10))
     meta = dict(device="meta")
     image = torch.empty(B, P, D, dtype=dtype, **meta)
     text = torch.empty(B, G, T, D, dtype=dtype, **meta)

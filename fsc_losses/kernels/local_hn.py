@@ -469,7 +469,11 @@ def _contrast_rows(
 ):
     """The HN contrast of images ``images (BB,)`` with logits ``(BB, GP)``: per-image loss
     ``(BB,)`` (0 for images without a present negative), its gradient w.r.t. the logits
-    ``(BB, GP)`` and which images count."""
+    ``(BB, GP)`` and which images count.
+
+    A caption without a counted position has the logit ``-inf`` (it has no rows): it takes part
+    as a missing one, and an image whose true caption has none does not count (with the value
+    check on, only missing negatives have none). NaN, unlike ``-inf``, stays in and propagates."""
     offs_g = tl.arange(0, GP)
     present = (images < B)[:, None] & (offs_g < G)[None, :]
     if HAS_VALID:
@@ -479,7 +483,9 @@ def _contrast_rows(
             other=1,
         )
         present = present & (valid != 0)
-    counted = tl.sum((present & (offs_g[None, :] > 0)).to(tl.int32), axis=1) > 0
+    present = present & (logits != float("-inf"))
+    true_present = tl.sum((present & (offs_g[None, :] == 0)).to(tl.int32), axis=1) > 0
+    counted = (tl.sum((present & (offs_g[None, :] > 0)).to(tl.int32), axis=1) > 0) & true_present
     logits = tl.where(present, logits, float("-inf"))
     row_max = tl.max(logits, axis=1)
     row_max = tl.where(row_max > float("-inf"), row_max, 0.0)
@@ -762,12 +768,17 @@ def _sum_kernel(part_ptr, out_ptr, n, BLOCK: tl.constexpr):
 
 class DeviceSpec(NamedTuple):
     """What the plan needs to know of a device: its per-block shared-memory limit (the opt-in
-    maximum, bytes; Triton's CPU interpreter has none)."""
+    maximum, bytes) and its compute capability ``(major, minor)``; Triton's CPU interpreter has
+    neither limit nor capability (None)."""
 
     shared_limit: int
+    capability: tuple[int, int] | None = None
 
 
 INTERPRETER = DeviceSpec(shared_limit=1 << 30)
+# Ampere and newer: below it the 16-bit dots compile without tensor cores (sm_75) or spill
+# hundreds of bytes a thread (sm_70), and bf16 has no hardware support.
+MIN_CAPABILITY = (8, 0)
 
 
 class Tiles(NamedTuple):
@@ -793,7 +804,7 @@ def device_spec(device: torch.device) -> DeviceSpec:
     if device.type != "cuda":
         return INTERPRETER
     props = torch.cuda.get_device_properties(device)
-    return DeviceSpec(props.shared_memory_per_block_optin)
+    return DeviceSpec(props.shared_memory_per_block_optin, (props.major, props.minor))
 
 
 def _patch_tile(num_patches: int) -> int:
@@ -1336,8 +1347,8 @@ _loss_op.register_autograd(_loss_backward, setup_context=_setup_loss)
 
 def unsupported_reason(image_tokens: torch.Tensor, text_tokens: torch.Tensor) -> str | None:
     """Why the kernels cannot take these inputs on their device, or None when they can: dtypes,
-    devices, sizes beyond the kernels' limits, or no tile size that fits the device's shared
-    memory (:func:`fit_reason`).
+    devices, sizes beyond the kernels' limits, a GPU older than compute capability 8.0, or no tile
+    size that fits the device's shared memory (:func:`device_reason`).
 
     Args:
         image_tokens: ``(B, P, D)``.
@@ -1370,6 +1381,23 @@ def shape_reason(image_tokens: torch.Tensor, text_tokens: torch.Tensor, spec: De
         return f"{P} patches (at most {_MAX_PATCHES})"
     if T > _MAX_POSITIONS:
         return f"{T} text positions (at most {_MAX_POSITIONS})"
+    return device_reason(image_tokens, text_tokens, spec)
+
+
+def device_reason(
+    image_tokens: torch.Tensor, text_tokens: torch.Tensor, spec: DeviceSpec | None = None
+) -> str | None:
+    """Why the tokens' device (or a device like ``spec``) cannot run the kernels on these inputs:
+    a compute capability below :data:`MIN_CAPABILITY`, or no tile size that fits its shared memory
+    (:func:`fit_reason`); None when it can. ``backend="triton"`` raises with this reason where
+    ``auto`` falls back to the reference."""
+    spec = device_spec(image_tokens.device) if spec is None else spec
+    if spec.capability is not None and tuple(spec.capability) < MIN_CAPABILITY:
+        major, minor = spec.capability
+        return (
+            f"compute capability {major}.{minor} (sm_{major}{minor}): the kernels need "
+            f"{MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer (tensor-core dots and bf16)"
+        )
     return fit_reason(image_tokens, text_tokens, spec)
 
 
@@ -1431,7 +1459,9 @@ def local_hn_loss(
     Args:
         as :func:`local_hn_scores`, plus ``neg_valid (B, G-1)`` bool or None (all present),
         ``focal_gamma >= 0`` and ``label_smoothing`` in ``[0, 1)``. A missing negative neither
-        affects the loss nor receives gradient; a present caption counts at least one position.
+        affects the loss nor receives gradient; so does a present one that counts no position,
+        and an image whose true caption counts none does not count
+        (``reference.contrasted_negatives``).
 
     Returns:
         ``()`` in the tokens' dtype; differentiable w.r.t. image_tokens, text_tokens and
