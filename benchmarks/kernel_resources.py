@@ -59,13 +59,14 @@ SHAPES = (
 )
 KERNEL_NAMES = (
     "_similarity_kernel",
+    "_fixup_kernel",
     "_pool_kernel",
     "_finish_kernel",
     "_contrast_fwd_kernel",
     "_tokens_bwd_kernel",
-    "_sum_kernel",
 )
 PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+NVDISASM = PTXAS.with_name("nvdisasm")
 # CUDA's grid limits: blocks along axis 0, and along axes 1 and 2.
 GRID_LIMITS = (2**31 - 1, 65535, 65535)
 
@@ -114,9 +115,12 @@ def recorded_launches() -> Iterator[list[Launch]]:
 OPS = ("loss", "scores")
 
 
-def plan_launches(shape, dtype: torch.dtype, arch: int, normalizer: str, sparsify: bool, ops=OPS):
+def plan_launches(
+    shape, dtype: torch.dtype, arch: int, normalizer: str, sparsify: bool, ops=OPS, max_rows: int | None = None
+):
     """``(dispatch, tiles, launches)``: every launch of the custom ops ``ops`` (``"loss"``,
-    ``"scores"``), forward and backward, as the host code makes them on a device like ``arch``."""
+    ``"scores"``), forward and backward, as the host code makes them on a device like ``arch``
+    (buffers for ``max_rows`` rows an image: by default every position)."""
     B, G, T, P, D = shape
     spec = local_hn.DeviceSpec(SHARED_LIMIT[arch], divmod(arch, 10))
     meta = dict(device="meta")
@@ -126,11 +130,12 @@ def plan_launches(shape, dtype: torch.dtype, arch: int, normalizer: str, sparsif
     scale = torch.empty((), dtype=torch.float32, **meta)
     dispatch = "triton" if local_hn.shape_reason(image, text, spec) is None else "reference"
     tiles = local_hn.plan(image, text, spec) or local_hn._candidates(dtype, P)[-1]
+    rows = local_hn.row_capacity(G, T, max_rows)
     with recorded_launches() as launches:
         for op in ops:
             valid = torch.empty(B, G - 1, dtype=torch.bool, **meta) if op == "loss" else None
             lse, _, saved = local_hn._forward(
-                image, text, mask, scale, valid, normalizer, sparsify, tiles, scores=op == "scores"
+                image, text, mask, scale, valid, normalizer, sparsify, rows, tiles, scores=op == "scores"
             )
             if op == "loss":
                 _, dlse = local_hn._contrast(lse, valid, 2.0, 0.02, dtype)
@@ -164,10 +169,26 @@ def compile_launch(launch: Launch, arch: int) -> dict:
         _compiled[key] = dict(
             **ptxas_usage(ptx, arch),
             shared_bytes=int(compiled.metadata.shared),
+            num_warps=int(compiled.metadata.num_warps),
             tensor_core_ops=len(re.findall(r"\b(?:wgmma\.mma_async|mma\.sync)\b", ptx)),
             wgmma=len(re.findall(r"\bwgmma\.mma_async\b", ptx)) > 0,
         )
+        _cubins[id(_compiled[key])] = compiled.asm["cubin"]
     return _compiled[key]
+
+
+_cubins: dict[int, bytes] = {}
+
+
+def sass(launch: Launch, arch: int) -> str:
+    """The launch's SASS for ``sm_<arch>`` with source lines (the bundled ``nvdisasm -c -gi``:
+    each instruction under the ``//## File ..., line N [inlined at ..., line M]`` it comes from)."""
+    cubin = _cubins[id(compile_launch(launch, arch))]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        done = subprocess.run([str(NVDISASM), "-c", "-gi", str(path)], capture_output=True, text=True, check=True)
+    return done.stdout
 
 
 def ptxas_usage(ptx: str, arch: int) -> dict:

@@ -32,6 +32,7 @@ class LocalInputs(NamedTuple):
     text_mask: torch.Tensor  # (B, G, T) bool
     logit_scale: torch.Tensor  # ()
     neg_valid: torch.Tensor | None  # (B, G-1) bool
+    max_rows: int | None = None  # the most positions an image counts, when the value check read it
 
 
 def _grouped(name: str, t: torch.Tensor, grouped_rank: int, batch: int, layout: str) -> torch.Tensor:
@@ -185,17 +186,11 @@ def local_hn_scores(
     """
     inputs = prepare_local_inputs(image_tokens, text_tokens, text_mask, logit_scale, neg_valid)
     checks.check_normalizer(normalizer, sparsify)
-    checks.check_masks_not_empty(inputs.text_mask, inputs.neg_valid, check_inputs)
+    max_rows = checks.check_masks_not_empty(inputs.text_mask, inputs.neg_valid, check_inputs)
     kernels = select_kernels(backend, inputs)
-    impl = reference if kernels is None else kernels
-    return impl.local_hn_scores(
-        inputs.image_tokens,
-        inputs.text_tokens,
-        inputs.text_mask,
-        inputs.logit_scale,
-        normalizer,
-        sparsify,
-    )
+    if kernels is None:
+        return reference.local_hn_scores(*inputs[:4], normalizer, sparsify)
+    return kernels.local_hn_scores(*inputs[:4], normalizer, sparsify, max_rows=max_rows)
 
 
 def local_hn_loss(
@@ -223,7 +218,8 @@ def local_hn_loss(
     inputs = prepare_local_inputs(image_tokens, text_tokens, text_mask, logit_scale, neg_valid)
     checks.check_normalizer(normalizer, sparsify)
     checks.check_criterion_params(focal_gamma, label_smoothing)
-    checks.check_masks_not_empty(inputs.text_mask, inputs.neg_valid, check_inputs)
+    max_rows = checks.check_masks_not_empty(inputs.text_mask, inputs.neg_valid, check_inputs)
+    inputs = inputs._replace(max_rows=max_rows)
     return local_hn_loss_unchecked(inputs, normalizer, sparsify, focal_gamma, label_smoothing, backend)
 
 
@@ -240,7 +236,7 @@ def local_hn_loss_unchecked(
     kernels = select_kernels(backend, inputs)
     if kernels is not None:
         return kernels.local_hn_loss(
-            *inputs[:4], inputs.neg_valid, normalizer, sparsify, float(focal_gamma), eps
+            *inputs[:4], inputs.neg_valid, normalizer, sparsify, float(focal_gamma), eps, inputs.max_rows
         )
     return reference.local_hn_loss(
         *inputs[:4], inputs.neg_valid, normalizer, sparsify, float(focal_gamma), eps

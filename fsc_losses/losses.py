@@ -270,7 +270,8 @@ class FSCLoss(nn.Module):
         if local_inputs is not None:
             checks.require_size("image_tokens", local_inputs.image_tokens, 2, image_features.shape[1], "D")
             checks.require_size("text_tokens", local_inputs.text_tokens, 1, text_features.shape[1], "G")
-            checks.check_masks_not_empty(local_inputs.text_mask, neg_valid, self.check_inputs)
+            max_rows = checks.check_masks_not_empty(local_inputs.text_mask, neg_valid, self.check_inputs)
+            local_inputs = local_inputs._replace(max_rows=max_rows)
 
         losses = {
             "contrastive_loss": functional.contrastive_loss(

@@ -49,9 +49,9 @@ def count_calls(monkeypatch, name):
     calls = []
     original = getattr(local_hn, name)
 
-    def counted(*args):
+    def counted(*args, **kwargs):
         calls.append(name)
-        return original(*args)
+        return original(*args, **kwargs)
 
     monkeypatch.setattr(local_hn, name, counted)
     return calls
@@ -219,3 +219,55 @@ def test_auto_falls_back_on_a_gpu_older_than_sm80(monkeypatch):
         value = LocalHNLoss(backend="auto")(*local)
     assert not calls
     torch.testing.assert_close(value, LocalHNLoss(backend="reference")(*local))
+
+
+def recorded_allocations(monkeypatch):
+    """Every buffer the kernels' host code allocates, in order."""
+    buffers = []
+    real = local_hn._empty
+
+    def recording(shape, dtype, device, strides=None):
+        buffers.append(real(shape, dtype, device, strides))
+        return buffers[-1]
+
+    monkeypatch.setattr(local_hn, "_empty", recording)
+    return buffers
+
+
+def test_flat_captions_get_their_gradient_without_a_copy(monkeypatch):
+    """Flat (G*B, T, D) text tokens reach the kernels as a grouped view; the text gradient is
+    allocated with that view's strides, so autograd hands the flat leaf the kernels' buffer itself
+    (v3 allocated it contiguous in the grouped layout: a full copy of it came back)."""
+    buffers = recorded_allocations(monkeypatch)
+    inputs = make_inputs()
+    local = [inputs[k] for k in ("image_tokens", "text_tokens", "text_mask", "logit_scale")]
+    loss = LocalHNLoss(backend="triton")(*local, inputs["neg_valid"])
+    buffers.clear()
+    d_image, d_text = torch.autograd.grad(loss, local[:2])
+    (kernel_text,) = [b for b in buffers if b.dim() == 4]
+    assert d_text.shape == (B * (1 + K), T, D) and d_text.is_contiguous()
+    assert d_text.data_ptr() == kernel_text.data_ptr()
+    (kernel_image,) = [b for b in buffers if b.shape == (B, P, D)]
+    assert d_image.data_ptr() == kernel_image.data_ptr()
+
+
+def test_the_value_check_sizes_the_kernels_buffers_by_the_counted_rows(monkeypatch):
+    """With the check on, its one synchronisation also reads the most positions an image counts,
+    and the saved weights hold that many rows (rounded up to 16), not G*T; results are bitwise
+    those of buffers sized for every position (the check off)."""
+    buffers = recorded_allocations(monkeypatch)
+    inputs = make_inputs(seed=3)
+    local = [inputs[k] for k in ("image_tokens", "text_tokens", "text_mask", "logit_scale")]
+    results = {}
+    for check_inputs in (True, False):
+        buffers.clear()
+        loss = LocalHNLoss(backend="triton", check_inputs=check_inputs)(*local, inputs["neg_valid"])
+        results[check_inputs] = (loss, *torch.autograd.grad(loss, local[:2]))
+        weights = next(b for b in buffers if b.dim() == 3 and b.dtype == torch.float32 and b.shape[0] == B)
+        results[check_inputs] += (weights.shape[1],)
+    grouped = inputs["text_mask"].view(1 + K, B, T).transpose(0, 1)
+    present = torch.cat([torch.ones(B, 1, dtype=torch.bool), inputs["neg_valid"].cpu()], 1)
+    most = int((grouped.cpu() & present[..., None]).sum((1, 2)).max())
+    assert results[True][-1] == -(-most // 16) * 16 < results[False][-1] == -(-(1 + K) * T // 16) * 16
+    for checked, unchecked in zip(results[True][:-1], results[False][:-1], strict=True):
+        assert torch.equal(checked, unchecked)

@@ -24,11 +24,11 @@ COVER = {80: ("bf16", "fp16", "fp32"), 86: ("bf16", "fp32"), 89: ("fp16",), 90: 
 DOT_KERNELS = {"_similarity_kernel", "_pool_kernel", "_tokens_bwd_kernel"}
 LOSS_KERNELS = (
     "_similarity_kernel",
+    "_fixup_kernel",  # not with a single patch tile (ViT-B/32 in 16 bits)
     "_pool_kernel",
     "_finish_kernel",
     "_contrast_fwd_kernel",
     "_tokens_bwd_kernel",
-    "_sum_kernel",
 )
 ANCHORS = {"ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14-336"}
 
@@ -64,8 +64,10 @@ def test_every_configuration_was_compiled(rows):
     for arch, dtypes in COVER.items():
         for dtype in dtypes:
             for shape in ANCHORS:
+                one_tile = shape == "ViT-B/32" and dtype != "fp32"
                 for kernel in LOSS_KERNELS:
-                    assert (shape, dtype, arch, kernel) in got
+                    launched = kernel != "_fixup_kernel" or not one_tile
+                    assert ((shape, dtype, arch, kernel) in got) == launched, (shape, dtype, arch, kernel)
 
 
 def test_auto_dispatches_the_kernels_at_every_anchor(rows):
