@@ -111,3 +111,74 @@ def test_16bit_dots_run_on_tensor_cores(rows):
         assert row["tensor_core_ops"] > 0, label(row)
         if row["arch"] == 90:  # 64-row tiles: Hopper's warpgroup MMA
             assert row["wgmma"], label(row)
+
+
+def test_sass_loops_are_counted_with_their_trips():
+    """The SASS reading of the cost model on a made-up listing: a loop nest (the fix-up's row
+    blocks around _row_range's tiles, inlined), straight code, and a branch one column block in
+    NC takes."""
+    from benchmarks import kernel_sass
+
+    loops, rare = kernel_sass.source_structure()
+    outer = next(loop for loop in loops if (loop.function, loop.variable) == ("_fixup_kernel", "first"))
+    inner = next(loop for loop in loops if (loop.function, loop.variable) == ("_row_range", "j"))
+    column = next(lines for lines, kind in rare if kind == "column")
+    where = f'//## File "{kernel_sass.SOURCE}", line'
+    listing = "\n".join(
+        [
+            f"{where} {outer.line - 1}",
+            "        /*0000*/                   MOV R1, R2 ;",
+            ".L_x_0:",
+            f"{where} {outer.body[0]}",
+            "        /*0010*/                   IADD3 R1, R1, 0x1, RZ ;",
+            ".L_x_1:",
+            f'{where} {inner.body[0]} inlined at "{kernel_sass.SOURCE}", line {outer.body[1]}',
+            f"{where} {outer.body[1]}",
+            "        /*0020*/                   FADD R3, R3, R4 ;",
+            "        /*0030*/                   FMUL R3, R3, R4 ;",
+            f'{where} {inner.line} inlined at "{kernel_sass.SOURCE}", line {outer.body[1]}',
+            "        /*0040*/              @P0 BRA `(.L_x_1) ;",
+            f"{where} {column[0]}",
+            "        /*0050*/                   STG.E [R2.64], R3 ;",
+            f"{where} {outer.line}",
+            "        /*0060*/              @P1 BRA `(.L_x_0) ;",
+            "        /*0070*/                   EXIT ;",
+            ".L_x_2:",
+            "        /*0080*/                   BRA `(.L_x_2) ;",
+        ]
+    )
+    instructions, found = kernel_sass.parse(listing)
+    assert len(instructions) == 9 and sorted(found) == [(1, 6), (2, 4)]
+    assert instructions[2].chain == (inner.body[0], outer.body[1])
+    trips = {("_fixup_kernel", "first"): 2.0, ("_row_range", "j"): 5.0}
+    total, split = kernel_sass.instructions_per_program(listing, trips, programs=100, columns=4)
+    # straight: MOV, EXIT, BRA; outer: IADD3, its BRA (x2) and the column store (x2 / 4); inner:
+    # FADD, FMUL, BRA (x2 x5).
+    assert split == {"straight": 3.0, "_fixup_kernel.first": 4.5, "_row_range.j": 30.0}
+    assert total == 37.5
+    with pytest.raises(KeyError, match="_row_range"):
+        kernel_sass.instructions_per_program(listing, {("_fixup_kernel", "first"): 1.0}, 1)
+
+
+def test_the_instruction_aware_model_meets_the_targets(rows):
+    """The cost model with every launch's SASS instruction bound and its residency (the resource
+    run compiled them first): the H100's bf16 forward + backward at or under the v4 targets
+    (155 / 123 / 111 / 174 us), the A100's within 3x the padded HBM floor; every launch that
+    computes keeps at least 75% of the SMs busy with the grids the host code plans."""
+    from benchmarks import bench_local_hn, kernel_cost
+
+    for gpu in kernel_cost.GPUS:
+        for shape in bench_local_hn.suite_shapes("anchors", bench_local_hn.COUNTED):
+            _, launches = kernel_cost.costs(shape, "bf16", gpu)
+            total = kernel_cost.total_us(launches, gpu, "bf16")
+            assert all(cost.instructions > 0 for cost in launches)
+            if gpu.name == "H100":
+                assert total <= kernel_cost.TARGETS_US[shape.name], (shape.name, total)
+            assert total <= 3 * kernel_cost.padded_floor_us(shape, "bf16", gpu), (gpu.name, shape.name, total)
+            for cost in launches:
+                if cost.flops:
+                    assert kernel_cost.balance(cost.programs, gpu) >= 0.75, (
+                        gpu.name,
+                        shape.name,
+                        cost.launch,
+                    )
