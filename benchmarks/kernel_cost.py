@@ -32,13 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import triton
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import bench_local_hn, kernel_resources, kernel_sass  # noqa: E402
-
-import triton  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -168,7 +167,9 @@ def traffic(shape: bench_local_hn.Shape, dtype_name: str, gpu: Gpu, tiles) -> di
         l2=3 * columns * B * rows * 4 + B * rows * 4,
         flops=0,
     )
-    costs["_contrast_fwd_kernel"] = Cost("forward: contrast", "_contrast_fwd_kernel", hbm=B * G * 12, l2=0, flops=0)
+    costs["_contrast_fwd_kernel"] = Cost(
+        "forward: contrast", "_contrast_fwd_kernel", hbm=B * G * 12, l2=0, flops=0
+    )
     costs["_tokens_bwd_kernel"] = Cost(
         "backward: token gradients",
         "_tokens_bwd_kernel",
@@ -177,7 +178,9 @@ def traffic(shape: bench_local_hn.Shape, dtype_name: str, gpu: Gpu, tiles) -> di
         hbm=image + weights + text_rows + 4 * B * rows * 4 + small + image + B * G * T * D * e,
         # The weights twice per column block (Z, then dV), the patches per extra row block; past
         # an image's first block, X and dX again per patch tile.
-        l2=weights * (2 * columns - 1) + image * (blocks - 1) + 2 * text_rows * (blocks - 1) / blocks * n_tiles,
+        l2=weights * (2 * columns - 1)
+        + image * (blocks - 1)
+        + 2 * text_rows * (blocks - 1) / blocks * n_tiles,
         flops=2 * matmul,
     )
     return costs
@@ -233,7 +236,9 @@ def costs(shape: bench_local_hn.Shape, dtype_name: str, gpu: Gpu):
         ("_pool_kernel", "j"): n_tiles,
         ("_finish_kernel", "first"): blocks,
         ("_finish_kernel", "c"): columns,
-        ("_contrast_fwd_kernel", "b0"): -(-shape.batch // max(16, min(128, triton.next_power_of_2(shape.batch)))),
+        ("_contrast_fwd_kernel", "b0"): -(
+            -shape.batch // max(16, min(128, triton.next_power_of_2(shape.batch)))
+        ),
         ("_tokens_bwd_kernel", "g"): shape.groups,
         ("_tokens_bwd_kernel", "z0"): -(-tiles.columns // min(tiles.columns, max(16, 4096 // block_t))),
         ("_tokens_bwd_kernel", "first"): further,
@@ -306,10 +311,10 @@ def report(counted: tuple[int, int], gpus=GPUS, dtypes=tuple(DTYPES)) -> str:
         for shape, dtype_name, tiles, count, issue_only, total in totals:
             floor = padded_floor_us(shape, dtype_name, gpu)
             target = TARGETS_US[shape.name] if gpu.name == "H100" and dtype_name == "bf16" else None
+            sizes = f"{tiles.rows}, {tiles.patches}, {tiles.width}, {tiles.columns}"
             lines.append(
-                f"| {shape.name} | {dtype_name} | {tiles.rows}, {tiles.patches}, {tiles.width}, {tiles.columns} | "
-                f"{count} | {issue_only:,.1f} | {total:,.1f} | {floor:,.1f} | {total / floor:.2f} | "
-                f"{'' if target is None else target} |"
+                f"| {shape.name} | {dtype_name} | {sizes} | {count} | {issue_only:,.1f} | {total:,.1f} | "
+                f"{floor:,.1f} | {total / floor:.2f} | {'' if target is None else target} |"
             )
         lines.append("")
     return "\n".join(lines)

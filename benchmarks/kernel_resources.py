@@ -19,6 +19,7 @@ so launches that share a compiled kernel are compiled once.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -48,6 +49,14 @@ if __package__ in (None, ""):
 from benchmarks.common import SHARED_LIMIT  # noqa: E402
 from fsc_losses.kernels import local_hn  # noqa: E402
 
+# Triton's cache is keyed by the kernels' own source, not by the file's: a kernel compiled from
+# another checkout, or before an edit elsewhere in the file, would come back with that file's
+# path and line numbers in its SASS, which the cost model reads. A cache of this file's own.
+if "TRITON_CACHE_DIR" not in os.environ:
+    _source = Path(local_hn.__file__).resolve()
+    _digest = hashlib.sha256(str(_source).encode() + _source.read_bytes()).hexdigest()[:16]
+    os.environ["TRITON_CACHE_DIR"] = str(Path.home() / ".triton" / "cache" / f"fsc_losses-{_digest}")
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # (name, (B, G, T, P, D)): ANCHORS.md's shapes with K = 3, and the kernels' limits.
 SHAPES = (
@@ -57,14 +66,7 @@ SHAPES = (
     ("ViT-L/14-336", (64, 4, 77, 576, 768)),
     ("limits", (8, 16, 256, 1024, 1280)),
 )
-KERNEL_NAMES = (
-    "_similarity_kernel",
-    "_fixup_kernel",
-    "_pool_kernel",
-    "_finish_kernel",
-    "_contrast_fwd_kernel",
-    "_tokens_bwd_kernel",
-)
+KERNEL_NAMES = local_hn.LAUNCHED
 PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 NVDISASM = PTXAS.with_name("nvdisasm")
 # CUDA's grid limits: blocks along axis 0, and along axes 1 and 2.
@@ -116,7 +118,13 @@ OPS = ("loss", "scores")
 
 
 def plan_launches(
-    shape, dtype: torch.dtype, arch: int, normalizer: str, sparsify: bool, ops=OPS, max_rows: int | None = None
+    shape,
+    dtype: torch.dtype,
+    arch: int,
+    normalizer: str,
+    sparsify: bool,
+    ops=OPS,
+    max_rows: int | None = None,
 ):
     """``(dispatch, tiles, launches)``: every launch of the custom ops ``ops`` (``"loss"``,
     ``"scores"``), forward and backward, as the host code makes them on a device like ``arch``
@@ -187,7 +195,9 @@ def sass(launch: Launch, arch: int) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "kernel.cubin"
         path.write_bytes(cubin)
-        done = subprocess.run([str(NVDISASM), "-c", "-gi", str(path)], capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [str(NVDISASM), "-c", "-gi", str(path)], capture_output=True, text=True, check=True
+        )
     return done.stdout
 
 

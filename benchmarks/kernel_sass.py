@@ -5,11 +5,11 @@ instruction under the source line it comes from, with the lines it was inlined a
 its backward branches, and each one's branch carries the line of the ``for`` statement of
 ``fsc_losses/kernels/local_hn.py`` it closes (inlined helpers' loops included); the cost model
 says how many times each such ``for`` runs per entry. Every instruction belongs to the innermost
-SASS loop around it (software-pipelined prologues and epilogues to the loop around them). Instructions per warp per program are then each
-instruction's count times the trips of the loops around it; a branch taken by one program of a
-launch or by one column block in ``NC`` (``if pid == 0``, ``if c == 0``) weighs its instructions by
-that share. Both sides of other branches are counted: an upper bound of what one program issues,
-which is the issue *lower* bound of the launch it goes into (every instruction issued in one cycle).
+SASS loop around it (software-pipelined prologues and epilogues to the loop around them).
+Instructions per warp per program are then each instruction's count times the trips of the
+loops around it; a branch taken by one program of a launch or by one column block in ``NC`` (``if
+pid == 0``, ``if c == 0``) weighs its instructions by that share. Both sides of other branches
+count. At one instruction a cycle per scheduler and no stall, that is the launch's issue bound.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from pathlib import Path
 from fsc_losses.kernels import local_hn
 
 SOURCE = Path(local_hn.__file__).resolve()
-_LINE = re.compile(r'\s*//## File "(?P<file>[^"]*)", line (?P<line>\d+)(?: inlined at "[^"]*", line (?P<at>\d+))?')
+_LINE = re.compile(
+    r'\s*//## File "(?P<file>[^"]*)", line (?P<line>\d+)(?: inlined at "[^"]*", line (?P<at>\d+))?'
+)
 _INSTRUCTION = re.compile(r"\s*/\*(?P<address>[0-9a-f]{4,})\*/\s+(?P<text>[^;]*);")
 _LABEL = re.compile(r"^(?P<label>\.L_x_\d+):")
 _BRANCH = re.compile(r"\bBRA\b.*?`?\(?(?P<label>\.L_x_\d+)")
@@ -60,7 +62,9 @@ def source_structure() -> tuple[tuple[Loop, ...], tuple[tuple[range, str], ...]]
                 body = range(node.body[0].lineno, node.body[-1].end_lineno + 1)
                 loops.append(Loop(function.name, node.target.id, node.lineno, body))
             if isinstance(node, ast.If) and ast.unparse(node.test) in RARE:
-                rare.append((range(node.body[0].lineno, node.body[-1].end_lineno + 1), RARE[ast.unparse(node.test)]))
+                rare.append(
+                    (range(node.body[0].lineno, node.body[-1].end_lineno + 1), RARE[ast.unparse(node.test)])
+                )
     return tuple(loops), tuple(rare)
 
 
@@ -137,7 +141,9 @@ def instructions_per_program(
     # Loops as nested index ranges; each instruction's innermost loop.
     loops = sorted(set(loops), key=lambda span: (span[0], -span[1]))
     owner: list[int | None] = [None] * len(instructions)
-    for number, (first, last) in sorted(enumerate(loops), key=lambda item: item[1][1] - item[1][0], reverse=True):
+    for number, (first, last) in sorted(
+        enumerate(loops), key=lambda item: item[1][1] - item[1][0], reverse=True
+    ):
         for index in range(first, last + 1):
             owner[index] = number
     parent: list[int | None] = []
@@ -155,7 +161,9 @@ def instructions_per_program(
         loop = matched[number]
         key = (loop.function, loop.variable)
         if key not in trips:
-            raise KeyError(f"no trip count for the loop over {loop.variable} in {loop.function} (line {loop.line})")
+            raise KeyError(
+                f"no trip count for the loop over {loop.variable} in {loop.function} (line {loop.line})"
+            )
         outer = factor[parent[number]] if parent[number] is not None else 1.0
         factor.append(outer * trips[key])
     split: Counter = Counter()

@@ -38,6 +38,8 @@ LOCAL_HN_COLUMNS = META_COLUMNS + [
     "median_us",
     "p20_us",
     "p80_us",
+    "host_us",
+    "graph_us",
     "peak_extra_mib",
     "outputs_mib",
     "hbm_floor_padded_us",
@@ -128,7 +130,8 @@ def test_local_hn_smoke(tmp_path):
     assert sorted((r["provider"], r["mode"]) for r in rows) == sorted((p, m) for p in expected for m in MODES)
     for row in rows:
         assert row["device"].startswith("CPU") and row["dtype"] == "fp32"
-        assert row["peak_extra_mib"] == ""  # only measured on a GPU
+        assert row["peak_extra_mib"] == row["graph_us"] == ""  # only measured on a GPU
+        assert float(row["host_us"]) > 0 and row["layout"] == "flat"
         # smoke shape B=2, K=3, T=12, P=4, D=16 in fp32: the loss, or the three gradients
         outputs = 4 if row["mode"] == "fwd" else 4 * (2 * 4 * 16 + 2 * 4 * 12 * 16 + 1)
         assert float(row["outputs_mib"]) == pytest.approx(outputs / 2**20, abs=5e-5)
@@ -140,7 +143,7 @@ def test_local_hn_smoke(tmp_path):
     table = out[out.index("Measurements") :]
     for row in rows:
         assert any(
-            line.split()[:5] == ["smoke", "fp32", "minmax", row["mode"], row["provider"]]
+            line.split()[:6] == ["smoke", "fp32", "minmax", "flat", row["mode"], row["provider"]]
             for line in table.splitlines()
         )
     assert f"{len(rows)} rows appended to {results}" in out
@@ -225,6 +228,7 @@ def test_plots(tmp_path):
             "B": b,
             "dtype": "bf16",
             "normalizer": "minmax",
+            "layout": "flat",
             "mode": mode,
             "provider": provider,
             "median_us": str(us * b),

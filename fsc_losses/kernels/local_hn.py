@@ -39,6 +39,16 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Triton 3.6's interpreter cannot loop to a bound read from memory or derived from the program id
 # (compiled kernels can); 3.8's can.
 _INTERPRETER_TOO_OLD = tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 8)
+# Every kernel the host code launches (the tests count them, the resource report compiles them,
+# fsc_losses.check replaces them by no-ops to time the host's own work).
+LAUNCHED = (
+    "_similarity_kernel",
+    "_fixup_kernel",
+    "_pool_kernel",
+    "_finish_kernel",
+    "_contrast_fwd_kernel",
+    "_tokens_bwd_kernel",
+)
 _ROW_STATS = 4  # per row: <Z,X>, |Z|^2 and |X|^2 of the pooled token Z and text token X, sum(A)
 
 
