@@ -26,13 +26,20 @@ plans (``kernel_resources.plan_launches``):
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-import triton
+if __name__ == "__main__" and os.environ.get("TRITON_INTERPRET") == "1":
+    # Interpreted kernels cannot be compiled: rerun without the interpreter.
+    os.environ.pop("TRITON_INTERPRET")
+    os.execv(sys.executable, [sys.executable, *sys.argv])
+
+import torch  # noqa: E402
+import triton  # noqa: E402
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -320,14 +327,48 @@ def report(counted: tuple[int, int], gpus=GPUS, dtypes=tuple(DTYPES)) -> str:
     return "\n".join(lines)
 
 
+def summaries(counted: tuple[int, int], gpus=GPUS, dtypes=tuple(DTYPES)):
+    """One dict per GPU, anchor shape and dtype: the forward + backward bound, its issue part, the
+    padded HBM floor, the target, and per launch its kernel, programs, balance, FLOPs and
+    instructions per warp."""
+    for gpu in gpus:
+        for shape in bench_local_hn.suite_shapes("anchors", counted):
+            for dtype_name in dtypes:
+                _, launches = costs(shape, dtype_name, gpu)
+                yield dict(
+                    gpu=gpu.name,
+                    shape=shape.name,
+                    dtype=dtype_name,
+                    total_us=total_us(launches, gpu, dtype_name),
+                    issue_us=sum(bounds_us(c, gpu, dtype_name)["issue"] for c in launches),
+                    floor_us=padded_floor_us(shape, dtype_name, gpu),
+                    target_us=TARGETS_US[shape.name] if gpu.name == "H100" and dtype_name == "bf16" else None,
+                    launches=[
+                        dict(
+                            kernel=c.kernel,
+                            programs=c.programs,
+                            balance=balance(c.programs, gpu),
+                            flops=c.flops,
+                            instructions=c.instructions,
+                        )
+                        for c in launches
+                    ],
+                )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--counted", type=int, nargs=2, default=bench_local_hn.COUNTED, metavar=("LO", "HI"))
     parser.add_argument("--gpu", nargs="+", choices=[g.name for g in GPUS], default=[g.name for g in GPUS])
     parser.add_argument("--dtype", nargs="+", choices=list(DTYPES), default=list(DTYPES))
+    parser.add_argument("--json", action="store_true", help="one JSON summary per GPU, shape and dtype")
     args = parser.parse_args(argv)
     gpus = [g for g in GPUS if g.name in args.gpu]
-    print(report(tuple(args.counted), gpus, tuple(args.dtype)))
+    if args.json:
+        for summary in summaries(tuple(args.counted), gpus, tuple(args.dtype)):
+            print(json.dumps(summary), flush=True)
+    else:
+        print(report(tuple(args.counted), gpus, tuple(args.dtype)))
     return 0
 
 

@@ -180,6 +180,7 @@ def compile_launch(launch: Launch, arch: int) -> dict:
             num_warps=int(compiled.metadata.num_warps),
             tensor_core_ops=len(re.findall(r"\b(?:wgmma\.mma_async|mma\.sync)\b", ptx)),
             wgmma=len(re.findall(r"\bwgmma\.mma_async\b", ptx)) > 0,
+            mma_sync=len(re.findall(r"\bmma\.sync\b", ptx)),
         )
         _cubins[id(_compiled[key])] = compiled.asm["cubin"]
     return _compiled[key]

@@ -201,7 +201,7 @@ def check_masks_not_empty(
     mask = text_mask.bool()
     empty = ~mask.any(dim=-1)
     if neg_valid is not None:
-        present = torch.cat([torch.ones_like(neg_valid[:, :1]), neg_valid], dim=1).bool()
+        present = torch.cat([torch.ones_like(empty[:, :1]), neg_valid.bool()], dim=1)
         empty = empty & present
         mask = mask & present.unsqueeze(-1)
     rows = mask.sum(dim=(1, 2))

@@ -167,7 +167,8 @@ def hn_contrast_loss(
     if neg_valid is None:
         present = torch.ones_like(logits, dtype=torch.bool)
     else:
-        present = torch.cat([torch.ones_like(neg_valid[:, :1]), neg_valid], dim=1).bool()
+        # The true caption's column, also when there are no negatives (neg_valid (B, 0)).
+        present = torch.cat([torch.ones_like(logits[:, :1], dtype=torch.bool), neg_valid.bool()], dim=1)
     counted = present[:, 1:].any(dim=1)
     # Rows without a negative are computed on harmless stand-in values, then dropped: keeps the
     # gradient finite for any gamma instead of evaluating (1 - p)^gamma at p = 1.

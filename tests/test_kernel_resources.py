@@ -99,7 +99,9 @@ def test_grids_fit_a_batch_beyond_65535_images():
 
     for dtype in (torch.bfloat16, torch.float32):
         _, _, launches = kernel_resources.plan_launches((70_000, 4, 77, 49, 512), dtype, 90, "minmax", False)
-        assert {launch.kernel for launch in launches} == set(kernel_resources.KERNEL_NAMES)
+        one_tile = dtype != torch.float32  # 49 patches: one tile of 64, no fix-up launch
+        expected = set(kernel_resources.KERNEL_NAMES) - ({"_fixup_kernel"} if one_tile else set())
+        assert {launch.kernel for launch in launches} == expected
         for launch in launches:
             assert kernel_resources.grid_fits(launch.grid), f"{launch.kernel}: grid {launch.grid}"
 
@@ -109,8 +111,9 @@ def test_16bit_dots_run_on_tensor_cores(rows):
     assert dots
     for row in dots:
         assert row["tensor_core_ops"] > 0, label(row)
-        if row["arch"] == 90:  # 64-row tiles: Hopper's warpgroup MMA
-            assert row["wgmma"], label(row)
+        if row["arch"] == 90:  # 64-row dots: Hopper's warpgroup MMA, every one of them (v3's dV
+            # dot at ViT-B/16 had the 32-patch tile as M and compiled to mma.sync)
+            assert row["wgmma"] and row["mma_sync"] == 0, label(row)
 
 
 def test_sass_loops_are_counted_with_their_trips():
@@ -162,23 +165,28 @@ def test_sass_loops_are_counted_with_their_trips():
 
 def test_the_instruction_aware_model_meets_the_targets(rows):
     """The cost model with every launch's SASS instruction bound and its residency (the resource
-    run compiled them first): the H100's bf16 forward + backward at or under the v4 targets
-    (155 / 123 / 111 / 174 us), the A100's within 3x the padded HBM floor; every launch that
-    computes keeps at least 75% of the SMs busy with the grids the host code plans."""
-    from benchmarks import bench_local_hn, kernel_cost
-
-    for gpu in kernel_cost.GPUS:
-        for shape in bench_local_hn.suite_shapes("anchors", bench_local_hn.COUNTED):
-            _, launches = kernel_cost.costs(shape, "bf16", gpu)
-            total = kernel_cost.total_us(launches, gpu, "bf16")
-            assert all(cost.instructions > 0 for cost in launches)
-            if gpu.name == "H100":
-                assert total <= kernel_cost.TARGETS_US[shape.name], (shape.name, total)
-            assert total <= 3 * kernel_cost.padded_floor_us(shape, "bf16", gpu), (gpu.name, shape.name, total)
-            for cost in launches:
-                if cost.flops:
-                    assert kernel_cost.balance(cost.programs, gpu) >= 0.75, (
-                        gpu.name,
-                        shape.name,
-                        cost.launch,
-                    )
+    run compiled the launches first, into the same cache): the H100's bf16 forward + backward at
+    or under the v4 targets (155 / 123 / 111 / 174 us), the A100's within 3x the padded HBM floor;
+    every launch that computes keeps at least 75% of the SMs busy with the grids the host code
+    plans."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [sys.executable, "benchmarks/kernel_cost.py", "--json", "--dtype", "bf16"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summaries = [json.loads(line) for line in done.stdout.splitlines()]
+    assert {(s["gpu"], s["shape"]) for s in summaries} == {(g, a) for g in ("H100", "A100") for a in ANCHORS}
+    for summary in summaries:
+        where = (summary["gpu"], summary["shape"], round(summary["total_us"], 1))
+        assert all(launch["instructions"] > 0 for launch in summary["launches"]), where
+        if summary["target_us"] is not None:
+            assert summary["total_us"] <= summary["target_us"], where
+        assert summary["total_us"] <= 3 * summary["floor_us"], where
+        for launch in summary["launches"]:
+            if launch["flops"]:
+                assert launch["balance"] >= 0.75, (*where, launch["kernel"])
