@@ -160,6 +160,49 @@ def time_calls(make_call: MakeCall, device: torch.device, plan: TimingPlan) -> T
     return Timing(statistics.median(samples_us), deciles[1], deciles[7], reps)
 
 
+def host_time_us(make_call: MakeCall, device: torch.device, reps: int) -> float:
+    """Median host time of ``make_call(i)()``: from the call to its return, the device idle at
+    the start (synchronised before, not after), so on a GPU it is what the host spends issuing
+    the work (Python, the dispatcher, autograd, allocations, launches), apart from what the GPU
+    spends running it. On the CPU it is the whole time."""
+    samples = []
+    for i in range(reps):
+        call = make_call(i)
+        synchronize(device)
+        start = time.perf_counter()
+        call()
+        samples.append(1e6 * (time.perf_counter() - start))
+    synchronize(device)
+    return statistics.median(samples)
+
+
+def graph_time_us(call: Callable[[], object], device: torch.device, reps: int) -> tuple[float | None, str]:
+    """Median GPU time of ``call`` captured once in a CUDA graph and replayed: no host work
+    between launches. ``(None, why)`` on the CPU or when capture fails."""
+    if device.type != "cuda":
+        return None, "CUDA graphs need a GPU"
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    try:
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                call()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            call()
+    except RuntimeError as error:  # a provider that cannot be captured (a host sync, say)
+        return None, f"capture failed: {str(error).splitlines()[0]}"
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for start, end in zip(starts, ends, strict=True):
+        start.record()
+        graph.replay()
+        end.record()
+    torch.cuda.synchronize(device)
+    return statistics.median(1e3 * s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)), ""
+
+
 def peak_extra_mib(make_call: MakeCall, device: torch.device) -> float | None:
     """Peak memory the timed part allocates on top of what is live before it (GPU only).
 

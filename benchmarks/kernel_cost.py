@@ -1,36 +1,50 @@
-"""Cost model of the local HN kernels: the bytes each launch moves, the FLOPs it does, how many of
-its programs have work, and the time these bound it to, next to the HBM floor (docs/kernels.md,
+"""Cost model of the local HN kernels: per launch, the bytes it moves, the FLOPs it does, the
+instructions it issues (read from its ahead-of-time SASS) and how many of its programs fit on an
+SM, and the time these bound it to, next to the HBM floor and the targets (docs/kernels.md,
 "Cost model").
 
-    python benchmarks/kernel_cost.py                 # markdown tables, H100 and A100
-    python benchmarks/kernel_cost.py --counted 5 40  # other caption lengths
+    python benchmarks/kernel_cost.py                    # markdown tables, H100 and A100, bf16 and fp32
+    python benchmarks/kernel_cost.py --gpu H100 --dtype bf16 --counted 5 40
 
-A model, not a measurement. It follows the kernels' loops (docs/kernels.md) with the tile sizes the
-plan picks. Traffic: a tensor's first read and every write go to HBM; a further read is an L2 hit
-when what was streamed since the previous read fits in the L2, and an HBM read otherwise. Time: a
-launch takes at least ``max(HBM bytes / bandwidth, FLOPs / peak)`` ("with L2": and its L2 bytes at an
-assumed L2 bandwidth), divided by its occupancy: an SM runs at most its share of each throughput,
-so a launch whose busy programs fill ``w`` waves of the SMs only ``busy / (w * SMs)`` full takes
-``1 / occupancy`` times as long. Captions count a uniform ``lo..hi`` positions each; an image's rows
-are padded to whole row blocks. Launch overheads (about a microsecond each) are not counted.
+A model, not a measurement. Per launch, with the tiles the plan picks and the grids the host code
+plans (``kernel_resources.plan_launches``):
+
+- **bytes**: a tensor's first read and every write go to HBM; a further read is an L2 hit when
+  what was streamed since fits in the L2 (the most recent bytes kept), an HBM read otherwise.
+- **issue**: instructions per warp per program from the SASS (``kernel_sass``: each loop body
+  times its trips, with captions of ``lo..hi`` counted positions and rows in whole blocks), times
+  the program's warps, over the SM's four schedulers issuing one instruction a cycle each.
+- **residency**: blocks an SM holds at once, from registers (allocated per warp in units of 256)
+  and shared memory (plus 1 KiB a block); an SM pulls at most ``resident x in flight / latency``
+  bytes a second (Little's law, ``in flight`` the block's shared memory: its pipelined operand
+  copies, 8 KiB at least), the GPU at most its HBM bandwidth.
+- **time**: ``max(HBM bytes / bandwidth, L2 bytes / L2 bandwidth, FLOPs / peak, issue)`` divided
+  by the launch's balance (``programs / (ceil(programs / SMs) x SMs)``: the busiest SM has the most
+  programs), plus a launch gap between launches.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+if __name__ == "__main__" and os.environ.get("TRITON_INTERPRET") == "1":
+    # Interpreted kernels cannot be compiled: rerun without the interpreter.
+    os.environ.pop("TRITON_INTERPRET")
+    os.execv(sys.executable, [sys.executable, *sys.argv])
+
+import torch  # noqa: E402
+import triton  # noqa: E402
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import bench_local_hn  # noqa: E402
-from benchmarks.common import SHARED_LIMIT  # noqa: E402
-from fsc_losses.kernels import local_hn  # noqa: E402
+from benchmarks import bench_local_hn, kernel_resources, kernel_sass  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -42,28 +56,51 @@ class Gpu:
     l2_bandwidth: float  # bytes/s: an assumption (not published by NVIDIA, not measured here)
     l2_size: float  # bytes
     peak: dict  # dtype name -> FLOP/s of the kernels' dots (tensor cores for 16-bit, FMA for fp32)
+    clock: float  # Hz, sustained under load (not the boost maximum)
+    shared_per_sm: int  # bytes
+    latency: float = 800e-9  # s, an HBM load under load
+    registers_per_sm: int = 65536
+    warps_per_sm: int = 64
+    blocks_per_sm: int = 32
+    schedulers: int = 4
+    launch_gap: float = 1.0e-6  # s between dependent launches on a stream
 
 
 GPUS = (
-    Gpu("H100", 90, 132, 3.35e12, 5.5e12, 50e6, {"bf16": 990e12, "fp32": 67e12}),
-    Gpu("A100", 80, 108, 2.0e12, 3.5e12, 40e6, {"bf16": 312e12, "fp32": 19.5e12}),
+    Gpu("H100", 90, 132, 3.35e12, 5.5e12, 50e6, {"bf16": 990e12, "fp32": 67e12}, 1.755e9, 233472),
+    Gpu("A100", 80, 108, 2.0e12, 3.5e12, 40e6, {"bf16": 312e12, "fp32": 19.5e12}, 1.41e9, 167936),
 )
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+# The v4 target (issue 25): the H100's bf16 forward + backward at or under these, us.
+TARGETS_US = {"ViT-B/32": 155, "ViT-B/16": 123, "ViT-L/14": 111, "ViT-L/14-336": 174}
+# v3's figures beside them (docs/kernels.md before v4): its bytes-only model and the issue lower
+# bound a review read from its SASS (issue 25), H100 bf16 forward + backward, us.
+V3_US = {
+    "ViT-B/32": (50, 61),
+    "ViT-B/16": (47, 129),
+    "ViT-L/14": (40, 55),
+    "ViT-L/14-336": (78, 106),
+}
 
 
-@dataclass(frozen=True)
+@dataclass
 class Cost:
     launch: str
     kernel: str
     hbm: float  # bytes
     l2: float  # bytes read again from L2
     flops: float
-    busy: float  # programs with work (expected)
+    programs: int = 0
+    warps: int = 0
+    registers: int = 0
+    shared: int = 0
+    instructions: float = 0.0  # per warp per program, expected
+    split: dict = field(default_factory=dict)
 
 
-def rows_per_image(groups: int, counted: tuple[int, int], block: int) -> tuple[float, float]:
-    """Expected rows of an image and expected rows after padding to whole blocks, for captions
-    of a uniform ``lo..hi`` counted positions each."""
+def rows_per_image(groups: int, counted: tuple[int, int], block: int) -> tuple[float, float, float]:
+    """Expected rows of an image, expected row blocks of ``block`` rows, and the expected blocks
+    past the first, for captions of a uniform ``lo..hi`` counted positions each."""
     lo, hi = counted
     dist = {0: 1.0}
     for _ in range(groups):
@@ -73,8 +110,8 @@ def rows_per_image(groups: int, counted: tuple[int, int], block: int) -> tuple[f
                 step[total + n] = step.get(total + n, 0.0) + p / (hi - lo + 1)
         dist = step
     rows = sum(r * p for r, p in dist.items())
-    padded = sum(-(-r // block) * block * p for r, p in dist.items())
-    return rows, padded
+    blocks = sum(-(-r // block) * p for r, p in dist.items())
+    return rows, blocks, sum(max(-(-r // block) - 1, 0) * p for r, p in dist.items())
 
 
 def cached(streamed: float, gpu: Gpu) -> float:
@@ -83,89 +120,159 @@ def cached(streamed: float, gpu: Gpu) -> float:
     return min(1.0, gpu.l2_size / streamed)
 
 
-def costs(shape: bench_local_hn.Shape, dtype_name: str, gpu: Gpu) -> tuple[local_hn.Tiles, list[Cost]]:
+def traffic(shape: bench_local_hn.Shape, dtype_name: str, gpu: Gpu, tiles) -> dict[str, Cost]:
+    """Bytes and FLOPs of each launch of the loss, forward and backward, by kernel name."""
     B, G, T, P, D = shape.batch, shape.groups, shape.length, shape.patches, shape.dim
-    dtype = DTYPES[dtype_name]
-    meta = dict(device="meta", dtype=dtype)
-    tiles = local_hn.plan(
-        torch.empty(B, P, D, **meta),
-        torch.empty(B, G, T, D, **meta),
-        local_hn.DeviceSpec(SHARED_LIMIT[gpu.arch]),
-    )
-    e = dtype.itemsize
-    rows, padded = rows_per_image(G, shape.counted, tiles.rows)
-    blocks = padded / tiles.rows
+    e = DTYPES[dtype_name].itemsize
+    split = dtype_name != "fp32"
+    rows, blocks, _ = rows_per_image(G, shape.counted, tiles.rows)
     n_tiles = -(-P // tiles.patches)
     columns = -(-D // tiles.columns)
-    padded_patches = n_tiles * tiles.patches
+    pitch = n_tiles * tiles.patches
     image = B * P * D * e
     text_rows = B * rows * D * e
-    weights = B * rows * P * e  # minmax / softmax store U in the tokens' dtype
-    tile_stats = 2 * B * n_tiles * rows * 4
-    parts = 3 * columns * B * rows * 4
-    row_stats = 6 * B * rows * 4
-    small = B * G * T * (4 + 1)  # the row list, the mask
-    matmul = 2 * B * padded * padded_patches * D  # one rows x patches x width product
-    similarity = Cost(
-        "forward: similarity",
-        "_similarity_kernel",
-        hbm=image + text_rows + weights + tile_stats + small,
-        # An image's rows again per patch tile; its patches again per extra row block.
-        l2=text_rows * (n_tiles - 1) + image * (blocks - 1),
-        flops=matmul,
-        busy=B * n_tiles,
-    )
+    weights32 = B * rows * pitch * 4  # fp32, or its two 16-bit halves
+    weights = B * rows * pitch * e  # the normalised weights the backward reads
+    row_lists = B * n_tiles * rows * 4
+    small = B * G * T  # the mask
+    padded = blocks * tiles.rows
+    matmul = 2 * B * padded * pitch * D  # one rows x patches x width product
+    costs = {
+        "_similarity_kernel": Cost(
+            "forward: similarity (rows numbered)",
+            "_similarity_kernel",
+            hbm=image + text_rows + weights32 + row_lists + small + 2 * B * n_tiles * rows * 4,
+            # An image's rows again per patch tile; its patches again per extra row block.
+            l2=text_rows * (n_tiles - 1) + image * (blocks - 1) + small * (n_tiles - 1),
+            flops=matmul,
+        )
+    }
+    if n_tiles > 1:
+        costs["_fixup_kernel"] = Cost(
+            "forward: weights' fix-up",
+            "_fixup_kernel",
+            hbm=weights32 + B * n_tiles * rows * 4,
+            l2=weights32 + 2 * B * n_tiles * n_tiles * rows * 4,
+            flops=0,
+        )
     # The pooling reads what the similarity launch streamed, last image first: the most recent
     # bytes, the ones the L2 still holds.
-    again = image + text_rows + weights
+    again = image + text_rows + weights32
     hit = cached(again, gpu)
-    pooling = Cost(
+    costs["_pool_kernel"] = Cost(
         "forward: pooling",
         "_pool_kernel",
-        hbm=(1 - hit) * again + tile_stats + parts + row_stats,
-        # U again per extra column block, V per extra row block.
-        l2=hit * again + weights * (columns - 1) + image * (blocks - 1),
-        flops=matmul,
-        busy=B * columns,
+        hbm=(1 - hit) * again + weights + 3 * columns * B * rows * 4 + B * rows * 4,
+        # The weights again per extra column block, the patches per extra row block.
+        l2=hit * again + weights32 * (columns - 1) + image * (blocks - 1) + B * n_tiles * rows * 4 * columns,
+        flops=matmul * (2 if split else 1),
     )
-    finish = Cost(
-        "forward: weights' fix-up, row statistics",
+    costs["_finish_kernel"] = Cost(
+        "forward: row statistics, scores",
         "_finish_kernel",
-        hbm=weights + tile_stats + row_stats + B * G * 4,
-        l2=weights + parts,
+        hbm=3 * B * rows * 4 + 2 * B * G * 4,
+        l2=3 * columns * B * rows * 4 + B * rows * 4,
         flops=0,
-        busy=B * n_tiles,
     )
-    contrast = Cost("forward: contrast", "_contrast_fwd_kernel", hbm=B * G * 12, l2=0, flops=0, busy=1)
-    backward = Cost(
+    costs["_contrast_fwd_kernel"] = Cost(
+        "forward: contrast", "_contrast_fwd_kernel", hbm=B * G * 12, l2=0, flops=0
+    )
+    costs["_tokens_bwd_kernel"] = Cost(
         "backward: token gradients",
         "_tokens_bwd_kernel",
-        hbm=image + weights + text_rows + B * G * T * D * e + image + row_stats + small,
-        # U twice per column block; X once in A and per patch tile in B; dX rows per patch tile.
-        l2=weights * (2 * columns - 1) + text_rows * (n_tiles + n_tiles),
+        # Reads the patches, the weights, the rows' text tokens, the statistics; writes the
+        # patches' gradient and every text position's (zeros at the padding).
+        hbm=image + weights + text_rows + 4 * B * rows * 4 + small + image + B * G * T * D * e,
+        # The weights twice per column block (Z, then dV), the patches per extra row block; past
+        # an image's first block, X and dX again per patch tile.
+        l2=weights * (2 * columns - 1)
+        + image * (blocks - 1)
+        + 2 * text_rows * (blocks - 1) / blocks * n_tiles,
         flops=2 * matmul,
-        busy=B * columns,
     )
-    reduce = Cost("backward: logit_scale sum", "_sum_kernel", hbm=B * 4, l2=0, flops=0, busy=1)
-    return tiles, [similarity, pooling, finish, contrast, backward, reduce]
+    return costs
 
 
-def occupancy(busy: float, gpu: Gpu) -> float:
-    """``busy / (waves * SMs)``: how full the SMs are, on average, over the waves of programs."""
-    return busy / (math.ceil(busy / gpu.sms) * gpu.sms)
+def residency(cost: Cost, gpu: Gpu) -> int:
+    """Blocks of the launch an SM holds at once."""
+    per_warp = math.ceil(max(cost.registers, 1) * 32 / 256) * 256
+    by_registers = gpu.registers_per_sm // (per_warp * cost.warps)
+    by_shared = gpu.shared_per_sm // (cost.shared + 1024)
+    return max(0, min(by_registers, by_shared, gpu.warps_per_sm // cost.warps, gpu.blocks_per_sm))
 
 
-def bound_us(cost: Cost, gpu: Gpu, dtype_name: str, with_l2: bool = False) -> float:
-    """The least time of a launch: its HBM traffic or its FLOPs (and with ``with_l2`` its L2
-    traffic) at the machine's rate, over its occupancy."""
-    seconds = max(cost.hbm / gpu.bandwidth, cost.flops / gpu.peak[dtype_name])
-    if with_l2:
-        seconds = max(seconds, cost.l2 / gpu.l2_bandwidth)
-    return 1e6 * seconds / occupancy(cost.busy, gpu)
+def balance(programs: int, gpu: Gpu) -> float:
+    """``programs / (ceil(programs / SMs) x SMs)``: how evenly the programs load the SMs."""
+    return programs / (math.ceil(programs / gpu.sms) * gpu.sms)
 
 
-def total_us(launches: list[Cost], gpu: Gpu, dtype_name: str, with_l2: bool = False) -> float:
-    return sum(bound_us(c, gpu, dtype_name, with_l2) for c in launches)
+def bounds_us(cost: Cost, gpu: Gpu, dtype_name: str) -> dict[str, float]:
+    """The launch's time bounds, us: HBM bytes (at the bandwidth its residency can draw), L2 bytes,
+    FLOPs and instruction issue, each over the launch's balance, and their maximum."""
+    in_flight = max(cost.shared, 8192) * max(residency(cost, gpu), 1)
+    bandwidth = min(gpu.bandwidth, gpu.sms * in_flight / gpu.latency)
+    issue = cost.programs * cost.warps * cost.instructions / (gpu.sms * gpu.schedulers * gpu.clock)
+    found = {
+        "hbm": cost.hbm / bandwidth,
+        "l2": cost.l2 / gpu.l2_bandwidth,
+        "flops": cost.flops / gpu.peak[dtype_name],
+        "issue": issue,
+    }
+    found = {name: 1e6 * seconds / balance(cost.programs, gpu) for name, seconds in found.items()}
+    found["bound"] = max(found.values())
+    return found
+
+
+def costs(shape: bench_local_hn.Shape, dtype_name: str, gpu: Gpu):
+    """``(tiles, [Cost])``: every launch of the loss, forward and backward, with its traffic,
+    grid, compiled resources and instructions."""
+    sizes = (shape.batch, shape.groups, shape.length, shape.patches, shape.dim)
+    dtype = DTYPES[dtype_name]
+    _, tiles, launches = kernel_resources.plan_launches(sizes, dtype, gpu.arch, "minmax", False, ("loss",))
+    found = traffic(shape, dtype_name, gpu, tiles)
+    _, blocks, further = rows_per_image(shape.groups, shape.counted, tiles.rows)
+    n_tiles = -(-shape.patches // tiles.patches)
+    columns = -(-shape.dim // tiles.columns)
+    block_t = triton.next_power_of_2(shape.length)
+    trips = {
+        ("_similarity_kernel", "first"): blocks,
+        ("_similarity_kernel", "d0"): -(-shape.dim // tiles.width),
+        ("_fixup_kernel", "first"): blocks,
+        ("_row_range", "j"): n_tiles,
+        ("_pool_kernel", "first"): blocks,
+        ("_pool_kernel", "j"): n_tiles,
+        ("_finish_kernel", "first"): blocks,
+        ("_finish_kernel", "c"): columns,
+        ("_contrast_fwd_kernel", "b0"): -(
+            -shape.batch // max(16, min(128, triton.next_power_of_2(shape.batch)))
+        ),
+        ("_tokens_bwd_kernel", "g"): shape.groups,
+        ("_tokens_bwd_kernel", "z0"): -(-tiles.columns // min(tiles.columns, max(16, 4096 // block_t))),
+        ("_tokens_bwd_kernel", "first"): further,
+        ("_tokens_bwd_kernel", "j"): n_tiles,
+        ("_pooled", "j"): n_tiles,
+        ("_scale_grad", "b0"): -(-shape.batch // 128),
+    }
+    result = []
+    for launch in launches:
+        cost = found[launch.kernel]
+        usage = kernel_resources.compile_launch(launch, gpu.arch)
+        cost.programs = launch.grid[0]
+        cost.warps = usage["num_warps"]
+        cost.registers = usage["registers"]
+        cost.shared = usage["shared_bytes"]
+        cost.instructions, cost.split = kernel_sass.instructions_per_program(
+            kernel_resources.sass(launch, gpu.arch), trips, cost.programs, columns
+        )
+        result.append(cost)
+    return tiles, result
+
+
+def total_us(launches: list[Cost], gpu: Gpu, dtype_name: str) -> float:
+    """Forward + backward: every launch's bound, and a gap between consecutive launches."""
+    return sum(bounds_us(c, gpu, dtype_name)["bound"] for c in launches) + 1e6 * gpu.launch_gap * (
+        len(launches) - 1
+    )
 
 
 def padded_floor_us(shape: bench_local_hn.Shape, dtype_name: str, gpu: Gpu) -> float:
@@ -174,66 +281,94 @@ def padded_floor_us(shape: bench_local_hn.Shape, dtype_name: str, gpu: Gpu) -> f
     return 1e6 * floor / gpu.bandwidth
 
 
-def report(counted: tuple[int, int]) -> str:
+def report(counted: tuple[int, int], gpus=GPUS, dtypes=tuple(DTYPES)) -> str:
     lines = []
-    for gpu in GPUS:
+    for gpu in gpus:
         lines += [
-            f"#### {gpu.name} ({gpu.sms} SMs, {gpu.bandwidth / 1e12:.2f} TB/s, "
+            f"#### {gpu.name} ({gpu.sms} SMs at {gpu.clock / 1e9:.2f} GHz, {gpu.bandwidth / 1e12:.2f} TB/s, "
             f"{gpu.peak['bf16'] / 1e12:.0f} TFLOP/s bf16, {gpu.peak['fp32'] / 1e12:.1f} TFLOP/s fp32 FMA; "
             f"L2 {gpu.l2_size / 1e6:.0f} MB, assumed {gpu.l2_bandwidth / 1e12:.1f} TB/s)",
             "",
-            "| shape | dtype | launch | HBM MB | L2 MB | GFLOP | busy programs | occupancy | bound us "
-            "| L2 us |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| shape | dtype | launch | programs | regs / smem KiB / blocks per SM | instr per warp | "
+            "HBM MB | L2 MB | GFLOP | HBM us | L2 us | FLOP us | issue us | bound us |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         totals = []
         for shape in bench_local_hn.suite_shapes("anchors", counted):
-            for dtype_name in DTYPES:
+            for dtype_name in dtypes:
                 tiles, launches = costs(shape, dtype_name, gpu)
                 for c in launches:
-                    if c.flops or c.hbm > 1e6:
-                        lines.append(
-                            f"| {shape.name} | {dtype_name} | {c.launch} | {c.hbm / 1e6:,.1f} | "
-                            f"{c.l2 / 1e6:,.1f} | {c.flops / 1e9:,.2f} | {c.busy:,.0f} | "
-                            f"{occupancy(c.busy, gpu):.2f} | {bound_us(c, gpu, dtype_name):,.1f} | "
-                            f"{1e6 * c.l2 / gpu.l2_bandwidth / occupancy(c.busy, gpu):,.1f} |"
-                        )
-                dtype = DTYPES[dtype_name]
-                positions = shape.captions * sum(counted) / 2
-                counted_floor = bench_local_hn.floor_bytes(shape, dtype, "fwd+bwd", positions)
-                totals.append(
-                    (
-                        shape.name,
-                        dtype_name,
-                        total_us(launches, gpu, dtype_name),
-                        total_us(launches, gpu, dtype_name, with_l2=True),
-                        padded_floor_us(shape, dtype_name, gpu),
-                        1e6 * counted_floor / gpu.bandwidth,
-                        tiles,
+                    b = bounds_us(c, gpu, dtype_name)
+                    lines.append(
+                        f"| {shape.name} | {dtype_name} | {c.launch} | {c.programs:,} | {c.registers} / "
+                        f"{c.shared / 1024:.0f} / {residency(c, gpu)} | {c.instructions:,.0f} | "
+                        f"{c.hbm / 1e6:,.1f} | {c.l2 / 1e6:,.1f} | {c.flops / 1e9:,.2f} | {b['hbm']:,.1f} | "
+                        f"{b['l2']:,.1f} | {b['flops']:,.1f} | {b['issue']:,.1f} | {b['bound']:,.1f} |"
                     )
+                issue_only = sum(bounds_us(c, gpu, dtype_name)["issue"] for c in launches)
+                totals.append(
+                    (shape, dtype_name, tiles, len(launches), issue_only, total_us(launches, gpu, dtype_name))
                 )
         lines += [
             "",
-            "| shape | dtype | tiles (rows, patches, width, columns) | fwd + bwd bound us | "
-            "HBM floor padded us | bound / padded floor | with L2 us | with L2 / padded floor | "
-            "HBM floor counted us |",
+            "| shape | dtype | tiles (rows, patches, width, columns) | launches | issue us | "
+            "fwd + bwd bound us (with gaps) | HBM floor padded us | bound / floor | target us |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
-        for name, dtype_name, total, with_l2, floor_us, counted_us, tiles in totals:
+        for shape, dtype_name, tiles, count, issue_only, total in totals:
+            floor = padded_floor_us(shape, dtype_name, gpu)
+            target = TARGETS_US[shape.name] if gpu.name == "H100" and dtype_name == "bf16" else None
             sizes = f"{tiles.rows}, {tiles.patches}, {tiles.width}, {tiles.columns}"
             lines.append(
-                f"| {name} | {dtype_name} | {sizes} | {total:,.1f} | {floor_us:,.1f} | "
-                f"{total / floor_us:.2f} | {with_l2:,.1f} | {with_l2 / floor_us:.2f} | {counted_us:,.1f} |"
+                f"| {shape.name} | {dtype_name} | {sizes} | {count} | {issue_only:,.1f} | {total:,.1f} | "
+                f"{floor:,.1f} | {total / floor:.2f} | {'' if target is None else target} |"
             )
         lines.append("")
     return "\n".join(lines)
 
 
+def summaries(counted: tuple[int, int], gpus=GPUS, dtypes=tuple(DTYPES)):
+    """One dict per GPU, anchor shape and dtype: the forward + backward bound, its issue part, the
+    padded HBM floor, the target, and per launch its kernel, programs, balance, FLOPs and
+    instructions per warp."""
+    for gpu in gpus:
+        for shape in bench_local_hn.suite_shapes("anchors", counted):
+            for dtype_name in dtypes:
+                _, launches = costs(shape, dtype_name, gpu)
+                yield dict(
+                    gpu=gpu.name,
+                    shape=shape.name,
+                    dtype=dtype_name,
+                    total_us=total_us(launches, gpu, dtype_name),
+                    issue_us=sum(bounds_us(c, gpu, dtype_name)["issue"] for c in launches),
+                    floor_us=padded_floor_us(shape, dtype_name, gpu),
+                    target_us=TARGETS_US[shape.name] if gpu.name == "H100" and dtype_name == "bf16" else None,
+                    launches=[
+                        dict(
+                            kernel=c.kernel,
+                            programs=c.programs,
+                            balance=balance(c.programs, gpu),
+                            flops=c.flops,
+                            instructions=c.instructions,
+                        )
+                        for c in launches
+                    ],
+                )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--counted", type=int, nargs=2, default=bench_local_hn.COUNTED, metavar=("LO", "HI"))
+    parser.add_argument("--gpu", nargs="+", choices=[g.name for g in GPUS], default=[g.name for g in GPUS])
+    parser.add_argument("--dtype", nargs="+", choices=list(DTYPES), default=list(DTYPES))
+    parser.add_argument("--json", action="store_true", help="one JSON summary per GPU, shape and dtype")
     args = parser.parse_args(argv)
-    print(report(tuple(args.counted)))
+    gpus = [g for g in GPUS if g.name in args.gpu]
+    if args.json:
+        for summary in summaries(tuple(args.counted), gpus, tuple(args.dtype)):
+            print(json.dumps(summary), flush=True)
+    else:
+        print(report(tuple(args.counted), gpus, tuple(args.dtype)))
     return 0
 
 

@@ -19,6 +19,7 @@ so launches that share a compiled kernel are compiled once.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -48,6 +49,14 @@ if __package__ in (None, ""):
 from benchmarks.common import SHARED_LIMIT  # noqa: E402
 from fsc_losses.kernels import local_hn  # noqa: E402
 
+# Triton's cache is keyed by the kernels' own source, not by the file's: a kernel compiled from
+# another checkout, or before an edit elsewhere in the file, would come back with that file's
+# path and line numbers in its SASS, which the cost model reads. A cache of this file's own.
+if "TRITON_CACHE_DIR" not in os.environ:
+    _source = Path(local_hn.__file__).resolve()
+    _digest = hashlib.sha256(str(_source).encode() + _source.read_bytes()).hexdigest()[:16]
+    os.environ["TRITON_CACHE_DIR"] = str(Path.home() / ".triton" / "cache" / f"fsc_losses-{_digest}")
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # (name, (B, G, T, P, D)): ANCHORS.md's shapes with K = 3, and the kernels' limits.
 SHAPES = (
@@ -57,15 +66,9 @@ SHAPES = (
     ("ViT-L/14-336", (64, 4, 77, 576, 768)),
     ("limits", (8, 16, 256, 1024, 1280)),
 )
-KERNEL_NAMES = (
-    "_similarity_kernel",
-    "_pool_kernel",
-    "_finish_kernel",
-    "_contrast_fwd_kernel",
-    "_tokens_bwd_kernel",
-    "_sum_kernel",
-)
+KERNEL_NAMES = local_hn.LAUNCHED
 PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+NVDISASM = PTXAS.with_name("nvdisasm")
 # CUDA's grid limits: blocks along axis 0, and along axes 1 and 2.
 GRID_LIMITS = (2**31 - 1, 65535, 65535)
 
@@ -114,11 +117,20 @@ def recorded_launches() -> Iterator[list[Launch]]:
 OPS = ("loss", "scores")
 
 
-def plan_launches(shape, dtype: torch.dtype, arch: int, normalizer: str, sparsify: bool, ops=OPS):
+def plan_launches(
+    shape,
+    dtype: torch.dtype,
+    arch: int,
+    normalizer: str,
+    sparsify: bool,
+    ops=OPS,
+    max_rows: int | None = None,
+):
     """``(dispatch, tiles, launches)``: every launch of the custom ops ``ops`` (``"loss"``,
-    ``"scores"``), forward and backward, as the host code makes them on a device like ``arch``."""
+    ``"scores"``), forward and backward, as the host code makes them on a device like ``arch``
+    (buffers for ``max_rows`` rows an image: by default every position)."""
     B, G, T, P, D = shape
-    spec = local_hn.DeviceSpec(SHARED_LIMIT[arch])
+    spec = local_hn.DeviceSpec(SHARED_LIMIT[arch], divmod(arch, 10))
     meta = dict(device="meta")
     image = torch.empty(B, P, D, dtype=dtype, **meta)
     text = torch.empty(B, G, T, D, dtype=dtype, **meta)
@@ -126,11 +138,12 @@ def plan_launches(shape, dtype: torch.dtype, arch: int, normalizer: str, sparsif
     scale = torch.empty((), dtype=torch.float32, **meta)
     dispatch = "triton" if local_hn.shape_reason(image, text, spec) is None else "reference"
     tiles = local_hn.plan(image, text, spec) or local_hn._candidates(dtype, P)[-1]
+    rows = local_hn.row_capacity(G, T, max_rows)
     with recorded_launches() as launches:
         for op in ops:
             valid = torch.empty(B, G - 1, dtype=torch.bool, **meta) if op == "loss" else None
             lse, _, saved = local_hn._forward(
-                image, text, mask, scale, valid, normalizer, sparsify, tiles, scores=op == "scores"
+                image, text, mask, scale, valid, normalizer, sparsify, rows, tiles, scores=op == "scores"
             )
             if op == "loss":
                 _, dlse = local_hn._contrast(lse, valid, 2.0, 0.02, dtype)
@@ -164,10 +177,29 @@ def compile_launch(launch: Launch, arch: int) -> dict:
         _compiled[key] = dict(
             **ptxas_usage(ptx, arch),
             shared_bytes=int(compiled.metadata.shared),
+            num_warps=int(compiled.metadata.num_warps),
             tensor_core_ops=len(re.findall(r"\b(?:wgmma\.mma_async|mma\.sync)\b", ptx)),
             wgmma=len(re.findall(r"\bwgmma\.mma_async\b", ptx)) > 0,
+            mma_sync=len(re.findall(r"\bmma\.sync\b", ptx)),
         )
+        _cubins[id(_compiled[key])] = compiled.asm["cubin"]
     return _compiled[key]
+
+
+_cubins: dict[int, bytes] = {}
+
+
+def sass(launch: Launch, arch: int) -> str:
+    """The launch's SASS for ``sm_<arch>`` with source lines (the bundled ``nvdisasm -c -gi``:
+    each instruction under the ``//## File ..., line N [inlined at ..., line M]`` it comes from)."""
+    cubin = _cubins[id(compile_launch(launch, arch))]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        done = subprocess.run(
+            [str(NVDISASM), "-c", "-gi", str(path)], capture_output=True, text=True, check=True
+        )
+    return done.stdout
 
 
 def ptxas_usage(ptx: str, arch: int) -> dict:

@@ -2,9 +2,11 @@
 
 Prints the environment, then for each dtype the device can check, at a small shape and at a
 ViT-B/16-sized one, runs the local HN loss forward and backward with the Triton kernels and with
-the reference: which backend ``backend="auto"`` picks and why, the time of each, and the kernels'
-largest errors against the float64 reference relative to the kernel tests' tolerances. Exits 1
-when the kernels fail or miss a tolerance.
+the reference: which backend ``backend="auto"`` picks and why, the time of each, the kernels'
+largest errors against the float64 reference relative to the kernel tests' tolerances, and the
+host's overhead per call (its own work, with the kernel launches replaced by no-ops, next to a
+trivial autograd op's; on a GPU also the host time with the kernels). Exits 1 when the kernels
+fail or miss a tolerance.
 
 On the CPU the kernels are not used (``auto`` takes them for CUDA tensors only) and only the
 reference runs; with ``TRITON_INTERPRET=1`` the kernels run under Triton's interpreter at the
@@ -133,6 +135,45 @@ def timed(fn, device: torch.device, reps: int):
     return result, statistics.median(times) if times else float("nan")
 
 
+def host_us(fn, device: torch.device, reps: int, no_op_kernels: bool) -> float:
+    """Median host time of one ``fn()``, the device idle at its start (synchronised before, not
+    after): what the host spends issuing it. With ``no_op_kernels`` every kernel launch of the
+    local HN kernels does nothing, so that on any machine (the CPU interpreter included) what is
+    left is the host's own work: Python, the dispatcher, autograd, allocations."""
+    from .kernels import local_hn
+
+    kernels = {name: getattr(local_hn, name) for name in local_hn.LAUNCHED}
+
+    class NoOp:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: None
+
+    samples = []
+    try:
+        if no_op_kernels:
+            for name in kernels:
+                setattr(local_hn, name, NoOp())
+        fn()
+        for _ in range(reps):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - start) * 1e6)
+    finally:
+        for name, kernel in kernels.items():
+            setattr(local_hn, name, kernel)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return statistics.median(samples)
+
+
+def trivial_autograd_us(device: torch.device, reps: int) -> float:
+    """Median host time of a trivial op's forward and backward, for scale."""
+    x = torch.ones(8, device=device, requires_grad=True)
+    return host_us(lambda: torch.autograd.grad((x * 2.0).sum(), x), device, reps, no_op_kernels=False)
+
+
 def error_ratios(got, expected, dtype, upstream) -> list[float]:
     """Largest ``|got - expected| / allowed`` of the loss and each gradient; inf where either is
     not finite (a tolerance scaled by a non-finite reference would pass anything)."""
@@ -195,6 +236,16 @@ def check_kernels(image, text, mask, neg_valid, upstream, dtype, device, reps) -
     listing = ", ".join(f"{name} {ratio:.3g}" for name, ratio in zip(("value", *LEAVES), ratios, strict=True))
     print(
         f"  kernels:   {ms:9.3f} ms; largest error / tolerance: {listing} -> {'ok' if passed else 'MISMATCH'}"
+    )
+    call = lambda: forward_backward("triton", image, text, mask, neg_valid, upstream, dtype)  # noqa: E731
+    overhead = host_us(call, device, 20, no_op_kernels=True)
+    trivial = trivial_autograd_us(device, 20)
+    issued = (
+        f"; with the kernels, {host_us(call, device, reps, False):,.1f} us" if device.type == "cuda" else ""
+    )
+    print(
+        f"  host:      {overhead:9,.1f} us per call with no-op kernels ({overhead / trivial:.1f}x a trivial "
+        f"autograd op's {trivial:,.1f} us){issued}"
     )
     return passed
 

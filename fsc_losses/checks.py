@@ -225,18 +225,28 @@ def value_checks_enabled(check_inputs: bool) -> bool:
 
 def check_masks_not_empty(
     text_mask: torch.Tensor, neg_valid: torch.Tensor | None, check_inputs: bool
-) -> None:
+) -> int | None:
     """The one value check: a present caption must count at least one position (a missing
-    negative's mask may be empty). One host synchronisation, when ``value_checks_enabled``."""
+    negative's mask may be empty). One host synchronisation, when ``value_checks_enabled``.
+
+    Returns the most positions any image of the ``(B, G, T)`` mask counts over its present
+    captions (read in the same synchronisation: the Triton kernels size their buffers by it), or
+    None when the check did not run."""
     if not value_checks_enabled(check_inputs):
-        return
-    empty = ~text_mask.bool().any(dim=-1)
+        return None
+    mask = text_mask.bool()
+    empty = ~mask.any(dim=-1)
     if neg_valid is not None:
-        present = torch.cat([torch.ones_like(neg_valid[:, :1]), neg_valid], dim=1).bool()
+        present = torch.cat([torch.ones_like(empty[:, :1]), neg_valid.bool()], dim=1)
         empty = empty & present
-    if empty.any():
+        mask = mask & present.unsqueeze(-1)
+    rows = mask.sum(dim=(1, 2))
+    most = rows.amax() if rows.numel() else rows.new_zeros(())
+    any_empty, most_rows = torch.stack([empty.any().to(most.dtype), most]).tolist()
+    if any_empty:
         b, g = (int(i) for i in empty.nonzero()[0])
         raise ValueError(
             f"text_mask[{b}, {g}] counts no position, but caption {g} of image {b} is present; "
             "mark a missing negative False in neg_valid"
         )
+    return most_rows

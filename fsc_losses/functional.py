@@ -32,6 +32,7 @@ class LocalInputs(NamedTuple):
     text_mask: torch.Tensor  # (B, G, T) bool
     logit_scale: torch.Tensor  # ()
     neg_valid: torch.Tensor | None  # (B, G-1) bool
+    max_rows: int | None = None  # the most positions an image counts, when the value check read it
 
 
 def _grouped(name: str, t: torch.Tensor, grouped_rank: int, batch: int, layout: str) -> torch.Tensor:
@@ -116,8 +117,9 @@ def select_kernels(backend: str, inputs: LocalInputs) -> ModuleType | None:
 
     ``auto`` takes the kernels for CUDA tensors when Triton imports; ``triton`` insists (on the
     CPU only under ``TRITON_INTERPRET=1``). Inputs the kernels do not support fall back to the
-    reference with one warning; under ``triton``, inputs for which no tile size fits the device's
-    shared memory raise a ValueError naming the shape and the limit instead.
+    reference with one warning; under ``triton``, a device the kernels cannot run on (a compute
+    capability below 8.0, or no tile size that fits its shared memory) raises a ValueError naming
+    it instead.
     """
     check_backend(backend)
     if backend == "reference":
@@ -139,9 +141,9 @@ def select_kernels(backend: str, inputs: LocalInputs) -> ModuleType | None:
     reason = kernels.unsupported_reason(inputs.image_tokens, inputs.text_tokens)
     if reason is None:
         return kernels
-    if backend == "triton" and reason == kernels.fit_reason(inputs.image_tokens, inputs.text_tokens):
-        # The only obstacle is the device's shared memory, and launching would fail with Triton's
-        # out-of-resources error: say why instead. Other reasons fall back like under auto.
+    if backend == "triton" and reason == kernels.device_reason(inputs.image_tokens, inputs.text_tokens):
+        # The only obstacle is the device (too old, or too little shared memory), and launching
+        # would fail or crawl: say why instead. Other reasons fall back like under auto.
         raise ValueError(f"backend='triton' cannot run on {inputs.image_tokens.device}: {reason}")
     _warn_once(f"fsc_losses: the Triton kernels do not support {reason}; using the reference")
     return None
@@ -174,26 +176,21 @@ def local_hn_scores(
         normalizer: ``"minmax"`` (default) or ``"softmax"``.
         sparsify: with ``minmax``, drop patches whose min-max score is below ``1/P``.
         neg_valid: ``(B, G-1)`` bool, optional: a missing negative's mask may be empty (its score
-            is then ``-inf``); every other caption must count a position.
+            is then ``-inf``); every other caption must count a position (the value check).
         backend: ``"auto"``, ``"triton"`` or ``"reference"``.
         check_inputs: run the value check (empty masks), which synchronises with the device.
+            Without it, a present caption that counts no position scores ``-inf`` too.
 
     Returns:
         ``(B, G)`` local scores in the tokens' dtype.
     """
     inputs = prepare_local_inputs(image_tokens, text_tokens, text_mask, logit_scale, neg_valid)
     checks.check_normalizer(normalizer, sparsify)
-    checks.check_masks_not_empty(inputs.text_mask, inputs.neg_valid, check_inputs)
+    max_rows = checks.check_masks_not_empty(inputs.text_mask, inputs.neg_valid, check_inputs)
     kernels = select_kernels(backend, inputs)
-    impl = reference if kernels is None else kernels
-    return impl.local_hn_scores(
-        inputs.image_tokens,
-        inputs.text_tokens,
-        inputs.text_mask,
-        inputs.logit_scale,
-        normalizer,
-        sparsify,
-    )
+    if kernels is None:
+        return reference.local_hn_scores(*inputs[:4], normalizer, sparsify)
+    return kernels.local_hn_scores(*inputs[:4], normalizer, sparsify, max_rows=max_rows)
 
 
 def local_hn_loss(
@@ -213,12 +210,16 @@ def local_hn_loss(
     """Local HN loss: the local scores (:func:`local_hn_scores`) contrasted by
     :func:`hn_contrast` (focal weighting and label smoothing; SCR by default).
 
-    Arguments as :func:`local_hn_scores` and :func:`hn_contrast`. Returns a scalar.
+    Arguments as :func:`local_hn_scores` and :func:`hn_contrast`. Returns a scalar. With the value
+    check off (``check_inputs=False``, ``torch.compile``, CUDA-graph capture), a present negative
+    that counts no position acts as a missing one, and an image whose true caption counts none
+    drops out of the mean (:func:`contrasted_negatives`), with either backend.
     """
     inputs = prepare_local_inputs(image_tokens, text_tokens, text_mask, logit_scale, neg_valid)
     checks.check_normalizer(normalizer, sparsify)
     checks.check_criterion_params(focal_gamma, label_smoothing)
-    checks.check_masks_not_empty(inputs.text_mask, inputs.neg_valid, check_inputs)
+    max_rows = checks.check_masks_not_empty(inputs.text_mask, inputs.neg_valid, check_inputs)
+    inputs = inputs._replace(max_rows=max_rows)
     return local_hn_loss_unchecked(inputs, normalizer, sparsify, focal_gamma, label_smoothing, backend)
 
 
@@ -235,10 +236,19 @@ def local_hn_loss_unchecked(
     kernels = select_kernels(backend, inputs)
     if kernels is not None:
         return kernels.local_hn_loss(
-            *inputs[:4], inputs.neg_valid, normalizer, sparsify, float(focal_gamma), eps
+            *inputs[:4], inputs.neg_valid, normalizer, sparsify, float(focal_gamma), eps, inputs.max_rows
         )
-    scores = reference.local_hn_scores(*inputs[:4], normalizer, sparsify)
-    return reference.hn_contrast_loss(scores, inputs.neg_valid, float(focal_gamma), eps)
+    return reference.local_hn_loss(
+        *inputs[:4], inputs.neg_valid, normalizer, sparsify, float(focal_gamma), eps
+    )
+
+
+def contrasted_negatives(text_mask: torch.Tensor, neg_valid: torch.Tensor | None, batch: int) -> torch.Tensor:
+    """``(B, G-1)`` bool, the negatives the local HN contrast takes
+    (``reference.contrasted_negatives``), from a grouped ``(B, G, T)`` or flat ``(B*G, T)`` mask of
+    ``batch`` images."""
+    mask = text_mask if text_mask.dim() == 3 else group_captions(text_mask, batch)
+    return reference.contrasted_negatives(mask, neg_valid)
 
 
 def prepare_contrast_inputs(

@@ -9,7 +9,8 @@ negatives, type by type).
 
 Every module takes ``check_inputs``: value checks (today: a present caption whose mask counts no
 position) synchronise with the device, so they run once per call, are skipped under
-``torch.compile`` and CUDA-graph capture, and are off with ``check_inputs=False``. Shape, dtype and
+``torch.compile`` and CUDA-graph capture, and are off with ``check_inputs=False``; unchecked, such a
+caption is left out of the local HN contrast as a missing one (docs/losses.md). Shape, dtype and
 device checks always run.
 """
 
@@ -77,8 +78,11 @@ class LocalHNLoss(nn.Module):
         normalizer: ``"minmax"`` (default) or ``"softmax"`` weights over patches.
         sparsify: with ``minmax``, drop patches whose min-max score is below ``1/P``.
         criterion: ``callable(logits (B, G), neg_valid) -> scalar``; default
-            ``SelectiveCalibratedReg()``.
-        backend: ``"auto"`` (kernels on CUDA when Triton imports), ``"triton"`` or ``"reference"``.
+            ``SelectiveCalibratedReg()``. It receives ``neg_valid`` as a ``(B, G-1)`` bool tensor:
+            the present negatives whose caption counts a position
+            (:func:`~fsc_losses.functional.contrasted_negatives`).
+        backend: ``"auto"`` (kernels on CUDA when Triton imports, compute capability 8.0 or
+            newer), ``"triton"`` or ``"reference"``.
         check_inputs: run the value checks (see the module docstring).
 
     Shape:
@@ -137,7 +141,10 @@ class LocalHNLoss(nn.Module):
             backend=self.backend,
             check_inputs=self.check_inputs,
         )
-        return self.criterion(scores, neg_valid)
+        # A present caption without a counted position (the value check off) is left out as a
+        # missing one, as the SCR path does.
+        negatives = functional.contrasted_negatives(text_mask, neg_valid, image_tokens.shape[0])
+        return self.criterion(scores, negatives)
 
     def extra_repr(self) -> str:
         return f"normalizer={self.normalizer!r}, sparsify={self.sparsify}, backend={self.backend!r}"
@@ -265,7 +272,8 @@ class FSCLoss(nn.Module):
         if local_inputs is not None:
             checks.require_size("image_tokens", local_inputs.image_tokens, 2, image_features.shape[1], "D")
             checks.require_size("text_tokens", local_inputs.text_tokens, 1, text_features.shape[1], "G")
-            checks.check_masks_not_empty(local_inputs.text_mask, neg_valid, self.check_inputs)
+            max_rows = checks.check_masks_not_empty(local_inputs.text_mask, neg_valid, self.check_inputs)
+            local_inputs = local_inputs._replace(max_rows=max_rows)
 
         losses = {
             "contrastive_loss": functional.contrastive_loss(

@@ -111,6 +111,40 @@ def local_hn_scores(
     return masked_logsumexp(scores, text_mask)
 
 
+def contrasted_negatives(text_mask: torch.Tensor, neg_valid: torch.Tensor | None) -> torch.Tensor:
+    """``(B, G-1)`` bool: the negatives the local HN contrast takes, those present (``neg_valid``,
+    default all) whose caption counts a position, and none for an image whose true caption counts
+    none. A present caption with no counted position (which the value check refuses, but which
+    reaches the loss when the check is off) thus acts as a missing negative, and such an image drops
+    out of the mean instead of making the whole batch's loss infinite.
+
+    Args:
+        text_mask: ``(B, G, T)`` bool, positions that count.
+        neg_valid: ``(B, G-1)`` bool or None.
+    """
+    has_rows = text_mask.bool().any(dim=-1)
+    contrasted = has_rows[:, 1:] & has_rows[:, :1]
+    return contrasted if neg_valid is None else contrasted & neg_valid.bool()
+
+
+def local_hn_loss(
+    image_tokens: torch.Tensor,
+    text_tokens: torch.Tensor,
+    text_mask: torch.Tensor,
+    logit_scale: torch.Tensor,
+    neg_valid: torch.Tensor | None = None,
+    normalizer: str = "minmax",
+    sparsify: bool = False,
+    focal_gamma: float = 2.0,
+    label_smoothing: float = 0.02,
+) -> torch.Tensor:
+    """The local HN loss: :func:`local_hn_scores` contrasted by :func:`hn_contrast_loss` over the
+    :func:`contrasted_negatives` (SPEC sections 2-3). Shapes as :func:`local_hn_scores`."""
+    scores = local_hn_scores(image_tokens, text_tokens, text_mask, logit_scale, normalizer, sparsify)
+    negatives = contrasted_negatives(text_mask, neg_valid)
+    return hn_contrast_loss(scores, negatives, focal_gamma, label_smoothing)
+
+
 def hn_contrast_loss(
     logits: torch.Tensor,
     neg_valid: torch.Tensor | None = None,
@@ -133,7 +167,8 @@ def hn_contrast_loss(
     if neg_valid is None:
         present = torch.ones_like(logits, dtype=torch.bool)
     else:
-        present = torch.cat([torch.ones_like(neg_valid[:, :1]), neg_valid], dim=1).bool()
+        # The true caption's column, also when there are no negatives (neg_valid (B, 0)).
+        present = torch.cat([torch.ones_like(logits[:, :1], dtype=torch.bool), neg_valid.bool()], dim=1)
     counted = present[:, 1:].any(dim=1)
     # Rows without a negative are computed on harmless stand-in values, then dropped: keeps the
     # gradient finite for any gamma instead of evaluating (1 - p)^gamma at p = 1.

@@ -39,6 +39,8 @@ LOCAL_HN_COLUMNS = META_COLUMNS + [
     "median_us",
     "p20_us",
     "p80_us",
+    "host_us",
+    "graph_us",
     "peak_extra_mib",
     "outputs_mib",
     "hbm_floor_padded_us",
@@ -130,7 +132,8 @@ def test_local_hn_smoke(tmp_path):
     assert sorted((r["provider"], r["mode"]) for r in rows) == sorted((p, m) for p in expected for m in MODES)
     for row in rows:
         assert row["device"].startswith("CPU") and row["dtype"] == "fp32"
-        assert row["peak_extra_mib"] == ""  # only measured on a GPU
+        assert row["peak_extra_mib"] == row["graph_us"] == ""  # only measured on a GPU
+        assert float(row["host_us"]) > 0 and row["layout"] == "flat"
         # smoke shape B=2, K=3, T=12, P=4, D=16 in fp32: the loss, or the three gradients
         outputs = 4 if row["mode"] == "fwd" else 4 * (2 * 4 * 16 + 2 * 4 * 12 * 16 + 1)
         assert float(row["outputs_mib"]) == pytest.approx(outputs / 2**20, abs=5e-5)
@@ -142,7 +145,7 @@ def test_local_hn_smoke(tmp_path):
     table = out[out.index("Measurements") :]
     for row in rows:
         assert any(
-            line.split()[:5] == ["smoke", "fp32", "minmax", row["mode"], row["provider"]]
+            line.split()[:6] == ["smoke", "fp32", "minmax", "flat", row["mode"], row["provider"]]
             for line in table.splitlines()
         )
     assert f"{len(rows)} rows appended to {results}" in out
@@ -227,6 +230,7 @@ def test_plots(tmp_path):
             "B": b,
             "dtype": "bf16",
             "normalizer": "minmax",
+            "layout": "flat",
             "mode": mode,
             "provider": provider,
             "median_us": str(us * b),
@@ -240,42 +244,6 @@ def test_plots(tmp_path):
     assert sorted(p.name for p in written) == ["speedup_bf16_minmax.png", "time_vs_batch_bf16_minmax.png"]
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_kernel_cost_model_meets_the_bf16_target():
-    """The cost model (docs/kernels.md): bf16 forward + backward bounded by at most 2x the padded
-    HBM floor at every anchor shape, on an H100 and an A100, counting L2 traffic and occupancy."""
-    from benchmarks import kernel_cost
-
-    for gpu in kernel_cost.GPUS:
-        for shape in bench_local_hn.suite_shapes("anchors", bench_local_hn.COUNTED):
-            _, launches = kernel_cost.costs(shape, "bf16", gpu)
-            bound = kernel_cost.total_us(launches, gpu, "bf16", with_l2=True)
-            assert bound <= 2 * kernel_cost.padded_floor_us(shape, "bf16", gpu), (gpu.name, shape.name)
-    assert "| ViT-L/14-336 | bf16 |" in kernel_cost.report(bench_local_hn.COUNTED)
-
-
-def test_kernel_launches_that_compute_fill_the_gpu():
-    """Every launch with FLOPs keeps at least 75% of the SMs busy over its waves of programs, at
-    every anchor shape and dtype, on an H100 and an A100: 40 to 80 rows per image are one or two
-    row blocks, so a launch of one program per row block (v2's forward) would leave 40% of an
-    H100 idle at B = 64."""
-    from benchmarks import kernel_cost, kernel_resources
-
-    for gpu in kernel_cost.GPUS:
-        for shape in bench_local_hn.suite_shapes("anchors", bench_local_hn.COUNTED):
-            sizes = (shape.batch, shape.groups, shape.length, shape.patches, shape.dim)
-            for dtype_name, dtype in kernel_cost.DTYPES.items():
-                _, _, launches = kernel_resources.plan_launches(
-                    sizes, dtype, gpu.arch, "minmax", False, ("loss",)
-                )
-                grids = {launch.kernel: launch.grid for launch in launches}
-                for cost in kernel_cost.costs(shape, dtype_name, gpu)[1]:
-                    if cost.flops:
-                        where = (gpu.name, shape.name, dtype_name, cost.launch)
-                        # The model takes every program of the launch the host code plans as busy.
-                        assert grids[cost.kernel] == (cost.busy,), where
-                        assert kernel_cost.occupancy(cost.busy, gpu) >= 0.75, where
 
 
 def test_linear_ce_runs_chunked_once_per_chunk_size():

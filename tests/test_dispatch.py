@@ -49,9 +49,9 @@ def count_calls(monkeypatch, name):
     calls = []
     original = getattr(local_hn, name)
 
-    def counted(*args):
+    def counted(*args, **kwargs):
         calls.append(name)
-        return original(*args)
+        return original(*args, **kwargs)
 
     monkeypatch.setattr(local_hn, name, counted)
     return calls
@@ -146,3 +146,128 @@ def test_auto_falls_back_on_a_device_too_small(monkeypatch):
         value = LocalHNLoss(backend="auto")(*local)
     assert not calls
     torch.testing.assert_close(value, LocalHNLoss(backend="reference")(*local))
+
+
+def test_triton_backend_refuses_a_gpu_older_than_sm80(monkeypatch):
+    """On sm_75 the kernels' dots compile without tensor cores, on sm_70 they spill: ``triton``
+    names the compute capability instead of launching (``auto`` falls back: the GPU suite)."""
+    local = [make_inputs()[k] for k in ("image_tokens", "text_tokens", "text_mask", "logit_scale")]
+    calls = count_calls(monkeypatch, "local_hn_loss")
+    for capability, refused in (((7, 5), True), ((7, 0), True), ((8, 0), False), ((9, 0), False)):
+        spec = local_hn.DeviceSpec(1 << 30, capability)
+        monkeypatch.setattr(local_hn, "device_spec", lambda device, spec=spec: spec)
+        reason = local_hn.unsupported_reason(local[0], local[1])
+        assert (reason is not None) == refused, capability
+        if refused:
+            assert f"compute capability {capability[0]}.{capability[1]}" in reason
+            with pytest.raises(ValueError, match=rf"backend='triton'.*compute capability {capability[0]}\."):
+                LocalHNLoss(backend="triton")(*local)
+    assert not calls
+
+
+def _with_empty_present_captions(inputs):
+    """Image 0's negative 2 and image 1's true caption count no position, though present."""
+    mask = inputs["text_mask"].detach().clone()  # flat: caption k of image b is row k * B + b
+    mask[2 * B + 0] = False
+    mask[0 * B + 1] = False
+    return {k: v for k, v in dict(inputs, text_mask=mask).items() if k != "neg_valid"}
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_unchecked_empty_present_captions_act_as_missing(backend):
+    """With the value check off, a present negative that counts no position is a missing one, and
+    an image whose true caption counts none drops out of the mean: finite losses and gradients,
+    equal to saying so in neg_valid, through LocalHNLoss (either criterion) and FSCLoss."""
+    inputs = _with_empty_present_captions(make_inputs(seed=5))
+    said = torch.ones(B, K, dtype=torch.bool, device=DEVICE)
+    said[0, 1] = False  # negative 2 of image 0
+    said[1] = False  # image 1: no contrast without its true caption
+    local_names = ("image_tokens", "text_tokens", "text_mask", "logit_scale")
+    losses = {
+        "scr": lambda neg_valid, **inp: LocalHNLoss(backend=backend, check_inputs=False)(
+            *[inp[k] for k in local_names], neg_valid
+        ),
+        "criterion": lambda neg_valid, **inp: LocalHNLoss(
+            criterion=SelectiveCalibratedReg(), backend=backend, check_inputs=False
+        )(*[inp[k] for k in local_names], neg_valid),
+        "fsc": lambda neg_valid, **inp: FSCLoss(backend=backend, check_inputs=False)(
+            **dict(inp, neg_valid=neg_valid), output_dict=True
+        )["local_hn_loss"],
+    }
+    for name, loss_of in losses.items():
+        unchecked = loss_of(None, **inputs)
+        grads = grads_of(unchecked, inputs)
+        assert torch.isfinite(unchecked), name
+        assert all(g is None or torch.isfinite(g).all() for g in grads.values()), name
+        told = loss_of(said, **inputs)
+        torch.testing.assert_close(unchecked, told, rtol=1e-6, atol=0, msg=lambda m, n=name: f"{n}: {m}")
+        for key, grad in grads_of(told, inputs).items():
+            torch.testing.assert_close(
+                grads[key], grad, rtol=1e-6, atol=1e-9, msg=lambda m, k=key: f"{k}: {m}"
+            )
+    with pytest.raises(ValueError, match="counts no position"):  # checked, it is an input error
+        LocalHNLoss(backend=backend)(*[inputs[k] for k in local_names])
+
+
+@pytest.mark.gpu
+def test_auto_falls_back_on_a_gpu_older_than_sm80(monkeypatch):
+    monkeypatch.setattr(functional, "_warned", set())
+    monkeypatch.setattr(local_hn, "device_spec", lambda device: local_hn.DeviceSpec(1 << 30, (7, 5)))
+    calls = count_calls(monkeypatch, "local_hn_loss")
+    local = [make_inputs()[k] for k in ("image_tokens", "text_tokens", "text_mask", "logit_scale")]
+    with pytest.warns(UserWarning, match=r"compute capability 7\.5.*using the reference"):
+        value = LocalHNLoss(backend="auto")(*local)
+    assert not calls
+    torch.testing.assert_close(value, LocalHNLoss(backend="reference")(*local))
+
+
+def recorded_allocations(monkeypatch):
+    """Every buffer the kernels' host code allocates, in order."""
+    buffers = []
+    real = local_hn._empty
+
+    def recording(shape, dtype, device, strides=None):
+        buffers.append(real(shape, dtype, device, strides))
+        return buffers[-1]
+
+    monkeypatch.setattr(local_hn, "_empty", recording)
+    return buffers
+
+
+def test_flat_captions_get_their_gradient_without_a_copy(monkeypatch):
+    """Flat (G*B, T, D) text tokens reach the kernels as a grouped view; the text gradient is
+    allocated with that view's strides, so autograd hands the flat leaf the kernels' buffer itself
+    (v3 allocated it contiguous in the grouped layout: a full copy of it came back)."""
+    buffers = recorded_allocations(monkeypatch)
+    inputs = make_inputs()
+    local = [inputs[k] for k in ("image_tokens", "text_tokens", "text_mask", "logit_scale")]
+    loss = LocalHNLoss(backend="triton")(*local, inputs["neg_valid"])
+    buffers.clear()
+    d_image, d_text = torch.autograd.grad(loss, local[:2])
+    (kernel_text,) = [b for b in buffers if b.dim() == 4]
+    assert d_text.shape == (B * (1 + K), T, D) and d_text.is_contiguous()
+    assert d_text.data_ptr() == kernel_text.data_ptr()
+    (kernel_image,) = [b for b in buffers if b.shape == (B, P, D)]
+    assert d_image.data_ptr() == kernel_image.data_ptr()
+
+
+def test_the_value_check_sizes_the_kernels_buffers_by_the_counted_rows(monkeypatch):
+    """With the check on, its one synchronisation also reads the most positions an image counts,
+    and the saved weights hold that many rows (rounded up to 16), not G*T; results are bitwise
+    those of buffers sized for every position (the check off)."""
+    buffers = recorded_allocations(monkeypatch)
+    inputs = make_inputs(seed=3)
+    local = [inputs[k] for k in ("image_tokens", "text_tokens", "text_mask", "logit_scale")]
+    results = {}
+    for check_inputs in (True, False):
+        buffers.clear()
+        loss = LocalHNLoss(backend="triton", check_inputs=check_inputs)(*local, inputs["neg_valid"])
+        results[check_inputs] = (loss, *torch.autograd.grad(loss, local[:2]))
+        weights = next(b for b in buffers if b.dim() == 3 and b.dtype == torch.float32 and b.shape[0] == B)
+        results[check_inputs] += (weights.shape[1],)
+    grouped = inputs["text_mask"].view(1 + K, B, T).transpose(0, 1)
+    present = torch.cat([torch.ones(B, 1, dtype=torch.bool), inputs["neg_valid"].cpu()], 1)
+    most = int((grouped.cpu() & present[..., None]).sum((1, 2)).max())
+    assert results[True][-1] == -(-most // 16) * 16 < results[False][-1] == -(-(1 + K) * T // 16) * 16
+    for checked, unchecked in zip(results[True][:-1], results[False][:-1], strict=True):
+        assert torch.equal(checked, unchecked)

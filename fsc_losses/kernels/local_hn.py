@@ -39,7 +39,17 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Triton 3.6's interpreter cannot loop to a bound read from memory or derived from the program id
 # (compiled kernels can); 3.8's can.
 _INTERPRETER_TOO_OLD = tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 8)
-_ROW_STATS = 4  # per row: <Z,X>, |Z|^2 and |X|^2 of the pooled token Z and text token X, sum(U)
+# Every kernel the host code launches (the tests count them, the resource report compiles them,
+# fsc_losses.check replaces them by no-ops to time the host's own work).
+LAUNCHED = (
+    "_similarity_kernel",
+    "_fixup_kernel",
+    "_pool_kernel",
+    "_finish_kernel",
+    "_contrast_fwd_kernel",
+    "_tokens_bwd_kernel",
+)
+_ROW_STATS = 4  # per row: <Z,X>, |Z|^2 and |X|^2 of the pooled token Z and text token X, sum(A)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,142 +73,70 @@ def _counted(mask_ptr, valid_ptr, b64, g, t, G, T, smb, smg, smt, snb, snk, HAS_
 
 
 @triton.jit
-def _row_positions(mask_ptr, valid_ptr, b64, slot, G, T, smb, smg, smt, snb, snk, HAS_VALID: tl.constexpr):
-    """The positions ``q = g*T + t`` of image ``b``'s rows ``slot (BR,)``, from its mask: the
-    number of positions, caption after caption, that fewer than ``slot + 1`` rows reach. No row
-    list is read back, so any program numbers rows itself; 32 positions at a time keep the
-    comparison's registers few (all at once doubled the similarity kernel's)."""
-    offs = tl.arange(0, 32)
-    q = tl.zeros(slot.shape, dtype=tl.int32)
-    reached = 0  # rows before the chunk
-    for g in range(0, G):
-        for t0 in range(0, T, 32):
-            t = t0 + offs
-            counted = _counted(mask_ptr, valid_ptr, b64, g, t, G, T, smb, smg, smt, snb, snk, HAS_VALID)
-            upto = reached + tl.cumsum(counted, axis=0)
-            q += tl.sum(((upto[None, :] <= slot[:, None]) & (t < T)[None, :]).to(tl.int32), axis=1)
-            reached += tl.sum(counted, axis=0)
-    return q
+def _text_rows(x_ptr, b64, q, sxb, sxg, sxt):
+    """Pointers to the text tokens (or their gradient, with its strides) of image ``b``'s
+    positions ``q = g * 256 + t`` (``T <= 256``: a shift and a mask, not a division)."""
+    return x_ptr + b64 * sxb + (q >> 8).to(tl.int64) * sxg + (q & 255).to(tl.int64) * sxt
 
 
 @triton.jit
-def _text_rows(x_ptr, b64, q, T, sxb, sxg, sxt):
-    """Pointers to the text tokens of image ``b``'s positions ``q = g*T + t``."""
-    return x_ptr + b64 * sxb + (q // T).to(tl.int64) * sxg + (q % T).to(tl.int64) * sxt
-
-
-@triton.jit
-def _block_rows(rows_ptr, b64, first, n_rows, S, T, x_ptr, sxb, sxg, sxt, BR: tl.constexpr):
-    """Rows ``first .. first+BR`` of image ``b`` from its row list: their slots, which exist, their
-    positions ``q = g*T + t`` and pointers to their text tokens."""
+def _block_rows(rows_ptr, b64, first, n_rows, NT, R, x_ptr, sxb, sxg, sxt, BR: tl.constexpr):
+    """Rows ``first .. first+BR`` of image ``b`` from its row list (the similarity's copy 0):
+    their slots, which exist, their positions ``q = g * 256 + t`` and pointers to their text
+    tokens."""
     slot = first + tl.arange(0, BR)
     row_ok = slot < n_rows
-    q = tl.load(rows_ptr + b64 * S + slot, mask=row_ok, other=0)
-    return slot, row_ok, q, _text_rows(x_ptr, b64, q, T, sxb, sxg, sxt)
+    q = tl.load(rows_ptr + b64 * NT * R + slot, mask=row_ok, other=0)
+    return slot, row_ok, q, _text_rows(x_ptr, b64, q, sxb, sxg, sxt)
 
 
 @triton.jit
-def _row_range(tstat_ptr, b64, slot, row_ok, B, S, NT, BR: tl.constexpr):
+def _row_range(tstat_ptr, b64, slot, row_ok, B, R, NT, BR: tl.constexpr):
     """The rows' final statistics from their tiles': the smallest tile shift (``minmax``: the
     row's minimum) and the largest tile maximum (the row's maximum)."""
     lo = tl.full((BR,), float("inf"), dtype=tl.float32)
     hi = tl.full((BR,), float("-inf"), dtype=tl.float32)
     for j in range(0, NT):
-        lo = tl.minimum(lo, tl.load(tstat_ptr + (b64 * NT + j) * S + slot, mask=row_ok, other=float("inf")))
+        lo = tl.minimum(lo, tl.load(tstat_ptr + (b64 * NT + j) * R + slot, mask=row_ok, other=float("inf")))
         hi = tl.maximum(
-            hi, tl.load(tstat_ptr + ((B + b64) * NT + j) * S + slot, mask=row_ok, other=float("-inf"))
+            hi, tl.load(tstat_ptr + ((B + b64) * NT + j) * R + slot, mask=row_ok, other=float("-inf"))
         )
     return lo, hi
 
 
 @triton.jit
-def _weights(
-    w_ptr,
-    tstat_ptr,
-    b64,
-    slot,
-    row_ok,
-    j,
-    lo,
-    hi,
-    S,
-    P,
-    NT,
-    SOFTMAX: tl.constexpr,
-    SPARSIFY: tl.constexpr,
-    BP: tl.constexpr,
-):
-    """``U (BR, BP)`` fp32 of patch tile ``j``: the stored tile, which is shifted by its own
-    statistic, fixed up by the row's final ones (the flash-attention rescaling): ``minmax`` adds
-    ``tile minimum - row minimum``, drops entries below ``spread / P`` with sparsify and gives a
-    row whose scores are all equal uniform weights (SPEC 6.2); ``softmax`` multiplies by
-    ``exp(tile maximum - row maximum)``. Zero outside the rows and patches; also the patches."""
-    offs_p = j * BP + tl.arange(0, BP)
-    p_ok = offs_p < P
-    tile_ok = row_ok[:, None] & p_ok[None, :]
-    stored = tl.load(w_ptr + (b64 * S + slot)[:, None] * P + offs_p[None, :], mask=tile_ok, other=0.0)
-    shift = tl.load(tstat_ptr + (b64 * NT + j) * S + slot, mask=row_ok, other=0.0)
+def _fixed_up(stored, shift, lo, hi, p_ok, P, SOFTMAX: tl.constexpr, SPARSIFY: tl.constexpr):
+    """The weights ``A (BR, BP)`` fp32 in ``[0, 1]`` from a tile stored shifted by its own
+    statistic ``shift`` and the rows' final ones (the flash-attention rescaling): ``minmax``
+    ``(S - min) / (max - min)``, entries below ``1/P`` of the spread dropped with sparsify and a
+    row whose scores are all equal uniform (SPEC 6.2); ``softmax`` ``exp(S - max)``. The row's
+    largest weight is 1, so ``sum(A)`` is in ``[1, P]``. Zero at the padding ``p >= P``."""
     if SOFTMAX:
-        u = stored.to(tl.float32) * tl.exp(shift - hi)[:, None]
+        a = stored * tl.exp(shift - hi)[:, None]
     else:
-        u = stored.to(tl.float32) + (shift - lo)[:, None]
+        u = stored + (shift - lo)[:, None]
+        spread = hi - lo
+        a = u * (1.0 / tl.where(spread > 0.0, spread, 1.0))[:, None]
         if SPARSIFY:
-            u = tl.where(u >= ((hi - lo) / P)[:, None], u, 0.0)
-        u = tl.where((hi == lo)[:, None], 1.0, u)
-    return tl.where(tile_ok, u, 0.0), offs_p, p_ok
+            a = tl.where(u >= (spread / P)[:, None], a, 0.0)
+        a = tl.where((spread > 0.0)[:, None], a, 1.0)
+    return tl.where(p_ok[None, :], a, 0.0)
 
 
 @triton.jit
-def _pooled_block(
-    w_ptr,
-    tstat_ptr,
-    v_img,
-    b64,
-    slot,
-    row_ok,
-    lo,
-    hi,
-    S,
-    P,
-    NT,
-    svp,
-    svd,
-    offs_d,
-    d_ok,
-    FIXUP: tl.constexpr,
-    SOFTMAX: tl.constexpr,
-    SPARSIFY: tl.constexpr,
-    BP: tl.constexpr,
-    BR: tl.constexpr,
-    BD: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-):
-    """``U V`` for the block's rows and columns ``offs_d``: ``(BR, BD)`` fp32, and ``sum(U)``
-    ``(BR,)`` (``Z = U V / sum(U)``). With ``FIXUP`` the stored tiles are still shifted by their
-    own statistic and are fixed up as they are loaded (:func:`_weights`); else they hold ``U``."""
-    acc = tl.zeros((BR, BD), dtype=tl.float32)
-    u_sum = tl.zeros((BR,), dtype=tl.float32)
-    for j in range(0, NT):
-        if FIXUP:
-            u, offs_p, p_ok = _weights(
-                w_ptr, tstat_ptr, b64, slot, row_ok, j, lo, hi, S, P, NT, SOFTMAX, SPARSIFY, BP
-            )
-        else:
-            offs_p = j * BP + tl.arange(0, BP)
-            p_ok = offs_p < P
-            u = tl.load(
-                w_ptr + (b64 * S + slot)[:, None] * P + offs_p[None, :],
-                mask=row_ok[:, None] & p_ok[None, :],
-                other=0.0,
-            )
-        v = tl.load(
-            v_img + offs_p.to(tl.int64)[:, None] * svp + offs_d.to(tl.int64)[None, :] * svd,
-            mask=p_ok[:, None] & d_ok[None, :],
-            other=0.0,
-        )
-        acc = tl.dot(u.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
-        u_sum += tl.sum(u.to(tl.float32), axis=1)
-    return acc, u_sum
+def _store_weights(w32_ptr, w16_ptr, w_rows, j, a, row_ok, PP, SPLIT: tl.constexpr, BP: tl.constexpr):
+    """Stores ``A`` of patch tile ``j`` (rows ``w_rows`` of the weights, ``PP`` fp32 a row), in
+    the bytes the similarity stored it: fp32, or (``SPLIT``, 16-bit tokens) its high and low
+    16-bit parts side by side, ``BP`` each, the operands of the pooling's two dots."""
+    offs = tl.arange(0, BP)
+    if SPLIT:
+        high = a.to(w16_ptr.dtype.element_ty)
+        low = (a - high.to(tl.float32)).to(w16_ptr.dtype.element_ty)
+        tile = w16_ptr + w_rows[:, None] * (2 * PP) + 2 * j * BP + offs[None, :]
+        tl.store(tile, high, mask=row_ok[:, None])
+        tl.store(tile + BP, low, mask=row_ok[:, None])
+    else:
+        tl.store(w32_ptr + w_rows[:, None] * PP + j * BP + offs[None, :], a, mask=row_ok[:, None])
 
 
 @triton.jit
@@ -213,8 +151,10 @@ def _similarity_kernel(
     x_ptr,
     mask_ptr,
     valid_ptr,
-    w_ptr,
+    w32_ptr,
+    w16_ptr,
     tstat_ptr,
+    tsum_ptr,
     rows_ptr,
     nrows_ptr,
     B,
@@ -222,7 +162,7 @@ def _similarity_kernel(
     T,
     P,
     D,
-    S,
+    R,
     NT,
     svb,
     svp,
@@ -238,6 +178,9 @@ def _similarity_kernel(
     snk,
     HAS_VALID: tl.constexpr,
     SOFTMAX: tl.constexpr,
+    SPARSIFY: tl.constexpr,
+    ONE_TILE: tl.constexpr,
+    SPLIT: tl.constexpr,
     BR: tl.constexpr,
     BP: tl.constexpr,
     BD: tl.constexpr,
@@ -247,12 +190,14 @@ def _similarity_kernel(
 ):
     """Program ``b * NT + j``: patch tile ``j`` of image ``b`` against every row of the image.
 
-    Numbers the image's rows from its mask (the tile-0 program writes the row list ``(B, S)``,
-    slot -> ``g*T + t`` and -1 past the last row, and the row count). Per block of ``BR`` rows:
-    ``S = X V^T`` (``BR x BP``, accumulated over D chunks of ``BD``), stored into the weights
-    ``U (B, S, P)`` shifted by the tile's own statistic per row (``S - min``, or ``exp(S - max)``
-    for ``softmax``), with that shift and the tile's maximum into the tile statistics
-    ``(2, B, NT, S)``. Every program has work: one per patch tile, not per row block.
+    Numbers the image's rows once: a cumulative sum over its ``G x T`` mask gives each counted
+    position its slot, and the positions are written to the program's own copy of the row list
+    ``(B, NT, R)`` (copy 0 is the one the other launches read; program ``j = 0`` also writes the
+    row count), then read back by slot. Per block of ``BR`` rows: ``S = X V^T`` (``BR x BP``,
+    accumulated over D chunks of ``BD``), stored fp32 into the weights ``(B, R, NT*BP)`` shifted by
+    the tile's own statistic (``S - min``, or ``exp(S - max)`` for ``softmax``), with that shift and
+    the tile's maximum into the tile statistics ``(2, B, NT, R)``. With one tile (``ONE_TILE``)
+    those are the row's final statistics: the weights are stored fixed up, with their sums.
     """
     # One axis, image-major: B may pass the 65,535 blocks CUDA allows on axes 1 and 2.
     b = tl.program_id(0) // NT
@@ -264,22 +209,22 @@ def _similarity_kernel(
         mask_ptr, valid_ptr, b64, offs_g[:, None], offs_t[None, :], G, T, smb, smg, smt, snb, snk, HAS_VALID
     )
     per_caption = tl.sum(counted, axis=1)
-    n_rows = tl.sum(per_caption, axis=0)
+    n_rows = tl.minimum(tl.sum(per_caption, axis=0), R)
     rank = (tl.cumsum(per_caption, axis=0) - per_caption)[:, None] + tl.cumsum(counted, axis=1) - counted
-    position = offs_g[:, None] * T + offs_t[None, :]
-    inside = (offs_g[:, None] < G) & (offs_t[None, :] < T)
-    tl.store(rows_ptr + b64 * S + rank, position, mask=(counted != 0) & (j == 0))
-    tl.store(rows_ptr + b64 * S + position, -1, mask=inside & (position >= n_rows) & (j == 0))
+    my_rows = rows_ptr + (b64 * NT + j) * R
+    tl.store(my_rows + rank, offs_g[:, None] * 256 + offs_t[None, :], mask=(counted != 0) & (rank < R))
     tl.store(nrows_ptr + b, n_rows, mask=j == 0)
+    tl.debug_barrier()  # the row list is read back below by other threads of the program
 
+    PP = NT * BP
     offs_p = j * BP + tl.arange(0, BP)
     p_ok = offs_p < P
     v_tile = v_ptr + b64 * svb + offs_p.to(tl.int64)[:, None] * svp
     for first in range(0, n_rows, BR):
         slot = first + tl.arange(0, BR)
         row_ok = slot < n_rows
-        q = _row_positions(mask_ptr, valid_ptr, b64, slot, G, T, smb, smg, smt, snb, snk, HAS_VALID)
-        x_rows = _text_rows(x_ptr, b64, q, T, sxb, sxg, sxt)
+        q = tl.load(my_rows + slot, mask=row_ok, other=0)
+        x_rows = _text_rows(x_ptr, b64, q, sxb, sxg, sxt)
         s = tl.zeros((BR, BP), dtype=tl.float32)
         for d0 in range(0, D, BD):
             offs_d = d0 + tl.arange(0, BD)
@@ -294,37 +239,81 @@ def _similarity_kernel(
             )
             s = tl.dot(x, tl.trans(v), s, input_precision=DOT_PRECISION)
         tile_max = tl.max(tl.where(p_ok[None, :], s, float("-inf")), axis=1)
+        tile_min = tl.min(tl.where(p_ok[None, :], s, float("inf")), axis=1)
         if SOFTMAX:
             shift = tile_max
             stored = tl.exp(s - shift[:, None])
         else:
-            shift = tl.min(tl.where(p_ok[None, :], s, float("inf")), axis=1)
+            shift = tile_min
             stored = s - shift[:, None]
-        tl.store(
-            w_ptr + (b64 * S + slot)[:, None] * P + offs_p[None, :],
-            stored.to(w_ptr.dtype.element_ty),
-            mask=row_ok[:, None] & p_ok[None, :],
-        )
-        tl.store(tstat_ptr + (b64 * NT + j) * S + slot, shift, mask=row_ok)
-        tl.store(tstat_ptr + ((B + b64) * NT + j) * S + slot, tile_max, mask=row_ok)
+        w_rows = b64 * R + slot
+        if ONE_TILE:
+            a = _fixed_up(stored, shift, tile_min, tile_max, p_ok, P, SOFTMAX, SPARSIFY)
+            _store_weights(w32_ptr, w16_ptr, w_rows, j, a, row_ok, PP, SPLIT, BP)
+            tl.store(tsum_ptr + (b64 * NT + j) * R + slot, tl.sum(a, axis=1), mask=row_ok)
+        else:
+            tl.store(w32_ptr + w_rows[:, None] * PP + offs_p[None, :], stored, mask=row_ok[:, None])
+            tl.store(tstat_ptr + (b64 * NT + j) * R + slot, shift, mask=row_ok)
+            tl.store(tstat_ptr + ((B + b64) * NT + j) * R + slot, tile_max, mask=row_ok)
+
+
+@triton.jit
+def _fixup_kernel(
+    w32_ptr,
+    w16_ptr,
+    tstat_ptr,
+    tsum_ptr,
+    nrows_ptr,
+    B,
+    P,
+    R,
+    NT,
+    SOFTMAX: tl.constexpr,
+    SPARSIFY: tl.constexpr,
+    SPLIT: tl.constexpr,
+    BR: tl.constexpr,
+    BP: tl.constexpr,
+):
+    """Program ``b * NT + j``: patch tile ``j`` of image ``b``'s weights fixed up in place, once,
+    before the pooling reads them (:func:`_fixed_up`), with the tile's row sums of ``A`` into
+    ``(B, NT, R)``."""
+    b = tl.program_id(0) // NT
+    j = tl.program_id(0) % NT
+    b64 = b.to(tl.int64)
+    n_rows = tl.load(nrows_ptr + b)
+    PP = NT * BP
+    offs_p = j * BP + tl.arange(0, BP)
+    p_ok = offs_p < P
+    for first in range(0, n_rows, BR):
+        slot = first + tl.arange(0, BR)
+        row_ok = slot < n_rows
+        lo, hi = _row_range(tstat_ptr, b64, slot, row_ok, B, R, NT, BR)
+        shift = tl.load(tstat_ptr + (b64 * NT + j) * R + slot, mask=row_ok, other=0.0)
+        w_rows = b64 * R + slot
+        stored = tl.load(w32_ptr + w_rows[:, None] * PP + offs_p[None, :], mask=row_ok[:, None], other=0.0)
+        a = _fixed_up(stored, shift, lo, hi, p_ok, P, SOFTMAX, SPARSIFY)
+        tl.debug_barrier()  # every thread has read the tile before any overwrites it
+        _store_weights(w32_ptr, w16_ptr, w_rows, j, a, row_ok, PP, SPLIT, BP)
+        tl.store(tsum_ptr + (b64 * NT + j) * R + slot, tl.sum(a, axis=1), mask=row_ok)
 
 
 @triton.jit
 def _pool_kernel(
     v_ptr,
     x_ptr,
-    w_ptr,
-    tstat_ptr,
+    w32_ptr,
+    w16_ptr,
+    wsave_ptr,
+    tsum_ptr,
     rows_ptr,
     nrows_ptr,
     stats_ptr,
-    range_ptr,
     part_ptr,
     B,
     T,
     P,
     D,
-    S,
+    R,
     NT,
     NC,
     svb,
@@ -334,133 +323,141 @@ def _pool_kernel(
     sxg,
     sxt,
     sxd,
-    SOFTMAX: tl.constexpr,
-    SPARSIFY: tl.constexpr,
+    SPLIT: tl.constexpr,
     BR: tl.constexpr,
     BP: tl.constexpr,
-    BD: tl.constexpr,
+    BC: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """Program ``(B-1-b) * NC + c``: columns ``[c*BD, (c+1)*BD)`` of image ``b``'s pooled tokens.
+    """Program ``(B-1-b) * NC + c``: columns ``[c*BC, (c+1)*BC)`` of image ``b``'s pooled tokens.
 
-    Per block of the image's rows: the rows' final statistics from the tiles', ``Z = U V / sum(U)``
-    for its columns (``U`` fixed up from the stored tiles as they are loaded), and the columns'
-    parts of ``<Z,X>``, ``|Z|^2`` and ``|X|^2`` into ``(3, NC, B, S)``; column block 0 also
-    writes ``sum(U)`` into the row statistics and the row's smallest and largest similarity into
-    ``(2, B, S)`` (for the fix-up of the stored weights, launch 3). The last image
-    comes first: its patches are the ones the similarity launch read last, the likeliest still in
-    the L2 when the batch's patches are larger than it.
+    Per block of the image's rows: ``sum(A)`` from the tiles' sums, ``Z = A V / sum(A)`` for its
+    columns from the fixed-up weights (16-bit tokens: two dots, on the high and the low parts of
+    ``A``, so that ``A`` counts with about 16 bits, not 8 or 11: ``logit_scale`` amplifies the
+    error of ``Z`` before ``exp``), and the columns' parts of ``<Z,X>``, ``|Z|^2`` and ``|X|^2`` into
+    ``(3, NC, B, R)``. Column block 0 also stores the normalised weights ``W = A / sum(A)`` in the
+    tokens' dtype for the backward, and ``sum(A)`` into the row statistics. The last image comes
+    first: its patches are the ones the similarity launch read last, the likeliest still in the L2.
     """
     b = B - 1 - tl.program_id(0) // NC
     c = tl.program_id(0) % NC
     b64 = b.to(tl.int64)
-    offs_d = c * BD + tl.arange(0, BD)
+    offs_d = c * BC + tl.arange(0, BC)
     d_ok = offs_d < D
     n_rows = tl.load(nrows_ptr + b)
     v_img = v_ptr + b64 * svb
+    PP = NT * BP
     for first in range(0, n_rows, BR):
-        slot, row_ok, q, x_rows = _block_rows(rows_ptr, b64, first, n_rows, S, T, x_ptr, sxb, sxg, sxt, BR)
-        lo, hi = _row_range(tstat_ptr, b64, slot, row_ok, B, S, NT, BR)
-        z, u_sum = _pooled_block(
-            w_ptr, tstat_ptr, v_img, b64, slot, row_ok, lo, hi, S, P, NT, svp, svd, offs_d, d_ok,
-            True, SOFTMAX, SPARSIFY, BP, BR, BD, DOT_PRECISION,
-        )  # fmt: skip
-        z = z * (1.0 / tl.where(row_ok, u_sum, 1.0))[:, None]
+        slot, row_ok, q, x_rows = _block_rows(rows_ptr, b64, first, n_rows, NT, R, x_ptr, sxb, sxg, sxt, BR)
+        u_sum = tl.zeros((BR,), dtype=tl.float32)
+        for j in range(0, NT):
+            u_sum += tl.load(tsum_ptr + (b64 * NT + j) * R + slot, mask=row_ok, other=0.0)
+        inv_sum = 1.0 / tl.where(row_ok, u_sum, 1.0)
+        w_rows = b64 * R + slot
+        acc = tl.zeros((BR, BC), dtype=tl.float32)
+        for j in range(0, NT):
+            offs_p = j * BP + tl.arange(0, BP)
+            v = tl.load(
+                v_img + offs_p.to(tl.int64)[:, None] * svp + offs_d.to(tl.int64)[None, :] * svd,
+                mask=(offs_p < P)[:, None] & d_ok[None, :],
+                other=0.0,
+            )
+            if SPLIT:
+                tile = w16_ptr + w_rows[:, None] * (2 * PP) + 2 * j * BP + tl.arange(0, BP)[None, :]
+                acc = tl.dot(tl.load(tile, mask=row_ok[:, None], other=0.0), v, acc)
+                acc = tl.dot(tl.load(tile + BP, mask=row_ok[:, None], other=0.0), v, acc)
+            else:
+                tile = w32_ptr + w_rows[:, None] * PP + offs_p[None, :]
+                acc = tl.dot(
+                    tl.load(tile, mask=row_ok[:, None], other=0.0), v, acc, input_precision=DOT_PRECISION
+                )
+            if c == 0:
+                # Loaded again here (from the L2), so that the dots' operands go straight to
+                # shared memory in every other program.
+                if SPLIT:
+                    a = tl.load(tile, mask=row_ok[:, None], other=0.0).to(tl.float32)
+                    a += tl.load(tile + BP, mask=row_ok[:, None], other=0.0).to(tl.float32)
+                else:
+                    a = tl.load(tile, mask=row_ok[:, None], other=0.0)
+                w = (a * inv_sum[:, None]).to(wsave_ptr.dtype.element_ty)
+                tl.store(wsave_ptr + w_rows[:, None] * PP + offs_p[None, :], w, mask=row_ok[:, None])
+        z = acc * inv_sum[:, None]
         x = tl.load(
             x_rows[:, None] + offs_d.to(tl.int64)[None, :] * sxd,
             mask=row_ok[:, None] & d_ok[None, :],
             other=0.0,
         ).to(tl.float32)
-        tl.store(part_ptr + (c * B + b64) * S + slot, tl.sum(z * x, axis=1), mask=row_ok)
-        tl.store(part_ptr + ((NC + c) * B + b64) * S + slot, tl.sum(z * z, axis=1), mask=row_ok)
-        tl.store(part_ptr + ((2 * NC + c) * B + b64) * S + slot, tl.sum(x * x, axis=1), mask=row_ok)
-        mine = row_ok & (c == 0)
-        tl.store(stats_ptr + (3 * B + b64) * S + slot, u_sum, mask=mine)
-        tl.store(range_ptr + b64 * S + slot, lo, mask=mine)
-        tl.store(range_ptr + (B + b64) * S + slot, hi, mask=mine)
+        tl.store(part_ptr + (c * B + b64) * R + slot, tl.sum(z * x, axis=1), mask=row_ok)
+        tl.store(part_ptr + ((NC + c) * B + b64) * R + slot, tl.sum(z * z, axis=1), mask=row_ok)
+        tl.store(part_ptr + ((2 * NC + c) * B + b64) * R + slot, tl.sum(x * x, axis=1), mask=row_ok)
+        tl.store(stats_ptr + (3 * B + b64) * R + slot, u_sum, mask=row_ok & (c == 0))
 
 
 @triton.jit
 def _finish_kernel(
     part_ptr,
-    w_ptr,
-    tstat_ptr,
     stats_ptr,
-    range_ptr,
     rows_ptr,
     nrows_ptr,
     scale_ptr,
     lse_ptr,
+    dlds_ptr,
     scores_ptr,
     B,
     G,
     T,
-    P,
-    S,
+    R,
     NT,
     NC,
-    SOFTMAX: tl.constexpr,
-    SPARSIFY: tl.constexpr,
     SCORES: tl.constexpr,
     BR: tl.constexpr,
-    BP: tl.constexpr,
     GP: tl.constexpr,
 ):
-    """Program ``b * NT + j``: patch tile ``j`` of image ``b``'s weights fixed up in place, for the
-    backward (the pooling launch, which read them shifted, is done). Program ``j = 0`` also
-    makes the image's row statistics ``<Z,X>``, ``|Z|^2``, ``|X|^2`` (the column blocks' parts
-    summed in column order) and each caption's local score ``l = logsumexp over its rows of
-    a = logit_scale * cos(Z, X)``, fp32 (saved for the backward; ``-inf`` without rows) and, for
-    the scores, in the tokens' dtype."""
-    b = tl.program_id(0) // NT
-    j = tl.program_id(0) % NT
+    """Program ``b``: image ``b``'s row statistics ``<Z,X>``, ``|Z|^2``, ``|X|^2`` (the column
+    blocks' parts summed in column order), and per caption, online over its row blocks, the
+    local score ``l = logsumexp over its rows of a = logit_scale * cos(Z, X)`` (fp32, saved for
+    the backward; ``-inf`` without rows; for the scores also in the tokens' dtype) and
+    ``dl/dlogit_scale = sum over its rows of softmax(a) cos`` (the backward's ``logit_scale``
+    gradient is then a sum over captions, not rows)."""
+    b = tl.program_id(0)
     b64 = b.to(tl.int64)
     n_rows = tl.load(nrows_ptr + b)
+    scale = tl.load(scale_ptr).to(tl.float32)
+    offs_g = tl.arange(0, GP)
+    run_max = tl.full((GP,), float("-inf"), dtype=tl.float32)
+    run_sum = tl.zeros((GP,), dtype=tl.float32)
+    run_cos = tl.zeros((GP,), dtype=tl.float32)
     for first in range(0, n_rows, BR):
         slot = first + tl.arange(0, BR)
         row_ok = slot < n_rows
-        lo = tl.load(range_ptr + b64 * S + slot, mask=row_ok, other=0.0)
-        hi = tl.load(range_ptr + (B + b64) * S + slot, mask=row_ok, other=0.0)
-        u, offs_p, p_ok = _weights(
-            w_ptr, tstat_ptr, b64, slot, row_ok, j, lo, hi, S, P, NT, SOFTMAX, SPARSIFY, BP
-        )
-        tl.debug_barrier()  # every thread has read the tile before any overwrites it
-        tl.store(
-            w_ptr + (b64 * S + slot)[:, None] * P + offs_p[None, :],
-            u.to(w_ptr.dtype.element_ty),
-            mask=row_ok[:, None] & p_ok[None, :],
-        )
-    if j == 0:
-        scale = tl.load(scale_ptr).to(tl.float32)
-        offs_g = tl.arange(0, GP)
-        run_max = tl.full((GP,), float("-inf"), dtype=tl.float32)
-        run_sum = tl.zeros((GP,), dtype=tl.float32)
-        for first in range(0, n_rows, BR):
-            slot = first + tl.arange(0, BR)
-            row_ok = slot < n_rows
-            q = tl.load(rows_ptr + b64 * S + slot, mask=row_ok, other=0)
-            zx = tl.zeros((BR,), dtype=tl.float32)
-            zz = tl.zeros((BR,), dtype=tl.float32)
-            xx = tl.zeros((BR,), dtype=tl.float32)
-            for c in range(0, NC):
-                zx += tl.load(part_ptr + (c * B + b64) * S + slot, mask=row_ok, other=0.0)
-                zz += tl.load(part_ptr + ((NC + c) * B + b64) * S + slot, mask=row_ok, other=0.0)
-                xx += tl.load(part_ptr + ((2 * NC + c) * B + b64) * S + slot, mask=row_ok, other=0.0)
-            tl.store(stats_ptr + b64 * S + slot, zx, mask=row_ok)
-            tl.store(stats_ptr + (B + b64) * S + slot, zz, mask=row_ok)
-            tl.store(stats_ptr + (2 * B + b64) * S + slot, xx, mask=row_ok)
-            a = tl.where(row_ok, scale * _cosine(zx, zz, xx), float("-inf"))
-            of_caption = row_ok[:, None] & ((q // T)[:, None] == offs_g[None, :])
-            new_max = tl.maximum(run_max, tl.max(tl.where(of_caption, a[:, None], float("-inf")), axis=0))
-            safe_max = tl.where(new_max > float("-inf"), new_max, 0.0)
-            run_sum = run_sum * tl.exp(tl.where(run_max > float("-inf"), run_max - safe_max, 0.0)) + tl.sum(
-                tl.where(of_caption, tl.exp(a[:, None] - safe_max[None, :]), 0.0), axis=0
-            )
-            run_max = new_max
-        lse = tl.where(run_sum > 0.0, run_max + tl.log(tl.where(run_sum > 0.0, run_sum, 1.0)), float("-inf"))
-        tl.store(lse_ptr + b64 * G + offs_g, lse, mask=offs_g < G)
-        if SCORES:
-            tl.store(scores_ptr + b64 * G + offs_g, lse.to(scores_ptr.dtype.element_ty), mask=offs_g < G)
+        q = tl.load(rows_ptr + b64 * NT * R + slot, mask=row_ok, other=0)
+        zx = tl.zeros((BR,), dtype=tl.float32)
+        zz = tl.zeros((BR,), dtype=tl.float32)
+        xx = tl.zeros((BR,), dtype=tl.float32)
+        for c in range(0, NC):
+            zx += tl.load(part_ptr + (c * B + b64) * R + slot, mask=row_ok, other=0.0)
+            zz += tl.load(part_ptr + ((NC + c) * B + b64) * R + slot, mask=row_ok, other=0.0)
+            xx += tl.load(part_ptr + ((2 * NC + c) * B + b64) * R + slot, mask=row_ok, other=0.0)
+        tl.store(stats_ptr + b64 * R + slot, zx, mask=row_ok)
+        tl.store(stats_ptr + (B + b64) * R + slot, zz, mask=row_ok)
+        tl.store(stats_ptr + (2 * B + b64) * R + slot, xx, mask=row_ok)
+        cos = _cosine(zx, zz, xx)
+        a = tl.where(row_ok, scale * cos, float("-inf"))
+        of_caption = row_ok[:, None] & ((q >> 8)[:, None] == offs_g[None, :])
+        new_max = tl.maximum(run_max, tl.max(tl.where(of_caption, a[:, None], float("-inf")), axis=0))
+        safe_max = tl.where(new_max > float("-inf"), new_max, 0.0)
+        rescale = tl.exp(tl.where(run_max > float("-inf"), run_max - safe_max, 0.0))
+        e = tl.where(of_caption, tl.exp(a[:, None] - safe_max[None, :]), 0.0)
+        run_sum = run_sum * rescale + tl.sum(e, axis=0)
+        run_cos = run_cos * rescale + tl.sum(e * cos[:, None], axis=0)
+        run_max = new_max
+    has_rows = run_sum > 0.0
+    lse = tl.where(has_rows, run_max + tl.log(tl.where(has_rows, run_sum, 1.0)), float("-inf"))
+    dlds = tl.where(has_rows, run_cos / tl.where(has_rows, run_sum, 1.0), 0.0)
+    tl.store(lse_ptr + b64 * G + offs_g, lse, mask=offs_g < G)
+    tl.store(dlds_ptr + b64 * G + offs_g, dlds, mask=offs_g < G)
+    if SCORES:
+        tl.store(scores_ptr + b64 * G + offs_g, lse.to(scores_ptr.dtype.element_ty), mask=offs_g < G)
 
 
 @triton.jit
@@ -469,7 +466,11 @@ def _contrast_rows(
 ):
     """The HN contrast of images ``images (BB,)`` with logits ``(BB, GP)``: per-image loss
     ``(BB,)`` (0 for images without a present negative), its gradient w.r.t. the logits
-    ``(BB, GP)`` and which images count."""
+    ``(BB, GP)`` and which images count.
+
+    A caption without a counted position has the logit ``-inf`` (it has no rows): it takes part
+    as a missing one, and an image whose true caption has none does not count (with the value
+    check on, only missing negatives have none). NaN, unlike ``-inf``, stays in and propagates."""
     offs_g = tl.arange(0, GP)
     present = (images < B)[:, None] & (offs_g < G)[None, :]
     if HAS_VALID:
@@ -479,7 +480,9 @@ def _contrast_rows(
             other=1,
         )
         present = present & (valid != 0)
-    counted = tl.sum((present & (offs_g[None, :] > 0)).to(tl.int32), axis=1) > 0
+    present = present & (logits != float("-inf"))
+    true_present = tl.sum((present & (offs_g[None, :] == 0)).to(tl.int32), axis=1) > 0
+    counted = (tl.sum((present & (offs_g[None, :] > 0)).to(tl.int32), axis=1) > 0) & true_present
     logits = tl.where(present, logits, float("-inf"))
     row_max = tl.max(logits, axis=1)
     row_max = tl.where(row_max > float("-inf"), row_max, 0.0)
@@ -552,7 +555,6 @@ def _contrast_fwd_kernel(
 def _bwd_rows(
     rows_ptr,
     x_ptr,
-    dx_ptr,
     stats_ptr,
     lse_ptr,
     up_ptr,
@@ -563,8 +565,8 @@ def _bwd_rows(
     B,
     G,
     T,
-    D,
-    S,
+    R,
+    NT,
     scale,
     sxb,
     sxg,
@@ -575,33 +577,83 @@ def _bwd_rows(
     BR: tl.constexpr,
 ):
     """Rows ``first .. first+BR`` of image ``b`` and what their gradients need: slots, which
-    exist, pointers to their text tokens and to their rows of ``dX``; ``da = dl * exp(a - l)`` (the
-    gradient of ``a``), ``cos``, ``coef = da * scale / (max(|Z|,eps) max(|X|,eps))``, the
-    projections ``z_proj = [|Z| > eps] <Z,X>/|Z|^2`` and ``x_proj = [|X| > eps] <Z,X>/|X|^2``,
-    and ``1/sum(U)``.
+    exist, positions, pointers to their text tokens; ``coef = da * scale / (max(|Z|,eps)
+    max(|X|,eps))`` with ``da = dl * exp(a - l)`` (the gradient of ``a``), and the projections
+    ``z_proj = [|Z| > eps] <Z,X>/|Z|^2`` and ``x_proj = [|X| > eps] <Z,X>/|X|^2``.
 
     F.normalize's clamp_min passes no gradient at or below eps, hence the indicators."""
-    slot, row_ok, q, x_rows = _block_rows(rows_ptr, b64, first, n_rows, S, T, x_ptr, sxb, sxg, sxt, BR)
-    dx_rows = dx_ptr + (b64 * G * T + q) * D
-    zx = tl.load(stats_ptr + b64 * S + slot, mask=row_ok, other=0.0)
-    zz = tl.load(stats_ptr + (B + b64) * S + slot, mask=row_ok, other=0.0)
-    xx = tl.load(stats_ptr + (2 * B + b64) * S + slot, mask=row_ok, other=0.0)
-    u_sum = tl.load(stats_ptr + (3 * B + b64) * S + slot, mask=row_ok, other=1.0)
-    cos = _cosine(zx, zz, xx)
-    g_row = q // T
+    slot, row_ok, q, x_rows = _block_rows(rows_ptr, b64, first, n_rows, NT, R, x_ptr, sxb, sxg, sxt, BR)
+    zx = tl.load(stats_ptr + b64 * R + slot, mask=row_ok, other=0.0)
+    zz = tl.load(stats_ptr + (B + b64) * R + slot, mask=row_ok, other=0.0)
+    xx = tl.load(stats_ptr + (2 * B + b64) * R + slot, mask=row_ok, other=0.0)
+    g_row = q >> 8
     cap = b64 * G + g_row
     dl = tl.load(up_ptr + b64 * sub + g_row.to(tl.int64) * sug, mask=row_ok, other=0.0).to(tl.float32)
     if HAS_DLSE:
         dl = dl * tl.load(dlse_ptr + cap, mask=row_ok, other=0.0)
     lse = tl.load(lse_ptr + cap, mask=row_ok, other=0.0)
-    da = tl.where(row_ok, dl * tl.exp(scale * cos - lse), 0.0)
     nz = tl.sqrt(zz)
     nx = tl.sqrt(xx)
+    da = tl.where(
+        row_ok, dl * tl.exp(scale * zx / (tl.maximum(nz, _NORM_EPS) * tl.maximum(nx, _NORM_EPS)) - lse), 0.0
+    )
     coef = da * scale / (tl.maximum(nz, _NORM_EPS) * tl.maximum(nx, _NORM_EPS))
     z_proj = tl.where(nz > _NORM_EPS, zx / tl.where(zz > 0.0, zz, 1.0), 0.0)
     x_proj = tl.where(nx > _NORM_EPS, zx / tl.where(xx > 0.0, xx, 1.0), 0.0)
-    inv_sum = 1.0 / tl.where(row_ok, u_sum, 1.0)
-    return slot, row_ok, x_rows, dx_rows, da, cos, coef, z_proj, x_proj, inv_sum
+    return slot, row_ok, q, x_rows, coef, z_proj, x_proj
+
+
+@triton.jit
+def _scale_grad(
+    up_ptr, dlse_ptr, dlds_ptr, out_ptr, B, G, sub, sug, HAS_DLSE: tl.constexpr, GP: tl.constexpr
+):
+    """``d logit_scale = sum over captions of dl * dl/dlogit_scale`` (the finish launch's
+    ``(B, G)``), summed in a fixed order and stored in ``out``'s dtype."""
+    BB: tl.constexpr = 128
+    offs_g = tl.arange(0, GP)
+    total = tl.zeros((BB, GP), dtype=tl.float32)
+    for b0 in range(0, B, BB):
+        images = (b0 + tl.arange(0, BB)).to(tl.int64)
+        ok = (images < B)[:, None] & (offs_g < G)[None, :]
+        at = images[:, None] * G + offs_g[None, :]
+        dl = tl.load(up_ptr + images[:, None] * sub + offs_g.to(tl.int64)[None, :] * sug, mask=ok, other=0.0)
+        dl = dl.to(tl.float32)
+        if HAS_DLSE:
+            dl = dl * tl.load(dlse_ptr + at, mask=ok, other=0.0)
+        total += dl * tl.load(dlds_ptr + at, mask=ok, other=0.0)
+    tl.store(out_ptr, tl.sum(tl.sum(total, axis=1), axis=0).to(out_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _pooled(
+    w_ptr,
+    v_img,
+    w_rows,
+    row_ok,
+    P,
+    NT,
+    svp,
+    svd,
+    offs_d,
+    d_ok,
+    BR: tl.constexpr,
+    BP: tl.constexpr,
+    BC: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """``Z = W V`` ``(BR, BC)`` fp32 of the rows ``w_rows`` and columns ``offs_d``, from the
+    normalised weights the pooling saved."""
+    acc = tl.zeros((BR, BC), dtype=tl.float32)
+    for j in range(0, NT):
+        offs_p = j * BP + tl.arange(0, BP)
+        w = tl.load(w_ptr + w_rows[:, None] * (NT * BP) + offs_p[None, :], mask=row_ok[:, None], other=0.0)
+        v = tl.load(
+            v_img + offs_p.to(tl.int64)[:, None] * svp + offs_d.to(tl.int64)[None, :] * svd,
+            mask=(offs_p < P)[:, None] & d_ok[None, :],
+            other=0.0,
+        )
+        acc = tl.dot(w, v, acc, input_precision=DOT_PRECISION)
+    return acc
 
 
 @triton.jit
@@ -614,19 +666,20 @@ def _tokens_bwd_kernel(
     up_ptr,
     dlse_ptr,
     lse_ptr,
+    dlds_ptr,
     w_ptr,
     stats_ptr,
     rows_ptr,
     nrows_ptr,
     dv_ptr,
     dx_ptr,
-    dscale_part_ptr,
+    dscale_ptr,
     B,
     G,
     T,
     P,
     D,
-    S,
+    R,
     NT,
     NC,
     svb,
@@ -643,6 +696,13 @@ def _tokens_bwd_kernel(
     snk,
     sub,
     sug,
+    sdvb,
+    sdvp,
+    sdvd,
+    sdxb,
+    sdxg,
+    sdxt,
+    sdxd,
     HAS_VALID: tl.constexpr,
     HAS_DLSE: tl.constexpr,
     IMAGE_GRAD: tl.constexpr,
@@ -650,109 +710,138 @@ def _tokens_bwd_kernel(
     SCALE_GRAD: tl.constexpr,
     BR: tl.constexpr,
     BP: tl.constexpr,
-    BD: tl.constexpr,
+    BC: tl.constexpr,
     TP: tl.constexpr,
     ZD: tl.constexpr,
+    GP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """Program ``b * NC + c`` owns columns ``[c*BD, (c+1)*BD)`` of image ``b``'s gradients:
-    ``dV_b`` and ``dX`` of all its captions. ``dl = upstream * dLoss/dl`` (loss) or ``upstream``
-    (scores). ``*_GRAD`` say which gradients are asked for: ``dX`` is stored for B (at rows only)
-    when only ``dV`` is, A is skipped when neither is, B when ``dV`` is not.
+    """Program ``b * NC + c`` owns columns ``[c*BC, (c+1)*BC)`` of image ``b``'s gradients:
+    ``dV_b`` and ``dX`` of all its captions (gradients in the layouts the host gives, any strides).
+    ``dl = upstream * dLoss/dl`` (loss) or ``upstream`` (scores). ``*_GRAD`` say which gradients
+    are asked for. Program 0 also sums ``d logit_scale`` (:func:`_scale_grad`).
 
-    A. Per block of the image's rows: ``Z = U V / sum(U)`` from the stored weights, then
-       ``dX = coef (Z - x_proj X)``, stored. Positions that are not rows get an exact zero.
-    B. Per patch tile: ``dV = sum over row blocks of W^T dZ``, accumulated on chip and stored
-       once. ``dZ = coef (X - z_proj Z)`` is rebuilt from what A stored, without ``Z``:
-       ``dZ = coef (1 - z_proj x_proj) X - z_proj dX``.
-    Column block 0 also writes the image's ``sum da * cos`` (the ``logit_scale`` partial).
+    A. Per block of the image's rows: ``Z = W V`` from the saved weights, ``dX = coef (Z - x_proj
+       X)``, stored (positions that are not rows get an exact zero), and ``dZ = coef (X - z_proj
+       Z)``. The first block's ``dZ`` stays on chip, in the dots' 16-bit operand.
+    B. Per patch tile: ``dV^T = dZ^T W`` (``BC x BP``: the columns are the dot's M, 64 in 16 bits,
+       whatever the patch tile), stored once. Rows past the first block (images of more than
+       ``BR`` rows) rebuild their ``dZ`` from what A stored: ``dZ = coef (1 - z_proj x_proj) X -
+       z_proj dX``.
     """
-    # One axis, image-major: B may pass 65,535, and an image's column blocks run side by side,
-    # sharing its weights in L2.
-    b = tl.program_id(0) // NC
-    c = tl.program_id(0) % NC
-    b64 = b.to(tl.int64)
-    offs_d = c * BD + tl.arange(0, BD)
-    d_ok = offs_d < D
-    offs_t = tl.arange(0, TP)
-
-    if TEXT_GRAD:
-        for g in range(0, G):
-            counted = _counted(mask_ptr, valid_ptr, b64, g, offs_t, G, T, smb, smg, smt, snb, snk, HAS_VALID)
-            zero_rows = (counted == 0) & (offs_t < T)
-            dx_cap = dx_ptr + ((b64 * G + g) * T + offs_t) * D
-            for z0 in range(0, BD, ZD):
-                offs_z = c * BD + z0 + tl.arange(0, ZD)
-                tl.store(
-                    dx_cap[:, None] + offs_z[None, :],
-                    tl.zeros((TP, ZD), dtype=dx_ptr.dtype.element_ty),
-                    mask=zero_rows[:, None] & (offs_z < D)[None, :],
+    pid = tl.program_id(0)
+    if SCALE_GRAD:
+        if pid == 0:
+            _scale_grad(up_ptr, dlse_ptr, dlds_ptr, dscale_ptr, B, G, sub, sug, HAS_DLSE, GP)
+    if TEXT_GRAD or IMAGE_GRAD:
+        # One axis, image-major: B may pass 65,535, and an image's column blocks run side by
+        # side, sharing its weights in L2.
+        b = pid // NC
+        c = pid % NC
+        b64 = b.to(tl.int64)
+        offs_d = c * BC + tl.arange(0, BC)
+        d_ok = offs_d < D
+        dx_img = dx_ptr + b64 * sdxb
+        if TEXT_GRAD:
+            offs_t = tl.arange(0, TP)
+            for g in range(0, G):
+                counted = _counted(
+                    mask_ptr, valid_ptr, b64, g, offs_t, G, T, smb, smg, smt, snb, snk, HAS_VALID
                 )
+                zero_rows = (counted == 0) & (offs_t < T)
+                dx_cap = dx_img + g * sdxg + offs_t.to(tl.int64) * sdxt
+                for z0 in range(0, BC, ZD):
+                    offs_z = c * BC + z0 + tl.arange(0, ZD)
+                    tl.store(
+                        dx_cap[:, None] + offs_z.to(tl.int64)[None, :] * sdxd,
+                        tl.zeros((TP, ZD), dtype=dx_ptr.dtype.element_ty),
+                        mask=zero_rows[:, None] & (offs_z < D)[None, :],
+                    )
 
-    n_rows = tl.load(nrows_ptr + b)
-    scale = tl.load(scale_ptr).to(tl.float32)
-    v_img = v_ptr + b64 * svb
-    dscale = 0.0
-    for first in range(0, n_rows, BR):
-        slot, row_ok, x_rows, dx_rows, da, cos, coef, z_proj, x_proj, inv_sum = _bwd_rows(
-            rows_ptr, x_ptr, dx_ptr, stats_ptr, lse_ptr, up_ptr, dlse_ptr, b64, first, n_rows, B, G, T, D, S,
-            scale, sxb, sxg, sxt, sub, sug, HAS_DLSE, BR,
+        n_rows = tl.load(nrows_ptr + b)
+        scale = tl.load(scale_ptr).to(tl.float32)
+        v_img = v_ptr + b64 * svb
+        dtype = x_ptr.dtype.element_ty
+        # A, the first block: its dZ is kept for B.
+        slot, row_ok, q, x_rows, coef, z_proj, x_proj = _bwd_rows(
+            rows_ptr, x_ptr, stats_ptr, lse_ptr, up_ptr, dlse_ptr, b64, 0, n_rows, B, G, T, R, NT, scale,
+            sxb, sxg, sxt, sub, sug, HAS_DLSE, BR,
         )  # fmt: skip
-        dscale += tl.sum(da * cos, axis=0)
-        if TEXT_GRAD or IMAGE_GRAD:
-            z, _ = _pooled_block(
-                w_ptr, w_ptr, v_img, b64, slot, row_ok, 0.0, 0.0, S, P, NT, svp, svd, offs_d, d_ok,
-                False, False, False, BP, BR, BD, DOT_PRECISION,
+        z = _pooled(
+            w_ptr, v_img, b64 * R + slot, row_ok, P, NT, svp, svd, offs_d, d_ok, BR, BP, BC, DOT_PRECISION
+        )
+        tile_ok = row_ok[:, None] & d_ok[None, :]
+        x = tl.load(x_rows[:, None] + offs_d.to(tl.int64)[None, :] * sxd, mask=tile_ok, other=0.0).to(
+            tl.float32
+        )
+        if TEXT_GRAD:
+            dx = coef[:, None] * (z - x_proj[:, None] * x)
+            dx_rows = _text_rows(dx_ptr, b64, q, sdxb, sdxg, sdxt)
+            tl.store(
+                dx_rows[:, None] + offs_d.to(tl.int64)[None, :] * sdxd,
+                dx.to(dx_ptr.dtype.element_ty),
+                mask=tile_ok,
+            )
+        dz_first = tl.trans((coef[:, None] * (x - z_proj[:, None] * z)).to(dtype))
+        # A, further blocks: dX is stored, for the text gradient and for B to rebuild dZ from.
+        for first in range(BR, n_rows, BR):
+            slot, row_ok, q, x_rows, coef, z_proj, x_proj = _bwd_rows(
+                rows_ptr, x_ptr, stats_ptr, lse_ptr, up_ptr, dlse_ptr, b64, first, n_rows, B, G, T, R, NT,
+                scale, sxb, sxg, sxt, sub, sug, HAS_DLSE, BR,
             )  # fmt: skip
-            z = z * inv_sum[:, None]
+            z = _pooled(
+                w_ptr, v_img, b64 * R + slot, row_ok, P, NT, svp, svd, offs_d, d_ok, BR, BP, BC, DOT_PRECISION
+            )
             tile_ok = row_ok[:, None] & d_ok[None, :]
-            x = tl.load(x_rows[:, None] + offs_d.to(tl.int64)[None, :] * sxd, mask=tile_ok, other=0.0)
-            dx = coef[:, None] * (z - x_proj[:, None] * x.to(tl.float32))
-            tl.store(dx_rows[:, None] + offs_d[None, :], dx.to(dx_ptr.dtype.element_ty), mask=tile_ok)
-    tl.debug_barrier()  # B reads back the dX that other threads of this program stored
+            x = tl.load(x_rows[:, None] + offs_d.to(tl.int64)[None, :] * sxd, mask=tile_ok, other=0.0).to(
+                tl.float32
+            )
+            dx = coef[:, None] * (z - x_proj[:, None] * x)
+            dx_rows = _text_rows(dx_ptr, b64, q, sdxb, sdxg, sdxt)
+            tl.store(
+                dx_rows[:, None] + offs_d.to(tl.int64)[None, :] * sdxd,
+                dx.to(dx_ptr.dtype.element_ty),
+                mask=tile_ok,
+            )
 
-    if IMAGE_GRAD:
-        for j in range(0, NT):
-            offs_p = j * BP + tl.arange(0, BP)
-            p_ok = offs_p < P
-            dv = tl.zeros((BP, BD), dtype=tl.float32)
-            for first in range(0, n_rows, BR):
-                slot, row_ok, x_rows, dx_rows, da, cos, coef, z_proj, x_proj, inv_sum = _bwd_rows(
-                    rows_ptr, x_ptr, dx_ptr, stats_ptr, lse_ptr, up_ptr, dlse_ptr, b64, first, n_rows, B,
-                    G, T, D, S, scale, sxb, sxg, sxt, sub, sug, HAS_DLSE, BR,
-                )  # fmt: skip
-                tile_ok = row_ok[:, None] & d_ok[None, :]
-                x = tl.load(x_rows[:, None] + offs_d.to(tl.int64)[None, :] * sxd, mask=tile_ok, other=0.0)
-                dx = tl.load(dx_rows[:, None] + offs_d[None, :], mask=tile_ok, other=0.0).to(tl.float32)
-                dz = (coef * (1.0 - z_proj * x_proj))[:, None] * x.to(tl.float32) - z_proj[:, None] * dx
-                u = tl.load(
-                    w_ptr + (b64 * S + slot)[:, None] * P + offs_p[None, :],
-                    mask=row_ok[:, None] & p_ok[None, :],
+        if IMAGE_GRAD:
+            tl.debug_barrier()  # B reads back the dX that other threads of this program stored
+            for j in range(0, NT):
+                offs_p = j * BP + tl.arange(0, BP)
+                w_first = tl.load(
+                    w_ptr + (b64 * R + tl.arange(0, BR))[:, None] * (NT * BP) + offs_p[None, :],
+                    mask=(tl.arange(0, BR) < n_rows)[:, None],
                     other=0.0,
                 )
-                # The 16-bit operands are W = U / sum(U), in [0, 1], and dZ, of the text
-                # gradient's magnitude: dZ / sum(U) (sum(U) is 1e4 and more with minmax) would
-                # fall below fp16's normal range long before the image gradient itself does.
-                w = u.to(tl.float32) * inv_sum[:, None]
-                dtype = x_ptr.dtype.element_ty
-                dv = tl.dot(tl.trans(w.to(dtype)), dz.to(dtype), dv, input_precision=DOT_PRECISION)
-            tl.store(
-                dv_ptr + (b64 * P + offs_p)[:, None] * D + offs_d[None, :],
-                dv.to(dv_ptr.dtype.element_ty),
-                mask=p_ok[:, None] & d_ok[None, :],
-            )
-    if SCALE_GRAD:
-        tl.store(dscale_part_ptr + b, dscale, mask=c == 0)
-
-
-@triton.jit
-def _sum_kernel(part_ptr, out_ptr, n, BLOCK: tl.constexpr):
-    """A single program: ``out = sum(part)`` in a fixed order, stored in ``out``'s dtype."""
-    total = 0.0
-    for start in range(0, n, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        total += tl.sum(tl.load(part_ptr + offs, mask=offs < n, other=0.0), axis=0)
-    tl.store(out_ptr, total.to(out_ptr.dtype.element_ty))
+                dv = tl.dot(dz_first, w_first, input_precision=DOT_PRECISION)
+                # Not pipelined: its prologue would run in every patch tile even when no row
+                # is past the first block (most images at the anchor shapes).
+                for first in tl.range(BR, n_rows, BR, num_stages=1):
+                    slot, row_ok, q, x_rows, coef, z_proj, x_proj = _bwd_rows(
+                        rows_ptr, x_ptr, stats_ptr, lse_ptr, up_ptr, dlse_ptr, b64, first, n_rows, B, G, T, R,
+                        NT, scale, sxb, sxg, sxt, sub, sug, HAS_DLSE, BR,
+                    )  # fmt: skip
+                    tile_ok = row_ok[:, None] & d_ok[None, :]
+                    x_at = x_rows[:, None] + offs_d.to(tl.int64)[None, :] * sxd
+                    x = tl.load(x_at, mask=tile_ok, other=0.0).to(tl.float32)
+                    dx_rows = _text_rows(dx_ptr, b64, q, sdxb, sdxg, sdxt)
+                    dx_at = dx_rows[:, None] + offs_d.to(tl.int64)[None, :] * sdxd
+                    dx = tl.load(dx_at, mask=tile_ok, other=0.0).to(tl.float32)
+                    dz = (coef * (1.0 - z_proj * x_proj))[:, None] * x - z_proj[:, None] * dx
+                    w = tl.load(
+                        w_ptr + (b64 * R + slot)[:, None] * (NT * BP) + offs_p[None, :],
+                        mask=row_ok[:, None],
+                        other=0.0,
+                    )
+                    dv = tl.dot(tl.trans(dz.to(dtype)), w, dv, input_precision=DOT_PRECISION)
+                tl.store(
+                    dv_ptr
+                    + b64 * sdvb
+                    + offs_p.to(tl.int64)[None, :] * sdvp
+                    + offs_d.to(tl.int64)[:, None] * sdvd,
+                    dv.to(dv_ptr.dtype.element_ty),
+                    mask=(offs_p < P)[None, :] & d_ok[:, None],
+                )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -762,12 +851,17 @@ def _sum_kernel(part_ptr, out_ptr, n, BLOCK: tl.constexpr):
 
 class DeviceSpec(NamedTuple):
     """What the plan needs to know of a device: its per-block shared-memory limit (the opt-in
-    maximum, bytes; Triton's CPU interpreter has none)."""
+    maximum, bytes) and its compute capability ``(major, minor)``; Triton's CPU interpreter has
+    neither limit nor capability (None)."""
 
     shared_limit: int
+    capability: tuple[int, int] | None = None
 
 
 INTERPRETER = DeviceSpec(shared_limit=1 << 30)
+# Ampere and newer: below it the 16-bit dots compile without tensor cores (sm_75) or spill
+# hundreds of bytes a thread (sm_70), and bf16 has no hardware support.
+MIN_CAPABILITY = (8, 0)
 
 
 class Tiles(NamedTuple):
@@ -793,7 +887,7 @@ def device_spec(device: torch.device) -> DeviceSpec:
     if device.type != "cuda":
         return INTERPRETER
     props = torch.cuda.get_device_properties(device)
-    return DeviceSpec(props.shared_memory_per_block_optin)
+    return DeviceSpec(props.shared_memory_per_block_optin, (props.major, props.minor))
 
 
 def _patch_tile(num_patches: int) -> int:
@@ -813,7 +907,7 @@ def _candidates(dtype: torch.dtype, num_patches: int) -> list[Tiles]:
     """
     if dtype == torch.float32:
         return [Tiles(32, 32, 16, 32, 8, 2), Tiles(16, 16, 16, 32, 4, 1)]
-    return [Tiles(64, _patch_tile(num_patches), 64, 64, 8, 3), Tiles(32, 32, 32, 32, 4, 1)]
+    return [Tiles(64, _patch_tile(num_patches), 64, 64, 4, 2), Tiles(32, 32, 32, 32, 4, 1)]
 
 
 def plan(image_tokens: torch.Tensor, text_tokens: torch.Tensor, spec: DeviceSpec) -> Tiles | None:
@@ -852,14 +946,29 @@ def shared_bytes(tiles: Tiles, dtype: torch.dtype, groups: int, positions: int) 
 # ---------------------------------------------------------------------------------------------
 
 
-def _empty(shape, dtype, device) -> torch.Tensor:
+def _empty(shape, dtype, device, strides=None) -> torch.Tensor:
     """Every buffer the host code allocates goes through here (tests fill them with NaN)."""
-    return torch.empty(shape, dtype=dtype, device=device)
+    if strides is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    return torch.empty_strided(shape, strides, dtype=dtype, device=device)
 
 
 def _nothing(like: torch.Tensor) -> torch.Tensor:
     """What the backward returns for a gradient not asked for (a custom op returns tensors)."""
     return torch.empty((0,), dtype=like.dtype, device=like.device)
+
+
+def gradient_strides(tensor: torch.Tensor) -> tuple[int, ...]:
+    """The strides a gradient of ``tensor`` gets: ``tensor``'s own where they lay its elements
+    out densely (a permutation of a contiguous layout, as the grouped view of a flat ``(G*B, T,
+    D)`` caption batch is: autograd then hands the caller's flat gradient back as a view, with no
+    copy), else contiguous ones (slices, expanded views)."""
+    expected = 1
+    for stride, size in sorted((st, n) for st, n in zip(tensor.stride(), tensor.shape, strict=True) if n > 1):
+        if stride != expected:
+            return torch.empty(tensor.shape, device="meta").stride()
+        expected *= size
+    return tensor.stride()
 
 
 def _on_device(tensor: torch.Tensor):
@@ -872,11 +981,6 @@ def _on_device(tensor: torch.Tensor):
 def _dot_precision(dtype: torch.dtype) -> str:
     # The similarity map decides the weights: TF32's 10-bit mantissa would move them visibly.
     return "ieee" if dtype == torch.float32 else "tf32"
-
-
-def _weights_dtype(dtype: torch.dtype, sparsify: bool) -> torch.dtype:
-    # Sparsify compares every weight with a threshold: the stored shifted scores must be exact.
-    return torch.float32 if sparsify else dtype
 
 
 def _valid_args(neg_valid: torch.Tensor | None, stand_in: torch.Tensor):
@@ -895,58 +999,74 @@ def _tiles_for(image_tokens: torch.Tensor, text_tokens: torch.Tensor) -> Tiles:
     return tiles
 
 
-def _saved_shapes(image_tokens: torch.Tensor, text_tokens: torch.Tensor, sparsify: bool):
-    """``(shape, dtype)`` of what the forward saves for the backward: the weights ``U (B, S, P)``,
-    the row statistics ``(4, B, S)``, the row list ``(B, S)`` and the row counts ``(B,)``."""
+def row_capacity(groups: int, positions: int, max_rows: int | None) -> int:
+    """Rows the buffers hold per image: ``max_rows`` (the most any image counts, which the value
+    check reads) or, unknown, every position ``G*T``; rounded up to 16 (aligned, and one compiled
+    kernel for every batch)."""
+    bound = groups * positions if max_rows is None else min(max(int(max_rows), 1), groups * positions)
+    return triton.cdiv(bound, 16) * 16
+
+
+def _saved_shapes(image_tokens: torch.Tensor, text_tokens: torch.Tensor, rows: int, tiles: Tiles):
+    """``(shape, dtype)`` of what the forward saves for the backward: the normalised weights
+    ``W (B, R, NT*BP)`` (the tokens' dtype), the row statistics ``(4, B, R)`` fp32, the row list
+    ``(B, NT, R)`` and the row counts ``(B,)`` int32, and ``dl/dlogit_scale (B, G)`` fp32, for
+    ``R = rows`` rows an image."""
     B, P, _ = image_tokens.shape
-    S = text_tokens.shape[1] * text_tokens.shape[2]
+    G = text_tokens.shape[1]
+    n_tiles = triton.cdiv(P, tiles.patches)
     return (
-        ((B, S, P), _weights_dtype(text_tokens.dtype, sparsify)),
-        ((_ROW_STATS, B, S), torch.float32),
-        ((B, S), torch.int32),
+        ((B, rows, n_tiles * tiles.patches), text_tokens.dtype),
+        ((_ROW_STATS, B, rows), torch.float32),
+        ((B, n_tiles, rows), torch.int32),
         ((B,), torch.int32),
+        ((B, G), torch.float32),
     )
 
 
 def _forward(
-    image_tokens, text_tokens, text_mask, logit_scale, neg_valid, normalizer, sparsify, tiles, scores
+    image_tokens, text_tokens, text_mask, logit_scale, neg_valid, normalizer, sparsify, rows, tiles, scores
 ):
-    """Launches 1 to 3. Returns ``l (B, G)`` fp32, the scores ``(B, G)`` in the tokens' dtype when
-    ``scores`` (else None) and the saved tensors of :func:`_saved_shapes`."""
+    """Launches 1 to 4 (3 with one patch tile). Returns ``l (B, G)`` fp32, the scores ``(B, G)`` in
+    the tokens' dtype when ``scores`` (else None) and the saved tensors of :func:`_saved_shapes`."""
     B, P, D = image_tokens.shape
     G, T = text_tokens.shape[1], text_tokens.shape[2]
-    S = G * T
     device = image_tokens.device
-    weights, stats, rows, n_rows = (
-        _empty(shape, dtype, device) for shape, dtype in _saved_shapes(image_tokens, text_tokens, sparsify)
+    saved_weights, stats, row_list, n_rows, dlds = (
+        _empty(shape, dtype, device) for shape, dtype in _saved_shapes(image_tokens, text_tokens, rows, tiles)
     )
     n_tiles, n_cols = triton.cdiv(P, tiles.patches), triton.cdiv(D, tiles.columns)
-    # Forward-only: the tiles' statistics, the rows' smallest and largest similarity, and the
-    # column blocks' parts of the row statistics.
-    tile_stats = _empty((2, B, n_tiles, S), torch.float32, device)
-    ranges = _empty((2, B, S), torch.float32, device)
-    parts = _empty((3, n_cols, B, S), torch.float32, device)
+    split = text_tokens.dtype != torch.float32
+    # Forward-only: the fp32 weights (16-bit tokens: rewritten in place as their high and low
+    # parts), the tiles' statistics and sums, the column blocks' parts of the row statistics.
+    weights = _empty((B, rows, n_tiles * tiles.patches), torch.float32, device)
+    weights16 = weights.view(text_tokens.dtype) if split else weights
+    tile_sums = _empty((B, n_tiles, rows), torch.float32, device)
+    tile_stats = _empty((2, B, n_tiles, rows), torch.float32, device) if n_tiles > 1 else tile_sums
+    parts = _empty((3, n_cols, B, rows), torch.float32, device)
     lse = _empty((B, G), torch.float32, device)
     out = _empty((B, G), text_tokens.dtype, device) if scores else lse
     mask = text_mask.view(torch.uint8)
     valid, snb, snk = _valid_args(neg_valid, mask)
     common = dict(num_warps=tiles.num_warps, num_stages=tiles.num_stages)
-    dots = dict(BR=tiles.rows, BP=tiles.patches, DOT_PRECISION=_dot_precision(text_tokens.dtype), **common)
+    weights_args = dict(SOFTMAX=normalizer == "softmax", SPARSIFY=bool(sparsify), SPLIT=split)
     _similarity_kernel[(B * n_tiles,)](
         image_tokens,
         text_tokens,
         mask,
         valid,
         weights,
+        weights16,
         tile_stats,
-        rows,
+        tile_sums,
+        row_list,
         n_rows,
         B,
         G,
         T,
         P,
         D,
-        S,
+        rows,
         n_tiles,
         *image_tokens.stride(),
         *text_tokens.stride(),
@@ -954,67 +1074,85 @@ def _forward(
         snb,
         snk,
         HAS_VALID=neg_valid is not None,
-        SOFTMAX=normalizer == "softmax",
+        ONE_TILE=n_tiles == 1,
+        BR=tiles.rows,
+        BP=tiles.patches,
         BD=tiles.width,
         GP=max(2, triton.next_power_of_2(G)),
         TP=triton.next_power_of_2(T),
-        **dots,
+        DOT_PRECISION=_dot_precision(text_tokens.dtype),
+        **weights_args,
+        **common,
     )
+    if n_tiles > 1:
+        _fixup_kernel[(B * n_tiles,)](
+            weights,
+            weights16,
+            tile_stats,
+            tile_sums,
+            n_rows,
+            B,
+            P,
+            rows,
+            n_tiles,
+            BR=tiles.rows,
+            BP=tiles.patches,
+            num_warps=tiles.num_warps,
+            **weights_args,
+        )
     _pool_kernel[(B * n_cols,)](
         image_tokens,
         text_tokens,
         weights,
-        tile_stats,
-        rows,
+        weights16,
+        saved_weights,
+        tile_sums,
+        row_list,
         n_rows,
         stats,
-        ranges,
         parts,
         B,
         T,
         P,
         D,
-        S,
+        rows,
         n_tiles,
         n_cols,
         *image_tokens.stride(),
         *text_tokens.stride(),
-        SOFTMAX=normalizer == "softmax",
-        SPARSIFY=bool(sparsify),
-        BD=tiles.columns,
-        **dots,
+        SPLIT=split,
+        BR=tiles.rows,
+        BP=tiles.patches,
+        BC=tiles.columns,
+        DOT_PRECISION=_dot_precision(text_tokens.dtype),
+        **common,
     )
-    _finish_kernel[(B * n_tiles,)](
+    _finish_kernel[(B,)](
         parts,
-        weights,
-        tile_stats,
         stats,
-        ranges,
-        rows,
+        row_list,
         n_rows,
         logit_scale,
         lse,
+        dlds,
         out,
         B,
         G,
         T,
-        P,
-        S,
+        rows,
         n_tiles,
         n_cols,
-        SOFTMAX=normalizer == "softmax",
-        SPARSIFY=bool(sparsify),
         SCORES=bool(scores),
         BR=tiles.rows,
-        BP=tiles.patches,
         GP=max(2, triton.next_power_of_2(G)),
-        num_warps=tiles.num_warps,
+        num_warps=4,
     )
-    return lse, out if scores else None, (weights, stats, rows, n_rows)
+    return lse, out if scores else None, (saved_weights, stats, row_list, n_rows, dlds)
 
 
 def _contrast(lse, neg_valid, focal_gamma, label_smoothing, dtype):
-    """Launch 4 of the loss. Returns ``loss ()`` in ``dtype`` and ``dLoss/dl (B, G)`` fp32."""
+    """The loss's last forward launch. Returns ``loss ()`` in ``dtype`` and ``dLoss/dl (B, G)``
+    fp32."""
     B, G = lse.shape
     loss = _empty((), dtype, lse.device)
     dlse = _empty((B, G), torch.float32, lse.device)
@@ -1051,30 +1189,38 @@ def _backward(
     tiles,
     wanted,
 ):
-    """Backward launches. ``grad`` is the upstream gradient: ``()`` for the loss (with ``dlse``
+    """The backward launch. ``grad`` is the upstream gradient: ``()`` for the loss (with ``dlse``
     its ``dLoss/dl``), ``(B, G)`` for the scores (``dlse`` None). ``saved`` is what
     :func:`_forward` saved; ``wanted`` says which of the gradients of image_tokens ``(B, P, D)``,
     text_tokens ``(B, G, T, D)`` and logit_scale ``()`` to compute. Returns them, each in its
-    input's dtype, and an empty tensor for each one not wanted."""
+    input's dtype with :func:`gradient_strides`, and an empty tensor for each one not wanted."""
     need_image, need_text, need_scale = wanted
-    weights, stats, rows, n_rows = saved
+    weights, stats, row_list, n_rows, dlds = saved
     B, P, D = image_tokens.shape
     G, T = text_tokens.shape[1], text_tokens.shape[2]
+    rows = stats.shape[2]
     device = image_tokens.device
-    d_image = _empty((B, P, D), image_tokens.dtype, device) if need_image else _nothing(image_tokens)
-    # The dV pass rebuilds dZ from dX: with dV alone wanted, dX of the rows is kept in this buffer.
+    d_image = (
+        _empty(image_tokens.shape, image_tokens.dtype, device, gradient_strides(image_tokens))
+        if need_image
+        else _nothing(image_tokens)
+    )
+    # B rebuilds dZ from dX past an image's first row block: with dV alone wanted, dX of the rows
+    # is kept in this buffer.
     d_text = (
-        _empty((B, G, T, D), text_tokens.dtype, device) if need_text or need_image else _nothing(text_tokens)
+        _empty(text_tokens.shape, text_tokens.dtype, device, gradient_strides(text_tokens))
+        if need_text or need_image
+        else _nothing(text_tokens)
     )
     d_scale = _empty((), logit_scale.dtype, device) if need_scale else _nothing(logit_scale)
-    dscale_part = _empty((B,), torch.float32, device) if need_scale else lse
     mask = text_mask.view(torch.uint8)
     valid, snb, snk = _valid_args(neg_valid, mask)
     up_strides = grad.stride() if grad.dim() == 2 else (0, 0)
     block_t = triton.next_power_of_2(T)
-    # d logit_scale alone needs the row statistics only: one program per image.
-    n_cols = triton.cdiv(D, tiles.columns) if need_image or need_text else 1
-    _tokens_bwd_kernel[(B * n_cols,)](
+    # d logit_scale alone is a sum over the (B, G) captions: one program.
+    n_cols = triton.cdiv(D, tiles.columns)
+    grid = B * n_cols if need_image or need_text else 1
+    _tokens_bwd_kernel[(grid,)](
         image_tokens,
         text_tokens,
         mask,
@@ -1083,19 +1229,20 @@ def _backward(
         grad,
         lse if dlse is None else dlse,
         lse,
+        dlds,
         weights,
         stats,
-        rows,
+        row_list,
         n_rows,
         d_image if need_image else lse,
         d_text if need_image or need_text else lse,
-        dscale_part,
+        d_scale if need_scale else lse,
         B,
         G,
         T,
         P,
         D,
-        G * T,
+        rows,
         triton.cdiv(P, tiles.patches),
         n_cols,
         *image_tokens.stride(),
@@ -1104,6 +1251,8 @@ def _backward(
         snb,
         snk,
         *up_strides,
+        *(d_image.stride() if need_image else (0, 0, 0)),
+        *(d_text.stride() if need_image or need_text else (0, 0, 0, 0)),
         HAS_VALID=neg_valid is not None,
         HAS_DLSE=dlse is not None,
         IMAGE_GRAD=need_image,
@@ -1111,17 +1260,14 @@ def _backward(
         SCALE_GRAD=need_scale,
         BR=tiles.rows,
         BP=tiles.patches,
-        BD=tiles.columns,
+        BC=tiles.columns,
         TP=block_t,
         ZD=min(tiles.columns, max(16, 4096 // block_t)),
+        GP=max(2, triton.next_power_of_2(G)),
         DOT_PRECISION=_dot_precision(text_tokens.dtype),
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,
     )
-    if need_scale:
-        _sum_kernel[(1,)](
-            dscale_part, d_scale, B, BLOCK=max(16, min(1024, triton.next_power_of_2(B))), num_warps=4
-        )
     return d_image, d_text if need_text else _nothing(text_tokens), d_scale
 
 
@@ -1130,11 +1276,12 @@ def _backward(
 # ---------------------------------------------------------------------------------------------
 
 
-def _saved_like(image_tokens: torch.Tensor, text_tokens: torch.Tensor, sparsify: bool):
+def _saved_like(image_tokens: torch.Tensor, text_tokens: torch.Tensor, rows: int):
     """Fake saved tensors, with the shapes :func:`_forward` gives them."""
+    tiles = _tiles_for(image_tokens, text_tokens)
     return tuple(
         torch.empty(shape, dtype=dtype, device=image_tokens.device)
-        for shape, dtype in _saved_shapes(image_tokens, text_tokens, sparsify)
+        for shape, dtype in _saved_shapes(image_tokens, text_tokens, rows, tiles)
     )
 
 
@@ -1146,23 +1293,24 @@ def _scores_op(
     logit_scale: torch.Tensor,
     normalizer: str,
     sparsify: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    rows: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``scores (B, G)`` in the tokens' dtype, ``l (B, G)`` fp32, then what the backward needs
-    (see _saved_shapes)."""
+    (see _saved_shapes) for ``rows`` rows an image (:func:`row_capacity`)."""
     tiles = _tiles_for(image_tokens, text_tokens)
     with _on_device(image_tokens):
         lse, scores, saved = _forward(
-            image_tokens, text_tokens, text_mask, logit_scale, None, normalizer, sparsify, tiles, scores=True
+            image_tokens, text_tokens, text_mask, logit_scale, None, normalizer, sparsify, rows, tiles, True
         )
     return scores, lse, *saved
 
 
 @_scores_op.register_fake
-def _scores_fake(image_tokens, text_tokens, text_mask, logit_scale, normalizer, sparsify):
+def _scores_fake(image_tokens, text_tokens, text_mask, logit_scale, normalizer, sparsify, rows):
     B, G = text_tokens.shape[:2]
     scores = torch.empty((B, G), dtype=text_tokens.dtype, device=text_tokens.device)
     lse = torch.empty((B, G), dtype=torch.float32, device=text_tokens.device)
-    return (scores, lse, *_saved_like(image_tokens, text_tokens, sparsify))
+    return (scores, lse, *_saved_like(image_tokens, text_tokens, rows))
 
 
 @torch.library.custom_op("fsc_losses::local_hn_loss", mutates_args=())
@@ -1176,9 +1324,19 @@ def _loss_op(
     sparsify: bool,
     focal_gamma: float,
     label_smoothing: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    rows: int,
+) -> tuple[
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+]:
     """``loss ()`` in the tokens' dtype, ``dLoss/dl (B, G)`` and ``l (B, G)`` fp32, then what the
-    backward needs (see _saved_shapes)."""
+    backward needs (see _saved_shapes) for ``rows`` rows an image."""
     tiles = _tiles_for(image_tokens, text_tokens)
     with _on_device(image_tokens):
         lse, _, saved = _forward(
@@ -1189,8 +1347,9 @@ def _loss_op(
             neg_valid,
             normalizer,
             sparsify,
+            rows,
             tiles,
-            scores=False,
+            False,
         )
         loss, dlse = _contrast(lse, neg_valid, focal_gamma, label_smoothing, text_tokens.dtype)
     return loss, dlse, lse, *saved
@@ -1207,12 +1366,13 @@ def _loss_fake(
     sparsify,
     focal_gamma,
     label_smoothing,
+    rows,
 ):
     B, G = text_tokens.shape[:2]
     loss = torch.empty((), dtype=text_tokens.dtype, device=text_tokens.device)
     dlse = torch.empty((B, G), dtype=torch.float32, device=text_tokens.device)
     lse = torch.empty((B, G), dtype=torch.float32, device=text_tokens.device)
-    return (loss, dlse, lse, *_saved_like(image_tokens, text_tokens, sparsify))
+    return (loss, dlse, lse, *_saved_like(image_tokens, text_tokens, rows))
 
 
 @torch.library.custom_op("fsc_losses::local_hn_bwd", mutates_args=())
@@ -1227,8 +1387,9 @@ def _bwd_op(
     lse: torch.Tensor,
     weights: torch.Tensor,
     stats: torch.Tensor,
-    rows: torch.Tensor,
+    row_list: torch.Tensor,
     n_rows: torch.Tensor,
+    dlds: torch.Tensor,
     need_image: bool,
     need_text: bool,
     need_scale: bool,
@@ -1246,7 +1407,7 @@ def _bwd_op(
             logit_scale,
             neg_valid,
             lse,
-            (weights, stats, rows, n_rows),
+            (weights, stats, row_list, n_rows, dlds),
             tiles,
             (need_image, need_text, need_scale),
         )
@@ -1264,21 +1425,39 @@ def _bwd_fake(
     lse,
     weights,
     stats,
-    rows,
+    row_list,
     n_rows,
+    dlds,
     need_image,
     need_text,
     need_scale,
 ):
-    # Contiguous, like the real gradients (empty_like would keep a grouped view's strides).
-    return tuple(
-        torch.empty(t.shape, dtype=t.dtype, device=t.device) if need else _nothing(t)
-        for t, need in ((image_tokens, need_image), (text_tokens, need_text), (logit_scale, need_scale))
+    # The real gradients' strides (gradient_strides), not empty_like's: they must agree.
+    return (
+        torch.empty_strided(
+            image_tokens.shape,
+            gradient_strides(image_tokens),
+            dtype=image_tokens.dtype,
+            device=image_tokens.device,
+        )
+        if need_image
+        else _nothing(image_tokens),
+        torch.empty_strided(
+            text_tokens.shape,
+            gradient_strides(text_tokens),
+            dtype=text_tokens.dtype,
+            device=text_tokens.device,
+        )
+        if need_text
+        else _nothing(text_tokens),
+        torch.empty((), dtype=logit_scale.dtype, device=logit_scale.device)
+        if need_scale
+        else _nothing(logit_scale),
     )
 
 
 def _setup_scores(ctx, inputs, output):
-    image_tokens, text_tokens, text_mask, logit_scale, _, _ = inputs
+    image_tokens, text_tokens, text_mask, logit_scale, *_ = inputs
     _, lse, *saved = output
     # The saved outputs get no gradient: no zeros are materialised for them in the backward.
     ctx.mark_non_differentiable(lse, *saved)
@@ -1304,7 +1483,7 @@ def _scores_backward(ctx, grad_scores, *_):
         grad_scores, None, image_tokens, text_tokens, text_mask, logit_scale, None, lse, *saved, *wanted
     )
     d_image, d_text, d_scale = _given(grads, wanted)
-    return d_image, d_text, None, d_scale, None, None
+    return d_image, d_text, None, d_scale, None, None, None
 
 
 def _setup_loss(ctx, inputs, output):
@@ -1322,7 +1501,7 @@ def _loss_backward(ctx, grad_loss, *_):
         grad_loss, dlse, image_tokens, text_tokens, text_mask, logit_scale, neg_valid, lse, *saved, *wanted
     )
     d_image, d_text, d_scale = _given(grads, wanted)
-    return d_image, d_text, None, d_scale, None, None, None, None, None
+    return d_image, d_text, None, d_scale, None, None, None, None, None, None
 
 
 _scores_op.register_autograd(_scores_backward, setup_context=_setup_scores)
@@ -1336,8 +1515,8 @@ _loss_op.register_autograd(_loss_backward, setup_context=_setup_loss)
 
 def unsupported_reason(image_tokens: torch.Tensor, text_tokens: torch.Tensor) -> str | None:
     """Why the kernels cannot take these inputs on their device, or None when they can: dtypes,
-    devices, sizes beyond the kernels' limits, or no tile size that fits the device's shared
-    memory (:func:`fit_reason`).
+    devices, sizes beyond the kernels' limits, a GPU older than compute capability 8.0, or no tile
+    size that fits the device's shared memory (:func:`device_reason`).
 
     Args:
         image_tokens: ``(B, P, D)``.
@@ -1370,6 +1549,23 @@ def shape_reason(image_tokens: torch.Tensor, text_tokens: torch.Tensor, spec: De
         return f"{P} patches (at most {_MAX_PATCHES})"
     if T > _MAX_POSITIONS:
         return f"{T} text positions (at most {_MAX_POSITIONS})"
+    return device_reason(image_tokens, text_tokens, spec)
+
+
+def device_reason(
+    image_tokens: torch.Tensor, text_tokens: torch.Tensor, spec: DeviceSpec | None = None
+) -> str | None:
+    """Why the tokens' device (or a device like ``spec``) cannot run the kernels on these inputs:
+    a compute capability below :data:`MIN_CAPABILITY`, or no tile size that fits its shared memory
+    (:func:`fit_reason`); None when it can. ``backend="triton"`` raises with this reason where
+    ``auto`` falls back to the reference."""
+    spec = device_spec(image_tokens.device) if spec is None else spec
+    if spec.capability is not None and tuple(spec.capability) < MIN_CAPABILITY:
+        major, minor = spec.capability
+        return (
+            f"compute capability {major}.{minor} (sm_{major}{minor}): the kernels need "
+            f"{MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer (tensor-core dots and bf16)"
+        )
     return fit_reason(image_tokens, text_tokens, spec)
 
 
@@ -1397,6 +1593,7 @@ def local_hn_scores(
     logit_scale: torch.Tensor,
     normalizer: str,
     sparsify: bool,
+    max_rows: int | None = None,
 ) -> torch.Tensor:
     """Local score of every (image, own caption) pair, as ``reference.local_hn_scores``.
 
@@ -1406,12 +1603,15 @@ def local_hn_scores(
         text_mask: ``(B, G, T)`` bool.
         logit_scale: ``()`` floating.
         normalizer: ``"minmax"`` or ``"softmax"``; sparsify: minmax only.
+        max_rows: the most positions any image counts, over its present captions (the value
+            check reads it), or None: the buffers are then sized for every position.
 
     Returns:
         ``(B, G)`` in the tokens' dtype, ``-inf`` where a caption counts no position;
         differentiable w.r.t. image_tokens, text_tokens and logit_scale.
     """
-    return _scores_op(image_tokens, text_tokens, text_mask, logit_scale, normalizer, bool(sparsify))[0]
+    rows = row_capacity(text_tokens.shape[1], text_tokens.shape[2], max_rows)
+    return _scores_op(image_tokens, text_tokens, text_mask, logit_scale, normalizer, bool(sparsify), rows)[0]
 
 
 def local_hn_loss(
@@ -1424,14 +1624,17 @@ def local_hn_loss(
     sparsify: bool,
     focal_gamma: float,
     label_smoothing: float,
+    max_rows: int | None = None,
 ) -> torch.Tensor:
-    """``reference.hn_contrast_loss(reference.local_hn_scores(...), neg_valid, focal_gamma,
-    label_smoothing)`` in four launches.
+    """``reference.local_hn_loss``: in five launches forward (four with one patch tile) and one
+    backward.
 
     Args:
         as :func:`local_hn_scores`, plus ``neg_valid (B, G-1)`` bool or None (all present),
         ``focal_gamma >= 0`` and ``label_smoothing`` in ``[0, 1)``. A missing negative neither
-        affects the loss nor receives gradient; a present caption counts at least one position.
+        affects the loss nor receives gradient; so does a present one that counts no position,
+        and an image whose true caption counts none does not count
+        (``reference.contrasted_negatives``).
 
     Returns:
         ``()`` in the tokens' dtype; differentiable w.r.t. image_tokens, text_tokens and
@@ -1447,4 +1650,5 @@ def local_hn_loss(
         bool(sparsify),
         float(focal_gamma),
         float(label_smoothing),
+        row_capacity(text_tokens.shape[1], text_tokens.shape[2], max_rows),
     )[0]
