@@ -13,7 +13,6 @@ The sigmoid term against open_clip's ``SigLipLoss`` on 2 and 3 processes: test_d
 
 import importlib.util
 import os
-import socket
 
 import pytest
 import torch
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 
 from fsc_losses import FSCLoss, contrastive_loss
 
+from .gloo import free_port, process_group
 from .tolerances import assert_close_to_scale
 
 WORLD, B, K, T, P, D, E = 2, 6, 2, 5, 4, 8, 6
@@ -101,8 +101,7 @@ def _all_reduce_mean(tensors):
 
 
 def _worker(rank, port, out_dir):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
+    with process_group(rank, WORLD, port):
         data = _data()
         rows = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
         saved = {}
@@ -142,21 +141,13 @@ def _worker(rank, port, out_dir):
                 "grads": {name: p.grad.clone() for name, p in model.named_parameters()},
             }
         torch.save(saved, os.path.join(out_dir, f"{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     """What each rank saved."""
     out_dir = tmp_path_factory.mktemp("ranks")
-    mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(out_dir)), nprocs=WORLD, join=True)
     return [torch.load(out_dir / f"{rank}.pt", weights_only=True) for rank in range(WORLD)]
 
 

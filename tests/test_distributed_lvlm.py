@@ -16,7 +16,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from fsc_losses import ContrastiveNTPLoss
-from tests.test_distributed import _all_reduce_mean, _free_port
+from tests.gloo import free_port, process_group
+from tests.test_distributed import _all_reduce_mean
 from tests.tolerances import assert_close_to_scale
 
 WORLD, PAIRS, SEQS, LENGTH, FEATURES, WIDTH, VOCAB = 2, 6, 4, 7, 5, 8, 30
@@ -85,8 +86,7 @@ def _loss_fn(rank, world_size, local_loss):
 
 
 def _ddp_worker(rank, port, local_loss, out_dir):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
+    with process_group(rank, WORLD, port):
         module = TrainingModule(_loss_fn(rank, WORLD, local_loss))
         terms = module(*_rank_batch(_data(), rank))
         sum(terms.values()).backward()
@@ -99,8 +99,6 @@ def _ddp_worker(rank, port, local_loss, out_dir):
             {"grads": grads, "losses": _all_reduce_mean([sum(terms.values()), *terms.values()])},
             os.path.join(out_dir, f"{rank}.pt"),
         )
-    finally:
-        dist.destroy_process_group()
 
 
 def _fsdp_worker(rank, port, out_dir):
@@ -108,8 +106,7 @@ def _fsdp_worker(rank, port, out_dir):
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
+    with process_group(rank, WORLD, port):
         mesh = init_device_mesh("cpu", (WORLD,))
         module = TrainingModule(_loss_fn(rank, WORLD, local_loss=False))
         fully_shard(module.model.encoder, mesh=mesh)
@@ -124,8 +121,6 @@ def _fsdp_worker(rank, port, out_dir):
             {"grads": grads, "losses": _all_reduce_mean([sum(terms.values()), *terms.values()])},
             os.path.join(out_dir, f"{rank}.pt"),
         )
-    finally:
-        dist.destroy_process_group()
 
 
 def _one_process():
@@ -147,12 +142,12 @@ def _check_ranks(out_dir):
 
 @pytest.mark.parametrize("local_loss", [False, True])
 def test_two_processes_equal_one(local_loss, tmp_path):
-    mp.spawn(_ddp_worker, args=(_free_port(), local_loss, str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_ddp_worker, args=(free_port(), local_loss, str(tmp_path)), nprocs=WORLD, join=True)
     _check_ranks(tmp_path)
 
 
 def test_fsdp_fully_shard_equals_one_process(tmp_path):
-    mp.spawn(_fsdp_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_fsdp_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     _check_ranks(tmp_path)
 
 

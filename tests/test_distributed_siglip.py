@@ -9,16 +9,15 @@ with ``contrastive="sigmoid"`` and nothing else set, against ``SigLipLoss(dist_i
 """
 
 import os
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from fsc_losses import ContrastiveNTPLoss, FSCLoss, contrastive_loss
 
+from .gloo import free_port, process_group
 from .tolerances import assert_close_to_scale
 
 open_clip_loss = pytest.importorskip("open_clip.loss")
@@ -68,22 +67,12 @@ def _loss_and_grads(loss_fn, rank, world_size):
 
 
 def _worker(rank, world_size, port, out_dir):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    try:
+    with process_group(rank, world_size, port):
         saved = {name: _loss_and_grads(_ours(name, rank, world_size), rank, world_size) for name in OURS}
         for impl in DIST_IMPLS:
             siglip = open_clip_loss.SigLipLoss(rank=rank, world_size=world_size, dist_impl=impl)
             saved[impl] = _loss_and_grads(siglip, rank, world_size)
         torch.save(saved, os.path.join(out_dir, f"{rank}.pt"))
-        dist.barrier()  # no rank tears the group down while another still uses it
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module", params=[2, 3], ids=lambda w: f"{w}_processes")
@@ -91,7 +80,7 @@ def ranks(request, tmp_path_factory):
     """What each of ``world_size`` ranks saved: loss and gradients per loss function."""
     world_size = request.param
     out_dir = tmp_path_factory.mktemp(f"siglip_{world_size}")
-    mp.spawn(_worker, args=(world_size, _free_port(), str(out_dir)), nprocs=world_size, join=True)
+    mp.spawn(_worker, args=(world_size, free_port(), str(out_dir)), nprocs=world_size, join=True)
     return [torch.load(out_dir / f"{rank}.pt", weights_only=True) for rank in range(world_size)]
 
 
