@@ -35,23 +35,24 @@ ANCHORS = {"ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14-336"}
 pytestmark = pytest.mark.slow
 
 
+def json_lines(command: list[str]) -> list[dict]:
+    """What a benchmarks/ script run with ``--json`` prints, one JSON object a line; it compiles for
+    the GPU ahead of time, so Triton's interpreter is off."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
 @pytest.fixture(scope="module")
 def rows():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     found = []
     for arch, dtypes in COVER.items():
-        command = [sys.executable, "benchmarks/kernel_resources.py", "--json", "--suite", "anchors"]
-        command += ["--ops", "loss", "--arch", str(arch), "--dtype", *dtypes]
-        done = subprocess.run(
-            command + ["--jobs", str(min(4, os.cpu_count() or 1))],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=1200,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        found += [json.loads(line) for line in done.stdout.splitlines()]
+        command = ["benchmarks/kernel_resources.py", "--json", "--suite", "anchors", "--ops", "loss"]
+        command += ["--arch", str(arch), "--dtype", *dtypes, "--jobs", str(min(4, os.cpu_count() or 1))]
+        found += json_lines(command)
     return found
 
 
@@ -169,17 +170,7 @@ def test_the_instruction_aware_model_meets_the_targets(rows):
     or under the v4 targets (155 / 123 / 111 / 174 us), the A100's within 3x the padded HBM floor;
     every launch that computes keeps at least 75% of the SMs busy with the grids the host code
     plans."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run(
-        [sys.executable, "benchmarks/kernel_cost.py", "--json", "--dtype", "bf16"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    summaries = [json.loads(line) for line in done.stdout.splitlines()]
+    summaries = json_lines(["benchmarks/kernel_cost.py", "--json", "--dtype", "bf16"])
     assert {(s["gpu"], s["shape"]) for s in summaries} == {(g, a) for g in ("H100", "A100") for a in ANCHORS}
     for summary in summaries:
         where = (summary["gpu"], summary["shape"], round(summary["total_us"], 1))
