@@ -484,13 +484,13 @@ def draw_chart(comparison: Comparison, path: str | Path, background: bool = True
         ImportError: matplotlib is not installed (the text comparison does not need it).
         ValueError: see ``chart``.
     """
+    data = chart(comparison)  # first: what no install can mend is said first
     try:
         from matplotlib.figure import Figure
     except ImportError:
         raise ImportError(
             "the chart needs matplotlib (pip install matplotlib); the text comparison does not"
         ) from None
-    data = chart(comparison)
     figure = Figure(figsize=(8, 6.5), layout="constrained")
     axes = figure.add_subplot()
     for kind, points in data.background.items() if background else ():
