@@ -1,25 +1,37 @@
-"""Gloo process groups for the tests' worker processes (``torch.multiprocessing.spawn``)."""
+"""Gloo process groups for the tests' worker processes, on the CPU."""
 
-import contextlib
+import gc
+import os
 import socket
+import sys
 
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 
-def free_port() -> int:
-    with socket.socket() as s:
+def spawn(work, world_size: int, *args) -> None:
+    """``work(rank, *args)`` in ``world_size`` processes joined in one gloo group; raises if any of
+    them fails."""
+    with socket.socket() as s:  # a free port for the group's store
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port = s.getsockname()[1]
+    mp.spawn(_run, args=(world_size, port, work, args), nprocs=world_size, join=True)
 
 
-@contextlib.contextmanager
-def process_group(rank: int, world_size: int, port: int):
-    """This worker's gloo group for the block. Torn down after a barrier when the block succeeds:
-    a rank that tears its group down, or exits, while another still uses it aborts the other
-    ("terminate called without an active exception"), now and then."""
+def _run(rank: int, world_size: int, port: int, work, args: tuple) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
-        yield
+        work(rank, *args)
+        # The group's last users (sharded modules, DTensors, pending works) are freed while every
+        # rank still runs, and no rank tears the group down while another still uses it.
+        gc.collect()
         dist.barrier()
     finally:
         dist.destroy_process_group()
+    # What gloo leaves behind can still be destroyed during interpreter shutdown, where it aborts
+    # the process now and then ("terminate called without an active exception", in CI, about one
+    # full run in three, not reproduced alone). The work is saved and the group gone, so leave
+    # without the shutdown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

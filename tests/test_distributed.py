@@ -17,12 +17,11 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from fsc_losses import FSCLoss, contrastive_loss
 
-from .gloo import free_port, process_group
+from .gloo import spawn
 from .tolerances import assert_close_to_scale
 
 WORLD, B, K, T, P, D, E = 2, 6, 2, 5, 4, 8, 6
@@ -100,54 +99,53 @@ def _all_reduce_mean(tensors):
     return flat / WORLD
 
 
-def _worker(rank, port, out_dir):
-    with process_group(rank, WORLD, port):
-        data = _data()
-        rows = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
-        saved = {}
-        for name, options in FSC_CASES.items():
-            leaves = _leaves(data)
-            loss_fn = FSCLoss(rank=rank, world_size=WORLD, **options)
-            terms = _fsc_terms(loss_fn, data, leaves, rows)
-            total = sum(terms.values())
-            total.backward()
-            # what DDP does: average the parameter gradients, and the logged losses, over the ranks
-            saved[name] = {
-                "losses": _all_reduce_mean([total, *terms.values()]),
-                "grads": _all_reduce_mean([leaf.grad for leaf in leaves]),
-            }
+def _worker(rank, out_dir):
+    data = _data()
+    rows = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+    saved = {}
+    for name, options in FSC_CASES.items():
+        leaves = _leaves(data)
+        loss_fn = FSCLoss(rank=rank, world_size=WORLD, **options)
+        terms = _fsc_terms(loss_fn, data, leaves, rows)
+        total = sum(terms.values())
+        total.backward()
+        # what DDP does: average the parameter gradients, and the logged losses, over the ranks
+        saved[name] = {
+            "losses": _all_reduce_mean([total, *terms.values()]),
+            "grads": _all_reduce_mean([leaf.grad for leaf in leaves]),
+        }
 
-        if HAS_TRANSFORMERS:
-            from torch.nn.parallel import DistributedDataParallel
+    if HAS_TRANSFORMERS:
+        from torch.nn.parallel import DistributedDataParallel
 
-            from fsc_losses.integrations.transformers import DenseEncoder
+        from fsc_losses.integrations.transformers import DenseEncoder
 
-            model = _tiny_siglip()
-            encoder = DistributedDataParallel(DenseEncoder(model))
-            out = encoder(data["pixel_values"][rows], data["input_ids"][rows])
-            loss = contrastive_loss(
-                out["image_features"],
-                out["text_features"],
-                out["logit_scale"],
-                out["logit_bias"],
-                contrastive="sigmoid",
-                gather_with_grad=True,
-                rank=rank,
-                world_size=WORLD,
-            )
-            loss.backward()  # DDP averages the gradients
-            saved["transformers"] = {
-                "loss": _all_reduce_mean([loss]),
-                "grads": {name: p.grad.clone() for name, p in model.named_parameters()},
-            }
-        torch.save(saved, os.path.join(out_dir, f"{rank}.pt"))
+        model = _tiny_siglip()
+        encoder = DistributedDataParallel(DenseEncoder(model))
+        out = encoder(data["pixel_values"][rows], data["input_ids"][rows])
+        loss = contrastive_loss(
+            out["image_features"],
+            out["text_features"],
+            out["logit_scale"],
+            out["logit_bias"],
+            contrastive="sigmoid",
+            gather_with_grad=True,
+            rank=rank,
+            world_size=WORLD,
+        )
+        loss.backward()  # DDP averages the gradients
+        saved["transformers"] = {
+            "loss": _all_reduce_mean([loss]),
+            "grads": {name: p.grad.clone() for name, p in model.named_parameters()},
+        }
+    torch.save(saved, os.path.join(out_dir, f"{rank}.pt"))
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     """What each rank saved."""
     out_dir = tmp_path_factory.mktemp("ranks")
-    mp.spawn(_worker, args=(free_port(), str(out_dir)), nprocs=WORLD, join=True)
+    spawn(_worker, WORLD, str(out_dir))
     return [torch.load(out_dir / f"{rank}.pt", weights_only=True) for rank in range(WORLD)]
 
 

@@ -12,11 +12,10 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from fsc_losses import ContrastiveNTPLoss
-from tests.gloo import free_port, process_group
+from tests.gloo import spawn
 from tests.test_distributed import _all_reduce_mean
 from tests.tolerances import assert_close_to_scale
 
@@ -85,42 +84,40 @@ def _loss_fn(rank, world_size, local_loss):
     )
 
 
-def _ddp_worker(rank, port, local_loss, out_dir):
-    with process_group(rank, WORLD, port):
-        module = TrainingModule(_loss_fn(rank, WORLD, local_loss))
-        terms = module(*_rank_batch(_data(), rank))
-        sum(terms.values()).backward()
-        grads = {}
-        for name, param in module.named_parameters():  # what DDP does: average the gradients
-            grads[name] = param.grad.clone()
-            dist.all_reduce(grads[name])
-            grads[name] /= WORLD
-        torch.save(
-            {"grads": grads, "losses": _all_reduce_mean([sum(terms.values()), *terms.values()])},
-            os.path.join(out_dir, f"{rank}.pt"),
-        )
+def _ddp_worker(rank, local_loss, out_dir):
+    module = TrainingModule(_loss_fn(rank, WORLD, local_loss))
+    terms = module(*_rank_batch(_data(), rank))
+    sum(terms.values()).backward()
+    grads = {}
+    for name, param in module.named_parameters():  # what DDP does: average the gradients
+        grads[name] = param.grad.clone()
+        dist.all_reduce(grads[name])
+        grads[name] /= WORLD
+    torch.save(
+        {"grads": grads, "losses": _all_reduce_mean([sum(terms.values()), *terms.values()])},
+        os.path.join(out_dir, f"{rank}.pt"),
+    )
 
 
-def _fsdp_worker(rank, port, out_dir):
+def _fsdp_worker(rank, out_dir):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
 
-    with process_group(rank, WORLD, port):
-        mesh = init_device_mesh("cpu", (WORLD,))
-        module = TrainingModule(_loss_fn(rank, WORLD, local_loss=False))
-        fully_shard(module.model.encoder, mesh=mesh)
-        fully_shard(module, mesh=mesh)
-        head = module.model.lm_head.weight
-        # outside the forward the head is this rank's shard: passing it to the loss there would be wrong
-        assert isinstance(head, DTensor) and head.to_local().shape == (VOCAB // WORLD, WIDTH)
-        terms = module(*_rank_batch(_data(), rank))
-        sum(terms.values()).backward()  # FSDP averages (reduce-scatters) the gradients
-        grads = {name: param.grad.full_tensor() for name, param in module.named_parameters()}
-        torch.save(
-            {"grads": grads, "losses": _all_reduce_mean([sum(terms.values()), *terms.values()])},
-            os.path.join(out_dir, f"{rank}.pt"),
-        )
+    mesh = init_device_mesh("cpu", (WORLD,))
+    module = TrainingModule(_loss_fn(rank, WORLD, local_loss=False))
+    fully_shard(module.model.encoder, mesh=mesh)
+    fully_shard(module, mesh=mesh)
+    head = module.model.lm_head.weight
+    # outside the forward the head is this rank's shard: passing it to the loss there would be wrong
+    assert isinstance(head, DTensor) and head.to_local().shape == (VOCAB // WORLD, WIDTH)
+    terms = module(*_rank_batch(_data(), rank))
+    sum(terms.values()).backward()  # FSDP averages (reduce-scatters) the gradients
+    grads = {name: param.grad.full_tensor() for name, param in module.named_parameters()}
+    torch.save(
+        {"grads": grads, "losses": _all_reduce_mean([sum(terms.values()), *terms.values()])},
+        os.path.join(out_dir, f"{rank}.pt"),
+    )
 
 
 def _one_process():
@@ -142,12 +139,12 @@ def _check_ranks(out_dir):
 
 @pytest.mark.parametrize("local_loss", [False, True])
 def test_two_processes_equal_one(local_loss, tmp_path):
-    mp.spawn(_ddp_worker, args=(free_port(), local_loss, str(tmp_path)), nprocs=WORLD, join=True)
+    spawn(_ddp_worker, WORLD, local_loss, str(tmp_path))
     _check_ranks(tmp_path)
 
 
 def test_fsdp_fully_shard_equals_one_process(tmp_path):
-    mp.spawn(_fsdp_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    spawn(_fsdp_worker, WORLD, str(tmp_path))
     _check_ranks(tmp_path)
 
 

@@ -12,12 +12,11 @@ import os
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from fsc_losses import ContrastiveNTPLoss, FSCLoss, contrastive_loss
 
-from .gloo import free_port, process_group
+from .gloo import spawn
 from .tolerances import assert_close_to_scale
 
 open_clip_loss = pytest.importorskip("open_clip.loss")
@@ -66,13 +65,12 @@ def _loss_and_grads(loss_fn, rank, world_size):
     return [loss.detach(), *[leaf.grad for leaf in leaves]]
 
 
-def _worker(rank, world_size, port, out_dir):
-    with process_group(rank, world_size, port):
-        saved = {name: _loss_and_grads(_ours(name, rank, world_size), rank, world_size) for name in OURS}
-        for impl in DIST_IMPLS:
-            siglip = open_clip_loss.SigLipLoss(rank=rank, world_size=world_size, dist_impl=impl)
-            saved[impl] = _loss_and_grads(siglip, rank, world_size)
-        torch.save(saved, os.path.join(out_dir, f"{rank}.pt"))
+def _worker(rank, world_size, out_dir):
+    saved = {name: _loss_and_grads(_ours(name, rank, world_size), rank, world_size) for name in OURS}
+    for impl in DIST_IMPLS:
+        siglip = open_clip_loss.SigLipLoss(rank=rank, world_size=world_size, dist_impl=impl)
+        saved[impl] = _loss_and_grads(siglip, rank, world_size)
+    torch.save(saved, os.path.join(out_dir, f"{rank}.pt"))
 
 
 @pytest.fixture(scope="module", params=[2, 3], ids=lambda w: f"{w}_processes")
@@ -80,7 +78,7 @@ def ranks(request, tmp_path_factory):
     """What each of ``world_size`` ranks saved: loss and gradients per loss function."""
     world_size = request.param
     out_dir = tmp_path_factory.mktemp(f"siglip_{world_size}")
-    mp.spawn(_worker, args=(world_size, free_port(), str(out_dir)), nprocs=world_size, join=True)
+    spawn(_worker, world_size, world_size, str(out_dir))
     return [torch.load(out_dir / f"{rank}.pt", weights_only=True) for rank in range(world_size)]
 
 
