@@ -100,13 +100,19 @@ def _plural(noun: str) -> str:
         last = _IRREGULAR[last]
     elif last.endswith("man") and last != "human":
         last = last[:-3] + "men"
-    elif last.endswith(("s", "x", "z", "ch", "sh")):
-        last += "es"
-    elif last.endswith("y") and last[-2:-1] not in tuple("aeiou"):
-        last = last[:-1] + "ies"
     else:
-        last += "s"
+        last = _with_s(last, ("s", "x", "z", "ch", "sh"))
     return f"{head} {last}" if head else last
+
+
+def _with_s(word: str, es_after: tuple[str, ...]) -> str:
+    """``word`` with the regular -s ending of a plural noun or a present-tense verb: "-es" after
+    one of ``es_after``, "-ies" for a consonant before a final "y"."""
+    if word.endswith(es_after):
+        return word + "es"
+    if word.endswith("y") and word[-2:-1] not in tuple("aeiou"):
+        return word[:-1] + "ies"
+    return word + "s"
 
 
 def _inflect(verb: str, form: str) -> str:
@@ -123,12 +129,8 @@ def _inflect(verb: str, form: str) -> str:
             first += first[-1] + "ing"
         else:
             first += "ing"
-    elif first.endswith(("s", "x", "z", "ch", "sh", "o")):
-        first += "es"
-    elif first.endswith("y") and first[-2:-1] not in tuple("aeiou"):
-        first = first[:-1] + "ies"
     else:
-        first += "s"
+        first = _with_s(first, ("s", "x", "z", "ch", "sh", "o"))
     return f"{first} {rest}" if rest else first
 
 

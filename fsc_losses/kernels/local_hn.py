@@ -958,6 +958,15 @@ def _nothing(like: torch.Tensor) -> torch.Tensor:
     return torch.empty((0,), dtype=like.dtype, device=like.device)
 
 
+def _gradient_buffer(like: torch.Tensor, wanted: bool) -> torch.Tensor:
+    """The uninitialised gradient of ``like``, in its dtype with :func:`gradient_strides`; or
+    :func:`_nothing` where it is not ``wanted``. The backward and its fake both allocate here, so
+    the strides they report agree."""
+    if not wanted:
+        return _nothing(like)
+    return _empty(like.shape, like.dtype, like.device, gradient_strides(like))
+
+
 def gradient_strides(tensor: torch.Tensor) -> tuple[int, ...]:
     """The strides a gradient of ``tensor`` gets: ``tensor``'s own where they lay its elements
     out densely (a permutation of a contiguous layout, as the grouped view of a flat ``(G*B, T,
@@ -1200,18 +1209,10 @@ def _backward(
     G, T = text_tokens.shape[1], text_tokens.shape[2]
     rows = stats.shape[2]
     device = image_tokens.device
-    d_image = (
-        _empty(image_tokens.shape, image_tokens.dtype, device, gradient_strides(image_tokens))
-        if need_image
-        else _nothing(image_tokens)
-    )
+    d_image = _gradient_buffer(image_tokens, need_image)
     # B rebuilds dZ from dX past an image's first row block: with dV alone wanted, dX of the rows
     # is kept in this buffer.
-    d_text = (
-        _empty(text_tokens.shape, text_tokens.dtype, device, gradient_strides(text_tokens))
-        if need_text or need_image
-        else _nothing(text_tokens)
-    )
+    d_text = _gradient_buffer(text_tokens, need_text or need_image)
     d_scale = _empty((), logit_scale.dtype, device) if need_scale else _nothing(logit_scale)
     mask = text_mask.view(torch.uint8)
     valid, snb, snk = _valid_args(neg_valid, mask)
@@ -1432,27 +1433,10 @@ def _bwd_fake(
     need_text,
     need_scale,
 ):
-    # The real gradients' strides (gradient_strides), not empty_like's: they must agree.
     return (
-        torch.empty_strided(
-            image_tokens.shape,
-            gradient_strides(image_tokens),
-            dtype=image_tokens.dtype,
-            device=image_tokens.device,
-        )
-        if need_image
-        else _nothing(image_tokens),
-        torch.empty_strided(
-            text_tokens.shape,
-            gradient_strides(text_tokens),
-            dtype=text_tokens.dtype,
-            device=text_tokens.device,
-        )
-        if need_text
-        else _nothing(text_tokens),
-        torch.empty((), dtype=logit_scale.dtype, device=logit_scale.device)
-        if need_scale
-        else _nothing(logit_scale),
+        _gradient_buffer(image_tokens, need_image),
+        _gradient_buffer(text_tokens, need_text),
+        _empty((), logit_scale.dtype, logit_scale.device) if need_scale else _nothing(logit_scale),
     )
 
 
