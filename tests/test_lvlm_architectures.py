@@ -10,6 +10,8 @@ not through ``SoftPrompt``'s hook.
 
 import contextlib
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -328,6 +330,34 @@ def test_trainer_trains_lora_and_soft_prompt_and_the_adapter_reloads(setup, tmp_
     with torch.no_grad():
         torch.testing.assert_close(
             trainer.compute_loss(loaded, setup.batch), trainer.compute_loss(model, setup.batch)
+        )
+
+
+def readme_block(marker: str) -> str:
+    """The README's python block that holds ``marker``."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if marker in b]
+    return block
+
+
+def test_the_readmes_loop_gives_the_objective_from_the_models_own_forward(setup):
+    """README.md's LVLM loop, run as written on the architecture's processor and model, gives the
+    objective from the model's own forward (its text sequences once came from the processor
+    alone, which PaliGemma's refuses)."""
+    model = dual_encoder(setup).eval()
+    lvlm = model.get_base_model()
+    names = dict(
+        processor=setup.processor,
+        lvlm=lvlm,
+        rows=setup.rows,
+        soft_prompt=lvlm.soft_prompt,
+        logit_scale=lvlm.logit_scale.log_scale.reshape(()),  # the README's log-scale parameter
+        **setup.architecture.prompts(),
+    )
+    with torch.no_grad():
+        exec(readme_block("ContrastiveNTPLoss("), names)
+        torch.testing.assert_close(
+            names["loss"], objective_from_the_models_own_forward(setup, model), rtol=1e-4, atol=1e-4
         )
 
 
