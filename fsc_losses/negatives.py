@@ -22,7 +22,6 @@ from its caption.
 
 from __future__ import annotations
 
-import functools
 import random
 import re
 from collections.abc import Sequence
@@ -74,6 +73,8 @@ _DETERMINERS = frozenset(
     "a an the this that these those some his her their its my your our both either each every "
     "another several many few no all".split()
 )
+# What may stand between two phrases whose exchange keeps the meaning ("red and white").
+_LINKING = _COORDINATORS | _DETERMINERS
 # After one of these a word that can be a noun or a verb is a verb ("a man skis down a hill").
 _BEFORE_VERB = frozenset("he she it they who that which is are was were be been being also still".split())
 # A verb's base form is read as a verb only after one of these or a plural noun ("trying to
@@ -442,7 +443,7 @@ def _keeps_meaning(a: _Unit, b: _Unit, words: list[str], units: list[_Unit]) -> 
     but "and", "or", commas and determiners between them ("red and white"), a list ("red, white
     and blue"), two adjectives of one noun, or a symmetric relation ("a dog next to a cat")."""
     between = words[a.end : b.start]
-    content = [i for i, w in enumerate(between, a.end) if w not in _COORDINATORS | _DETERMINERS]
+    content = [i for i, w in enumerate(between, a.end) if w not in _LINKING]
     if not content:
         return True
     inside = [u for u in units if a.end <= u.start and u.end <= b.start]
@@ -500,13 +501,6 @@ def _changes(toks: list[Token], edits: list[tuple[int, int, str]]) -> bool:
     return any(phrase.lower().split() != [t.lower() for _, t in toks[s:e]] for s, e, phrase in edits)
 
 
-@functools.lru_cache(maxsize=4096)
-def _parse(caption: str) -> tuple[list[Token], list[_Unit]]:
-    """The caption's tokens and lexicon units, shared by the kinds (callers never change them)."""
-    toks = _tokenize(caption)
-    return toks, _find(toks)
-
-
 def _move(unit: _Unit, slot: _Unit, toks: list[Token], units: list[_Unit]) -> list[tuple[int, int, str]]:
     """Edits that write ``unit`` into ``slot``: as written ("Nintendo Wii") where it needs no new
     inflection (the sentence's capital aside), else re-inflected from its lemma."""
@@ -519,8 +513,7 @@ def _move(unit: _Unit, slot: _Unit, toks: list[Token], units: list[_Unit]) -> li
     return _put(slot, reading.lemma, units, unit.modifier)
 
 
-def _swap(caption: str, rng: random.Random) -> str | None:
-    toks, units = _parse(caption)
+def _swap(toks: list[Token], units: list[_Unit], rng: random.Random) -> str | None:
     words = [t.lower() for _, t in toks]
     candidates = [u for u in units if _swap_class(u) is not None]
     needs = {u: _slot_needs(u, words, units) for u in candidates}
@@ -563,8 +556,7 @@ def _options(unit: _Unit, present: set[str], words: list[str], units: list[_Unit
     return fitting or tuple(o for o in options if o not in present) or options
 
 
-def _replace(caption: str, rng: random.Random) -> str | None:
-    toks, units = _parse(caption)
+def _replace(toks: list[Token], units: list[_Unit], rng: random.Random) -> str | None:
     words = [t.lower() for _, t in toks]
     present = {u.reading.lemma for u in units}
     order = list(units)
@@ -580,8 +572,7 @@ def _replace(caption: str, rng: random.Random) -> str | None:
     return None
 
 
-def _shuffle(caption: str, rng: random.Random) -> str | None:
-    toks, _ = _parse(caption)
+def _shuffle(toks: list[Token], units: list[_Unit], rng: random.Random) -> str | None:
     words = [t for _, t in toks]
     tail = []
     while words and words[-1] in ".!?":  # the final full stop stays last
@@ -659,12 +650,14 @@ def make_hard_negatives(
 
     negatives = [""] * (len(kinds) * len(captions))
     valid = [[False] * len(kinds) for _ in captions]
-    for b, caption in enumerate(captions):  # caption by caption: the kinds share its parse
+    for b, caption in enumerate(captions):
+        toks = _tokenize(caption)  # parsed once, read (never changed) by every kind
+        units = _find(toks)
         for k, kind in enumerate(kinds):
             # str seeds are hashed with SHA-512 by `random`, so this is stable across
             # processes (unlike the salted built-in hash) and per caption.
             rng = random.Random(f"{seed}\x1f{kind}\x1f{caption}")
-            neg = _GENERATORS[kind](caption, rng)
+            neg = _GENERATORS[kind](toks, units, rng)
             valid[b][k] = neg is not None
             negatives[k * len(captions) + b] = "" if neg is None else neg
     mask = torch.tensor(valid, dtype=torch.bool).reshape(len(captions), len(kinds))
