@@ -37,7 +37,7 @@ from transformers import SiglipModel, Trainer, TrainerCallback
 
 from .. import ContrastiveNTPLoss, FSCLoss
 from ..negatives import HN_KINDS, make_hard_negatives
-from .lvlm import hidden_states, lm_head_softcap, sequence_embeddings
+from .lvlm import hidden_states, lm_head_softcap, sequence_embeddings, without_peft
 from .transformers import _check_supported, encode_dense, token_ids
 
 __all__ = ["ContrastiveNTPCollator", "ContrastiveNTPTrainer", "FSCCollator", "FSCTrainer"]
@@ -615,7 +615,7 @@ class ContrastiveNTPTrainer(_LossTrainer):
 
     def __init__(self, *args, loss_fn: ContrastiveNTPLoss | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        base = _language_model(self.model)
+        base = without_peft(self.model)
         if not isinstance(getattr(base, "logit_scale", None), nn.Module):
             raise ValueError(
                 f"{type(base).__name__} has no logit_scale module: add the temperature (and the soft "
@@ -662,24 +662,16 @@ class ContrastiveNTPTrainer(_LossTrainer):
 
     def objective(self, model, image_sequences, text_sequences, ntp_sequences, images):
         """``ContrastiveNTPLoss``'s weighted terms for a batch of :class:`ContrastiveNTPCollator`."""
-        base = _language_model(model)
+        base = without_peft(model)
         soft_prompt = getattr(base, "soft_prompt", None)
         head = base.get_output_embeddings()
-        ntp = dict(ntp_sequences)
-        labels = ntp.pop("labels")
         return self.loss_fn(
             sequence_embeddings(base, soft_prompt=soft_prompt, **image_sequences, **images),
             sequence_embeddings(base, soft_prompt=soft_prompt, **text_sequences),
             base.logit_scale(),
-            hidden_states=hidden_states(base, **ntp, **images),
+            hidden_states=hidden_states(base, **ntp_sequences, **images),  # it leaves labels aside
             lm_head_weight=head.weight,
-            labels=labels,
+            labels=ntp_sequences["labels"],
             lm_head_bias=head.bias,
             output_dict=True,
         )
-
-
-def _language_model(model: nn.Module) -> nn.Module:
-    """The transformers model itself: under a peft model, its base model with the adapters in."""
-    get_base_model = getattr(model, "get_base_model", None)
-    return model if get_base_model is None else get_base_model()

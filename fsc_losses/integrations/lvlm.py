@@ -195,9 +195,7 @@ def hidden_states(
             f"hidden_states needs transformers >= 5, found {transformers.__version__}: in 4.x an LVLM "
             "such as LLaVA does not expose its language model as base_model"
         )
-    if hasattr(model, "get_base_model"):  # a peft model's base_model is its LoRA wrapper
-        model = model.get_base_model()
-    base = model.base_model
+    base = without_peft(model).base_model  # a peft model's own base_model is its LoRA wrapper
     inputs.pop("labels", None)
     if pixel_values is not None:
         inputs["pixel_values"] = pixel_values
@@ -212,6 +210,13 @@ def hidden_states(
         if hook is not None:
             hook.remove()
     return out.last_hidden_state
+
+
+def without_peft(model: nn.Module) -> nn.Module:
+    """The transformers model itself: under a peft model, its base model with the adapters in;
+    any other model as it is."""
+    get_base_model = getattr(model, "get_base_model", None)
+    return model if get_base_model is None else get_base_model()
 
 
 def _check_forward_inputs(base: nn.Module, inputs: dict) -> None:
@@ -307,8 +312,7 @@ def lora_target_modules(model: nn.Module, projections: Sequence[str] = ATTENTION
     Returns:
         e.g. ``model\\.language_model\\..*\\.(q_proj|k_proj|v_proj|o_proj)`` for LLaVA.
     """
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
+    model = without_peft(model)
     decoder = model.get_decoder()
     prefix = next((name for name, module in model.named_modules() if module is decoder), None)
     if prefix is None:
