@@ -22,16 +22,23 @@ def _run(rank: int, world_size: int, port: int, work, args: tuple) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
         work(rank, *args)
-        # The group's last users (sharded modules, DTensors, pending works) are freed while every
-        # rank still runs, and no rank tears the group down while another still uses it.
-        gc.collect()
-        dist.barrier()
-    finally:
+    except BaseException:
         dist.destroy_process_group()
-    # What gloo leaves behind can still be destroyed during interpreter shutdown, where it aborts
-    # the process now and then ("terminate called without an active exception", in CI, about one
-    # full run in three, not reproduced alone). The work is saved and the group gone, so leave
-    # without the shutdown.
+        raise
+    end_worker()
+
+
+def end_worker() -> None:
+    """End a worker process whose work is done and saved, in the default process group (spawn's,
+    or torchrun's): the group's last users (sharded modules, DTensors, pending works) are freed
+    while every rank still runs, no rank tears the group down while another still uses it, and the
+    process exits without interpreter shutdown. What gloo leaves behind can still be destroyed
+    there, where it aborts the process now and then ("terminate called without an active
+    exception": in CI about one full run in three, and in the torchrun workers on a loaded
+    machine)."""
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

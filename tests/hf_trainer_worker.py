@@ -20,6 +20,7 @@ from fsc_losses.integrations.hf_trainer import ContrastiveNTPTrainer, FSCCollato
 
 from . import hf_models
 from .example_data import load_example
+from .gloo import end_worker
 
 ROWS = 4
 LVLM_RUN = ["--train-scenes", str(ROWS), "--eval-scenes", "2", "--soft-tokens", "2", "--seed", "1"]
@@ -89,10 +90,7 @@ def main(out: Path) -> None:
     train_and_save(trainer, out / "lvlm")
     if world_size > 1:
         fsdp_gradients(out, world_size)
-        # No process exits while the other may still use the group (rank 0 saves last): a gloo
-        # group torn down by interpreter exit aborts the process now and then.
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        end_worker()  # rank 0 saves last
 
 
 if __name__ == "__main__":

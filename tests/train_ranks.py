@@ -9,6 +9,7 @@ from torch.nn.modules.module import register_module_forward_hook
 
 from fsc_losses.train import main
 from fsc_losses.train.models import GroupedCLIP
+from tests.gloo import end_worker
 
 models = []
 
@@ -23,7 +24,4 @@ main()
 handle.remove()
 folder = os.environ["FSC_TEST_RANKS_DIR"]
 torch.save(models[0].state_dict(), os.path.join(folder, f"rank{os.environ['RANK']}.pt"))
-# open_clip's main leaves the gloo group up; one torn down by interpreter exit while the other rank
-# still uses it aborts the process now and then
-torch.distributed.barrier()
-torch.distributed.destroy_process_group()
+end_worker()  # open_clip's main leaves the gloo group up
