@@ -310,7 +310,6 @@ def _pool_kernel(
     stats_ptr,
     part_ptr,
     B,
-    T,
     P,
     D,
     R,
@@ -405,7 +404,6 @@ def _finish_kernel(
     scores_ptr,
     B,
     G,
-    T,
     R,
     NT,
     NC,
@@ -564,7 +562,6 @@ def _bwd_rows(
     n_rows,
     B,
     G,
-    T,
     R,
     NT,
     scale,
@@ -594,10 +591,9 @@ def _bwd_rows(
     lse = tl.load(lse_ptr + cap, mask=row_ok, other=0.0)
     nz = tl.sqrt(zz)
     nx = tl.sqrt(xx)
-    da = tl.where(
-        row_ok, dl * tl.exp(scale * zx / (tl.maximum(nz, _NORM_EPS) * tl.maximum(nx, _NORM_EPS)) - lse), 0.0
-    )
-    coef = da * scale / (tl.maximum(nz, _NORM_EPS) * tl.maximum(nx, _NORM_EPS))
+    norms = tl.maximum(nz, _NORM_EPS) * tl.maximum(nx, _NORM_EPS)
+    da = tl.where(row_ok, dl * tl.exp(scale * zx / norms - lse), 0.0)
+    coef = da * scale / norms
     z_proj = tl.where(nz > _NORM_EPS, zx / tl.where(zz > 0.0, zz, 1.0), 0.0)
     x_proj = tl.where(nx > _NORM_EPS, zx / tl.where(xx > 0.0, xx, 1.0), 0.0)
     return slot, row_ok, q, x_rows, coef, z_proj, x_proj
@@ -654,6 +650,37 @@ def _pooled(
         )
         acc = tl.dot(w, v, acc, input_precision=DOT_PRECISION)
     return acc
+
+
+@triton.jit
+def _dx_block(
+    rows_ptr, x_ptr, stats_ptr, lse_ptr, up_ptr, dlse_ptr, w_ptr, v_img, dx_ptr, b64, first, n_rows, B, G,
+    R, P, NT, scale, offs_d, d_ok, sxb, sxg, sxt, sxd, sub, sug, svp, svd, sdxb, sdxg, sdxt, sdxd,
+    HAS_DLSE: tl.constexpr, STORE_DX: tl.constexpr, BR: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Step A of the backward on rows ``first .. first+BR`` of image ``b``, columns ``offs_d``:
+    ``Z = W V`` from the saved weights, the rows' text tokens ``X`` and ``dX = coef (Z - x_proj X)``,
+    stored where ``STORE_DX``. Returns ``Z``, ``X``, ``coef`` and ``z_proj`` (the first block's
+    ``dZ`` is made of them)."""
+    slot, row_ok, q, x_rows, coef, z_proj, x_proj = _bwd_rows(
+        rows_ptr, x_ptr, stats_ptr, lse_ptr, up_ptr, dlse_ptr, b64, first, n_rows, B, G, R, NT, scale,
+        sxb, sxg, sxt, sub, sug, HAS_DLSE, BR,
+    )  # fmt: skip
+    z = _pooled(
+        w_ptr, v_img, b64 * R + slot, row_ok, P, NT, svp, svd, offs_d, d_ok, BR, BP, BC, DOT_PRECISION
+    )
+    tile_ok = row_ok[:, None] & d_ok[None, :]
+    x = tl.load(x_rows[:, None] + offs_d.to(tl.int64)[None, :] * sxd, mask=tile_ok, other=0.0).to(tl.float32)
+    if STORE_DX:
+        dx = coef[:, None] * (z - x_proj[:, None] * x)
+        dx_rows = _text_rows(dx_ptr, b64, q, sdxb, sdxg, sdxt)
+        tl.store(
+            dx_rows[:, None] + offs_d.to(tl.int64)[None, :] * sdxd,
+            dx.to(dx_ptr.dtype.element_ty),
+            mask=tile_ok,
+        )
+    return z, x, coef, z_proj
 
 
 @triton.jit
@@ -763,46 +790,19 @@ def _tokens_bwd_kernel(
         v_img = v_ptr + b64 * svb
         dtype = x_ptr.dtype.element_ty
         # A, the first block: its dZ is kept for B.
-        slot, row_ok, q, x_rows, coef, z_proj, x_proj = _bwd_rows(
-            rows_ptr, x_ptr, stats_ptr, lse_ptr, up_ptr, dlse_ptr, b64, 0, n_rows, B, G, T, R, NT, scale,
-            sxb, sxg, sxt, sub, sug, HAS_DLSE, BR,
+        z, x, coef, z_proj = _dx_block(
+            rows_ptr, x_ptr, stats_ptr, lse_ptr, up_ptr, dlse_ptr, w_ptr, v_img, dx_ptr, b64, 0, n_rows, B,
+            G, R, P, NT, scale, offs_d, d_ok, sxb, sxg, sxt, sxd, sub, sug, svp, svd, sdxb, sdxg, sdxt,
+            sdxd, HAS_DLSE, TEXT_GRAD, BR, BP, BC, DOT_PRECISION,
         )  # fmt: skip
-        z = _pooled(
-            w_ptr, v_img, b64 * R + slot, row_ok, P, NT, svp, svd, offs_d, d_ok, BR, BP, BC, DOT_PRECISION
-        )
-        tile_ok = row_ok[:, None] & d_ok[None, :]
-        x = tl.load(x_rows[:, None] + offs_d.to(tl.int64)[None, :] * sxd, mask=tile_ok, other=0.0).to(
-            tl.float32
-        )
-        if TEXT_GRAD:
-            dx = coef[:, None] * (z - x_proj[:, None] * x)
-            dx_rows = _text_rows(dx_ptr, b64, q, sdxb, sdxg, sdxt)
-            tl.store(
-                dx_rows[:, None] + offs_d.to(tl.int64)[None, :] * sdxd,
-                dx.to(dx_ptr.dtype.element_ty),
-                mask=tile_ok,
-            )
         dz_first = tl.trans((coef[:, None] * (x - z_proj[:, None] * z)).to(dtype))
         # A, further blocks: dX is stored, for the text gradient and for B to rebuild dZ from.
         for first in range(BR, n_rows, BR):
-            slot, row_ok, q, x_rows, coef, z_proj, x_proj = _bwd_rows(
-                rows_ptr, x_ptr, stats_ptr, lse_ptr, up_ptr, dlse_ptr, b64, first, n_rows, B, G, T, R, NT,
-                scale, sxb, sxg, sxt, sub, sug, HAS_DLSE, BR,
+            _dx_block(
+                rows_ptr, x_ptr, stats_ptr, lse_ptr, up_ptr, dlse_ptr, w_ptr, v_img, dx_ptr, b64, first,
+                n_rows, B, G, R, P, NT, scale, offs_d, d_ok, sxb, sxg, sxt, sxd, sub, sug, svp, svd, sdxb,
+                sdxg, sdxt, sdxd, HAS_DLSE, True, BR, BP, BC, DOT_PRECISION,
             )  # fmt: skip
-            z = _pooled(
-                w_ptr, v_img, b64 * R + slot, row_ok, P, NT, svp, svd, offs_d, d_ok, BR, BP, BC, DOT_PRECISION
-            )
-            tile_ok = row_ok[:, None] & d_ok[None, :]
-            x = tl.load(x_rows[:, None] + offs_d.to(tl.int64)[None, :] * sxd, mask=tile_ok, other=0.0).to(
-                tl.float32
-            )
-            dx = coef[:, None] * (z - x_proj[:, None] * x)
-            dx_rows = _text_rows(dx_ptr, b64, q, sdxb, sdxg, sdxt)
-            tl.store(
-                dx_rows[:, None] + offs_d.to(tl.int64)[None, :] * sdxd,
-                dx.to(dx_ptr.dtype.element_ty),
-                mask=tile_ok,
-            )
 
         if IMAGE_GRAD:
             tl.debug_barrier()  # B reads back the dX that other threads of this program stored
@@ -818,7 +818,7 @@ def _tokens_bwd_kernel(
                 # is past the first block (most images at the anchor shapes).
                 for first in tl.range(BR, n_rows, BR, num_stages=1):
                     slot, row_ok, q, x_rows, coef, z_proj, x_proj = _bwd_rows(
-                        rows_ptr, x_ptr, stats_ptr, lse_ptr, up_ptr, dlse_ptr, b64, first, n_rows, B, G, T, R,
+                        rows_ptr, x_ptr, stats_ptr, lse_ptr, up_ptr, dlse_ptr, b64, first, n_rows, B, G, R,
                         NT, scale, sxb, sxg, sxt, sub, sug, HAS_DLSE, BR,
                     )  # fmt: skip
                     tile_ok = row_ok[:, None] & d_ok[None, :]
@@ -1121,7 +1121,6 @@ def _forward(
         stats,
         parts,
         B,
-        T,
         P,
         D,
         rows,
@@ -1147,7 +1146,6 @@ def _forward(
         out,
         B,
         G,
-        T,
         rows,
         n_tiles,
         n_cols,
