@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import itertools
 import math
 import sys
 from collections.abc import Sequence
@@ -287,76 +286,77 @@ def measure(
             notes.append(text)
             print(f"note: {text}", flush=True)
 
-    for layout, normalizer in itertools.product(args.layout, args.normalizer):
+    for layout in args.layout:
         sets = [
             make_inputs(shape, dtype, device, layout == "grouped", args.seed + i)
             for i in range(input_set_count(shape, dtype, device))
         ]
         counted = sum(int(s.text_mask.sum()) for s in sets) / len(sets)
-        # The layouts differ only in the fused kernels' text gradient (written in the caller's
-        # strides): the other providers run on the first layout only.
-        providers = [p for p in args.provider if layout == args.layout[0] or p == "fused"]
-        for provider in providers:
-            if provider == "fused":
-                reason = common.fused_skip_reason(functional.prepare_local_inputs(*sets[0], None))
+        for normalizer in args.normalizer:  # the inputs do not depend on it
+            # The layouts differ only in the fused kernels' text gradient (written in the caller's
+            # strides): the other providers run on the first layout only.
+            providers = [p for p in args.provider if layout == args.layout[0] or p == "fused"]
+            for provider in providers:
+                if provider == "fused":
+                    reason = common.fused_skip_reason(functional.prepare_local_inputs(*sets[0], None))
+                    if reason is not None:
+                        note(f"fused skipped for {shape.name} {dtype_name}: {reason}")
+                        continue
+                loss_fn = build_loss(provider, normalizer)
+                reason = common.skip_reason(provider, make_call(loss_fn, sets, "fwd+bwd")(0), device)
                 if reason is not None:
-                    note(f"fused skipped for {shape.name} {dtype_name}: {reason}")
+                    note(f"{provider} skipped: {reason}")
                     continue
-            loss_fn = build_loss(provider, normalizer)
-            reason = common.skip_reason(provider, make_call(loss_fn, sets, "fwd+bwd")(0), device)
-            if reason is not None:
-                note(f"{provider} skipped: {reason}")
-                continue
-            for mode in args.mode:
-                calls = make_call(loss_fn, sets, mode)
-                timing = common.time_calls(calls, device, plan)
-                host_us = common.host_time_us(calls, device, min(timing.reps, 50))
-                graph_us = None
-                if provider == "fused" and mode == "fwd+bwd":
-                    graph_us, why = common.graph_time_us(calls(0), device, min(timing.reps, 50))
-                    if graph_us is None:
-                        note(f"no CUDA-graph timing: {why}")
-                peak = common.peak_extra_mib(calls, device)
-                floor = floors(shape, dtype_name, mode, counted, machine)
-                rows.append(
-                    {
-                        "suite": shape.suite,
-                        "shape": shape.name,
-                        "B": shape.batch,
-                        "K": shape.negatives,
-                        "T": shape.length,
-                        "P": shape.patches,
-                        "D": shape.dim,
-                        "counted_min": shape.counted[0],
-                        "counted_max": shape.counted[1],
-                        "counted_per_caption": common.fmt(counted / shape.captions, 2),
-                        "layout": layout,
-                        "input_sets": len(sets),
-                        "provider": provider,
-                        "mode": mode,
-                        "dtype": dtype_name,
-                        "normalizer": normalizer,
-                        "reps": timing.reps,
-                        "median_us": common.fmt(timing.median_us, 2),
-                        "p20_us": common.fmt(timing.p20_us, 2),
-                        "p80_us": common.fmt(timing.p80_us, 2),
-                        "host_us": common.fmt(host_us, 2),
-                        "graph_us": common.fmt(graph_us, 2),
-                        "peak_extra_mib": common.fmt(peak, 2),
-                        "outputs_mib": common.fmt(output_bytes(sets[0], mode) / common.MIB, 4),
-                        "hbm_floor_padded_us": common.fmt(floor.hbm_padded_us, 4),
-                        "hbm_floor_counted_us": common.fmt(floor.hbm_counted_us, 4),
-                        "matmul_floor_us": common.fmt(floor.matmul_us, 4),
-                        "x_floor": common.fmt(timing.median_us / floor.floor_us, 2),
-                        "bandwidth_gbps": common.fmt(machine.bandwidth / 1e9, 1),
-                        "matmul_tflops": common.fmt(machine.matmul[dtype_name] / 1e12, 2),
-                    }
-                )
-                print(
-                    f"{shape.name} {dtype_name} {normalizer} {layout} {mode} {provider}: "
-                    f"{timing.median_us:,.1f} us (host {host_us:,.1f} us)",
-                    flush=True,
-                )
+                for mode in args.mode:
+                    calls = make_call(loss_fn, sets, mode)
+                    timing = common.time_calls(calls, device, plan)
+                    host_us = common.host_time_us(calls, device, min(timing.reps, 50))
+                    graph_us = None
+                    if provider == "fused" and mode == "fwd+bwd":
+                        graph_us, why = common.graph_time_us(calls(0), device, min(timing.reps, 50))
+                        if graph_us is None:
+                            note(f"no CUDA-graph timing: {why}")
+                    peak = common.peak_extra_mib(calls, device)
+                    floor = floors(shape, dtype_name, mode, counted, machine)
+                    rows.append(
+                        {
+                            "suite": shape.suite,
+                            "shape": shape.name,
+                            "B": shape.batch,
+                            "K": shape.negatives,
+                            "T": shape.length,
+                            "P": shape.patches,
+                            "D": shape.dim,
+                            "counted_min": shape.counted[0],
+                            "counted_max": shape.counted[1],
+                            "counted_per_caption": common.fmt(counted / shape.captions, 2),
+                            "layout": layout,
+                            "input_sets": len(sets),
+                            "provider": provider,
+                            "mode": mode,
+                            "dtype": dtype_name,
+                            "normalizer": normalizer,
+                            "reps": timing.reps,
+                            "median_us": common.fmt(timing.median_us, 2),
+                            "p20_us": common.fmt(timing.p20_us, 2),
+                            "p80_us": common.fmt(timing.p80_us, 2),
+                            "host_us": common.fmt(host_us, 2),
+                            "graph_us": common.fmt(graph_us, 2),
+                            "peak_extra_mib": common.fmt(peak, 2),
+                            "outputs_mib": common.fmt(output_bytes(sets[0], mode) / common.MIB, 4),
+                            "hbm_floor_padded_us": common.fmt(floor.hbm_padded_us, 4),
+                            "hbm_floor_counted_us": common.fmt(floor.hbm_counted_us, 4),
+                            "matmul_floor_us": common.fmt(floor.matmul_us, 4),
+                            "x_floor": common.fmt(timing.median_us / floor.floor_us, 2),
+                            "bandwidth_gbps": common.fmt(machine.bandwidth / 1e9, 1),
+                            "matmul_tflops": common.fmt(machine.matmul[dtype_name] / 1e12, 2),
+                        }
+                    )
+                    print(
+                        f"{shape.name} {dtype_name} {normalizer} {layout} {mode} {provider}: "
+                        f"{timing.median_us:,.1f} us (host {host_us:,.1f} us)",
+                        flush=True,
+                    )
     return rows
 
 

@@ -30,7 +30,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 if __name__ == "__main__" and os.environ.get("TRITON_INTERPRET") == "1":
@@ -73,14 +73,6 @@ GPUS = (
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 # The v4 target (issue 25): the H100's bf16 forward + backward at or under these, us.
 TARGETS_US = {"ViT-B/32": 155, "ViT-B/16": 123, "ViT-L/14": 111, "ViT-L/14-336": 174}
-# v3's figures beside them (docs/kernels.md before v4): its bytes-only model and the issue lower
-# bound a review read from its SASS (issue 25), H100 bf16 forward + backward, us.
-V3_US = {
-    "ViT-B/32": (50, 61),
-    "ViT-B/16": (47, 129),
-    "ViT-L/14": (40, 55),
-    "ViT-L/14-336": (78, 106),
-}
 
 
 @dataclass
@@ -95,7 +87,6 @@ class Cost:
     registers: int = 0
     shared: int = 0
     instructions: float = 0.0  # per warp per program, expected
-    split: dict = field(default_factory=dict)
 
 
 def rows_per_image(groups: int, counted: tuple[int, int], block: int) -> tuple[float, float, float]:
@@ -261,7 +252,7 @@ def costs(shape: bench_local_hn.Shape, dtype_name: str, gpu: Gpu):
         cost.warps = usage["num_warps"]
         cost.registers = usage["registers"]
         cost.shared = usage["shared_bytes"]
-        cost.instructions, cost.split = kernel_sass.instructions_per_program(
+        cost.instructions, _ = kernel_sass.instructions_per_program(
             kernel_resources.sass(launch, gpu.arch), trips, cost.programs, columns
         )
         result.append(cost)
