@@ -53,12 +53,13 @@ def require_rows(name: str, t: torch.Tensor, what: str) -> None:
         raise ValueError(f"{name} has shape {_shape(t)}: the batch is empty, no {what} to score")
 
 
-def require_same_dtype(hint: str, **tensors: torch.Tensor) -> None:
-    """The tensors share a dtype; ``hint`` says how to get there."""
-    dtypes = {name: t.dtype for name, t in tensors.items()}
+def require_same_dtype(hint: str, **tensors: torch.Tensor | None) -> None:
+    """The tensors (None ones aside) share a dtype; ``hint`` says how to get there."""
+    dtypes = {name: t.dtype for name, t in tensors.items() if t is not None}
     if len(set(dtypes.values())) > 1:
+        *first, last = dtypes
         listing = ", ".join(f"{name} {dtype}" for name, dtype in dtypes.items())
-        raise TypeError(f"{' and '.join(dtypes)} must share a dtype, got {listing} ({hint})")
+        raise TypeError(f"{', '.join(first)} and {last} must share a dtype, got {listing} ({hint})")
 
 
 def require_mask(name: str, t: torch.Tensor) -> None:
@@ -234,13 +235,14 @@ def check_masks_not_empty(
     None when the check did not run."""
     if not value_checks_enabled(check_inputs):
         return None
-    mask = text_mask.bool()
-    empty = ~mask.any(dim=-1)
-    if neg_valid is not None:
-        present = torch.cat([torch.ones_like(empty[:, :1]), neg_valid.bool()], dim=1)
-        empty = empty & present
-        mask = mask & present.unsqueeze(-1)
-    rows = mask.sum(dim=(1, 2))
+    counted = text_mask.bool().sum(dim=-1)  # (B, G), the one pass over the mask
+    if neg_valid is None:
+        empty = counted == 0
+    else:
+        present = torch.cat([torch.ones_like(counted[:, :1], dtype=torch.bool), neg_valid.bool()], dim=1)
+        empty = (counted == 0) & present
+        counted = counted * present  # a missing negative's positions count for nothing
+    rows = counted.sum(dim=1)
     most = rows.amax() if rows.numel() else rows.new_zeros(())
     any_empty, most_rows = torch.stack([empty.any().to(most.dtype), most]).tolist()
     if any_empty:

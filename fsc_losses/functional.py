@@ -67,11 +67,11 @@ def prepare_local_inputs(
     checks.require_size("text_tokens", text_tokens, 3, dim, "D")
     checks.require_size("text_mask", text_mask, 1, groups, "G")
     checks.require_size("text_mask", text_mask, 2, length, "T")
-    if text_tokens.dtype != image_tokens.dtype:
-        raise TypeError(
-            f"image_tokens and text_tokens must share a dtype, got {image_tokens.dtype} and "
-            f"{text_tokens.dtype} (run the model under one autocast, or cast one of them)"
-        )
+    checks.require_same_dtype(
+        "run the model under one autocast, or cast one of them",
+        image_tokens=image_tokens,
+        text_tokens=text_tokens,
+    )
     checks.check_neg_valid(neg_valid, batch, groups)
     scale = checks.as_scale("logit_scale", logit_scale, image_tokens)
     checks.require_same_device(
@@ -565,13 +565,7 @@ def linear_cross_entropy(
     if weight.shape[0] == 0:
         raise ValueError("weight has no rows: the vocabulary is empty (V = 0)")
     hidden, weight, bias = _autocast_inputs(hidden, weight, bias)
-    dtypes = {
-        "hidden": hidden.dtype,
-        "weight": weight.dtype,
-        **({} if bias is None else {"bias": bias.dtype}),
-    }
-    if len(set(dtypes.values())) > 1:
-        raise TypeError(f"hidden, weight and bias must share a dtype (or run under autocast), got {dtypes}")
+    checks.require_same_dtype("or run under autocast", hidden=hidden, weight=weight, bias=bias)
     checks.check_targets_in_range(targets, weight.shape[0], ignore_index, check_inputs)
 
     targets = targets.long()

@@ -207,3 +207,19 @@ def test_a_number_as_logit_scale_becomes_a_tensor_once(monkeypatch):
     with torch.inference_mode():  # an inference tensor could not be saved for a backward later
         inference = checks.as_scale("logit_scale", value, like)
     assert inference.is_inference() and not checks.as_scale("logit_scale", value, like).is_inference()
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_the_value_check_returns_the_most_positions_an_image_counts(groups):
+    """What the kernels size their buffers by: per image, the positions of its present captions
+    (a missing negative's count for nothing), the most over the batch; a mask of any integer
+    dtype; with no negatives at all (neg_valid ``(B, 0)``) the true captions alone."""
+    torch.manual_seed(groups)
+    mask = torch.rand(4, groups, 7) < 0.5
+    mask[:, :, 0] = True  # every caption counts a position
+    neg_valid = torch.rand(4, groups - 1) < 0.5
+    present = torch.cat([torch.ones(4, 1, dtype=torch.bool), neg_valid], dim=1)
+    expected = int((mask & present[..., None]).sum(dim=(1, 2)).max())
+    assert checks.check_masks_not_empty(mask.long(), neg_valid, True) == expected
+    assert checks.check_masks_not_empty(mask, None, True) == int(mask.sum(dim=(1, 2)).max())
+    assert checks.check_masks_not_empty(mask, neg_valid, False) is None
