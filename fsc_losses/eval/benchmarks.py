@@ -336,7 +336,7 @@ def check_images(
                 part.items = kept
             else:
                 del bench.parts[subset]
-        bench.missing += sorted(_relative(path, data_root) for path in bad if path in named)
+        bench.missing += sorted(_relative(path, data_root) for path in named)  # named holds bad ones only
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -248,8 +248,8 @@ def compare(runs: list[Run], rows: list[Row]) -> Comparison:
     if subsets:
         line = Line("compositional avg.", [], [], detail=f"{len(subsets)} benchmarks")
         line.runs = [sum(b.runs[i] for b in benchmarks) / len(benchmarks) for i in range(len(runs))]
-        for index, row in enumerate(rows):
-            value, exact = _compositional(row, subsets)
+        for index in range(len(rows)):
+            value, exact = _mean_of_known([b.rows[index] for b in benchmarks])
             line.rows.append(value)
             if value is not None and not exact:
                 line.approximate.add(index)
@@ -322,9 +322,16 @@ def _row_value(row: Row, bench: str, shared: published.Summary, present: list[st
 
 
 def _compositional(row: Row, subsets: dict[str, list[str]]) -> tuple[float | None, bool]:
-    values = []
-    for bench, present in subsets.items():
-        values.append(_row_value(row, bench, SUMMARIES[bench].restricted(present), present))
+    return _mean_of_known(
+        [
+            _row_value(row, bench, SUMMARIES[bench].restricted(present), present)
+            for bench, present in subsets.items()
+        ]
+    )
+
+
+def _mean_of_known(values: list[float | None]) -> tuple[float | None, bool]:
+    """The mean of the values that are not None (None if none is), and whether all of them are."""
     known = [v for v in values if v is not None]
     if not known:
         return None, False

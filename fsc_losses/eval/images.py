@@ -14,6 +14,7 @@ check once.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,16 +43,19 @@ def unreadable(paths: Sequence[Path], num_workers: int = 0) -> dict[Path, str]:
         ``{path: reason}`` in the order of ``paths``, empty when all of them decode.
     """
     problems, to_decode, stamps = {}, [], {}
-    for path in dict.fromkeys(paths):
+    unique = list(dict.fromkeys(paths))
+    for path in unique:
         try:
-            stat = os.stat(path)
+            info = os.stat(path)
         except OSError as error:
             problems[path] = "not found" if isinstance(error, FileNotFoundError) else str(error)
             continue
-        if not os.path.isfile(path):
-            problems[path] = "a directory, not an image file" if path.is_dir() else "not a regular file"
+        if not stat.S_ISREG(info.st_mode):
+            problems[path] = (
+                "a directory, not an image file" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            )
             continue
-        stamp = (str(path), stat.st_size, stat.st_mtime_ns)
+        stamp = (str(path), info.st_size, info.st_mtime_ns)
         if stamp not in _decoded:
             to_decode.append(path)
             stamps[path] = stamp
@@ -65,8 +69,7 @@ def unreadable(paths: Sequence[Path], num_workers: int = 0) -> dict[Path, str]:
                 _decoded.add(stamps[path])
             else:
                 problems[path] = reason
-    order = {path: i for i, path in enumerate(dict.fromkeys(paths))}
-    return dict(sorted(problems.items(), key=lambda item: order[item[0]]))
+    return {path: problems[path] for path in unique if path in problems}
 
 
 class _Decode(Dataset):

@@ -26,7 +26,6 @@ from pathlib import Path
 from .items import ImageRef, Item, Part, field, load_json, records
 
 SUBSETS = ("replace_obj", "replace_att", "replace_rel", "swap_obj", "swap_att")
-SCORES = ("itt", "tot", "itt_p1", "itt_p2")
 
 
 def read(path: Path, image_dir: Path, subset: str) -> Part:
