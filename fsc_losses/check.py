@@ -16,6 +16,7 @@ small shape.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -119,9 +120,11 @@ def forward_backward(backend, image, text, mask, neg_valid, upstream, dtype):
     return [loss, *grads]
 
 
-def timed(fn, device: torch.device, reps: int):
+def timed(fn, device: torch.device, reps: int, wait_after: bool = True):
     """``fn()``'s last result and its median time in ms over ``reps`` runs after one warm-up run
-    (which also compiles the kernels)."""
+    (which also compiles the kernels). The device is idle at each run's start; with
+    ``wait_after`` False the run's end does not wait for it, so that the time is what the host
+    spends issuing the work."""
     result = fn()
     times = []
     for _ in range(reps):
@@ -129,17 +132,15 @@ def timed(fn, device: torch.device, reps: int):
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         result = fn()
-        if device.type == "cuda":
+        if wait_after and device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append((time.perf_counter() - start) * 1e3)
     return result, statistics.median(times) if times else float("nan")
 
 
-def host_us(fn, device: torch.device, reps: int, no_op_kernels: bool) -> float:
-    """Median host time of one ``fn()``, the device idle at its start (synchronised before, not
-    after): what the host spends issuing it. With ``no_op_kernels`` every kernel launch of the
-    local HN kernels does nothing, so that on any machine (the CPU interpreter included) what is
-    left is the host's own work: Python, the dispatcher, autograd, allocations."""
+@contextlib.contextmanager
+def _no_op_kernels():
+    """Every kernel launch of the local HN kernels does nothing while this lasts."""
     from .kernels import local_hn
 
     kernels = {name: getattr(local_hn, name) for name in local_hn.LAUNCHED}
@@ -148,24 +149,25 @@ def host_us(fn, device: torch.device, reps: int, no_op_kernels: bool) -> float:
         def __getitem__(self, grid):
             return lambda *args, **kwargs: None
 
-    samples = []
     try:
-        if no_op_kernels:
-            for name in kernels:
-                setattr(local_hn, name, NoOp())
-        fn()
-        for _ in range(reps):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - start) * 1e6)
+        for name in kernels:
+            setattr(local_hn, name, NoOp())
+        yield
     finally:
         for name, kernel in kernels.items():
             setattr(local_hn, name, kernel)
+
+
+def host_us(fn, device: torch.device, reps: int, no_op_kernels: bool) -> float:
+    """Median host time of one ``fn()`` in us (:func:`timed` without waiting at the end). With
+    ``no_op_kernels`` the local HN kernels' launches do nothing, so that on any machine (the CPU
+    interpreter included) what is left is the host's own work: Python, the dispatcher, autograd,
+    allocations."""
+    with _no_op_kernels() if no_op_kernels else contextlib.nullcontext():
+        _, ms = timed(fn, device, reps, wait_after=False)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return statistics.median(samples)
+    return 1e3 * ms
 
 
 def trivial_autograd_us(device: torch.device, reps: int) -> float:
