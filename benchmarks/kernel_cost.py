@@ -39,7 +39,6 @@ if __name__ == "__main__" and os.environ.get("TRITON_INTERPRET") == "1":
     os.execv(sys.executable, [sys.executable, *sys.argv])
 
 import torch  # noqa: E402
-import triton  # noqa: E402
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -224,7 +223,7 @@ def costs(shape: bench_local_hn.Shape, dtype_name: str, gpu: Gpu):
     _, blocks, further = rows_per_image(shape.groups, shape.counted, tiles.rows)
     n_tiles = -(-shape.patches // tiles.patches)
     columns = -(-shape.dim // tiles.columns)
-    block_t = triton.next_power_of_2(shape.length)
+    constants = {launch.kernel: launch.kwargs for launch in launches}  # as the host code set them
     trips = {
         ("_similarity_kernel", "first"): blocks,
         ("_similarity_kernel", "d0"): -(-shape.dim // tiles.width),
@@ -234,11 +233,9 @@ def costs(shape: bench_local_hn.Shape, dtype_name: str, gpu: Gpu):
         ("_pool_kernel", "j"): n_tiles,
         ("_finish_kernel", "first"): blocks,
         ("_finish_kernel", "c"): columns,
-        ("_contrast_fwd_kernel", "b0"): -(
-            -shape.batch // max(16, min(128, triton.next_power_of_2(shape.batch)))
-        ),
+        ("_contrast_fwd_kernel", "b0"): -(-shape.batch // constants["_contrast_fwd_kernel"]["BB"]),
         ("_tokens_bwd_kernel", "g"): shape.groups,
-        ("_tokens_bwd_kernel", "z0"): -(-tiles.columns // min(tiles.columns, max(16, 4096 // block_t))),
+        ("_tokens_bwd_kernel", "z0"): -(-tiles.columns // constants["_tokens_bwd_kernel"]["ZD"]),
         ("_tokens_bwd_kernel", "first"): further,
         ("_tokens_bwd_kernel", "j"): n_tiles,
         ("_pooled", "j"): n_tiles,
