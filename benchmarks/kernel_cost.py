@@ -269,6 +269,25 @@ def padded_floor_us(shape: bench_local_hn.Shape, dtype_name: str, gpu: Gpu) -> f
     return 1e6 * floor / gpu.bandwidth
 
 
+def _evaluated(counted: tuple[int, int], gpus, dtypes):
+    """``(gpu, shape, dtype name, tiles, [Cost])`` for each GPU, anchor shape and dtype."""
+    for gpu in gpus:
+        for shape in bench_local_hn.suite_shapes("anchors", counted):
+            for dtype_name in dtypes:
+                tiles, launches = costs(shape, dtype_name, gpu)
+                yield gpu, shape, dtype_name, tiles, launches
+
+
+def issue_us(launches: list[Cost], gpu: Gpu, dtype_name: str) -> float:
+    """The launches' issue bounds summed, us."""
+    return sum(bounds_us(c, gpu, dtype_name)["issue"] for c in launches)
+
+
+def target_us(shape: bench_local_hn.Shape, dtype_name: str, gpu: Gpu) -> float | None:
+    """The v4 target, where there is one (the H100 in bf16)."""
+    return TARGETS_US[shape.name] if gpu.name == "H100" and dtype_name == "bf16" else None
+
+
 def report(counted: tuple[int, int], gpus=GPUS, dtypes=tuple(DTYPES)) -> str:
     lines = []
     for gpu in gpus:
@@ -282,34 +301,31 @@ def report(counted: tuple[int, int], gpus=GPUS, dtypes=tuple(DTYPES)) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         totals = []
-        for shape in bench_local_hn.suite_shapes("anchors", counted):
-            for dtype_name in dtypes:
-                tiles, launches = costs(shape, dtype_name, gpu)
-                for c in launches:
-                    b = bounds_us(c, gpu, dtype_name)
-                    lines.append(
-                        f"| {shape.name} | {dtype_name} | {c.launch} | {c.programs:,} | {c.registers} / "
-                        f"{c.shared / 1024:.0f} / {residency(c, gpu)} | {c.instructions:,.0f} | "
-                        f"{c.hbm / 1e6:,.1f} | {c.l2 / 1e6:,.1f} | {c.flops / 1e9:,.2f} | {b['hbm']:,.1f} | "
-                        f"{b['l2']:,.1f} | {b['flops']:,.1f} | {b['issue']:,.1f} | {b['bound']:,.1f} |"
-                    )
-                issue_only = sum(bounds_us(c, gpu, dtype_name)["issue"] for c in launches)
-                totals.append(
-                    (shape, dtype_name, tiles, len(launches), issue_only, total_us(launches, gpu, dtype_name))
+        for _, shape, dtype_name, tiles, launches in _evaluated(counted, (gpu,), dtypes):
+            for c in launches:
+                b = bounds_us(c, gpu, dtype_name)
+                lines.append(
+                    f"| {shape.name} | {dtype_name} | {c.launch} | {c.programs:,} | {c.registers} / "
+                    f"{c.shared / 1024:.0f} / {residency(c, gpu)} | {c.instructions:,.0f} | "
+                    f"{c.hbm / 1e6:,.1f} | {c.l2 / 1e6:,.1f} | {c.flops / 1e9:,.2f} | {b['hbm']:,.1f} | "
+                    f"{b['l2']:,.1f} | {b['flops']:,.1f} | {b['issue']:,.1f} | {b['bound']:,.1f} |"
                 )
+            totals.append((shape, dtype_name, tiles, launches))
         lines += [
             "",
             "| shape | dtype | tiles (rows, patches, width, columns) | launches | issue us | "
             "fwd + bwd bound us (with gaps) | HBM floor padded us | bound / floor | target us |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
-        for shape, dtype_name, tiles, count, issue_only, total in totals:
+        for shape, dtype_name, tiles, launches in totals:
+            total = total_us(launches, gpu, dtype_name)
             floor = padded_floor_us(shape, dtype_name, gpu)
-            target = TARGETS_US[shape.name] if gpu.name == "H100" and dtype_name == "bf16" else None
+            target = target_us(shape, dtype_name, gpu)
             sizes = f"{tiles.rows}, {tiles.patches}, {tiles.width}, {tiles.columns}"
             lines.append(
-                f"| {shape.name} | {dtype_name} | {sizes} | {count} | {issue_only:,.1f} | {total:,.1f} | "
-                f"{floor:,.1f} | {total / floor:.2f} | {'' if target is None else target} |"
+                f"| {shape.name} | {dtype_name} | {sizes} | {len(launches)} | "
+                f"{issue_us(launches, gpu, dtype_name):,.1f} | {total:,.1f} | {floor:,.1f} | "
+                f"{total / floor:.2f} | {'' if target is None else target} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -319,29 +335,26 @@ def summaries(counted: tuple[int, int], gpus=GPUS, dtypes=tuple(DTYPES)):
     """One dict per GPU, anchor shape and dtype: the forward + backward bound, its issue part, the
     padded HBM floor, the target, and per launch its kernel, programs, balance, FLOPs and
     instructions per warp."""
-    for gpu in gpus:
-        for shape in bench_local_hn.suite_shapes("anchors", counted):
-            for dtype_name in dtypes:
-                _, launches = costs(shape, dtype_name, gpu)
-                yield dict(
-                    gpu=gpu.name,
-                    shape=shape.name,
-                    dtype=dtype_name,
-                    total_us=total_us(launches, gpu, dtype_name),
-                    issue_us=sum(bounds_us(c, gpu, dtype_name)["issue"] for c in launches),
-                    floor_us=padded_floor_us(shape, dtype_name, gpu),
-                    target_us=TARGETS_US[shape.name] if gpu.name == "H100" and dtype_name == "bf16" else None,
-                    launches=[
-                        dict(
-                            kernel=c.kernel,
-                            programs=c.programs,
-                            balance=balance(c.programs, gpu),
-                            flops=c.flops,
-                            instructions=c.instructions,
-                        )
-                        for c in launches
-                    ],
+    for gpu, shape, dtype_name, _, launches in _evaluated(counted, gpus, dtypes):
+        yield dict(
+            gpu=gpu.name,
+            shape=shape.name,
+            dtype=dtype_name,
+            total_us=total_us(launches, gpu, dtype_name),
+            issue_us=issue_us(launches, gpu, dtype_name),
+            floor_us=padded_floor_us(shape, dtype_name, gpu),
+            target_us=target_us(shape, dtype_name, gpu),
+            launches=[
+                dict(
+                    kernel=c.kernel,
+                    programs=c.programs,
+                    balance=balance(c.programs, gpu),
+                    flops=c.flops,
+                    instructions=c.instructions,
                 )
+                for c in launches
+            ],
+        )
 
 
 def main(argv=None) -> int:
